@@ -1,0 +1,78 @@
+# husk: build, guest image, tests. All paths are absolute so that commands keep working when
+# tests/vm-run.sh runs them inside the KVM test host (same paths, read-only root there).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := build
+
+CARGO        ?= cargo
+AGENT_TARGET := x86_64-unknown-linux-gnu
+TARGET_DIR   := $(CURDIR)/target
+RELEASE      := $(TARGET_DIR)/release
+AGENT        := $(TARGET_DIR)/$(AGENT_TARGET)/release/husk-agent
+GUEST        := $(CURDIR)/build/guest
+VM_RUN       := $(CURDIR)/tests/vm-run.sh
+
+# What VM tests, demo and bench use (tests/vm-run.sh passes HUSK_* into the test host).
+export HUSK_VMM     := $(RELEASE)/husk-vmm
+export HUSK_BIN_DIR := $(RELEASE)
+export HUSK_KERNEL  := $(GUEST)/vmlinux
+export HUSK_INITRD  := $(GUEST)/initrd.img
+
+.PHONY: build host-bins agent guest-image kernel initrd unit-test vm-test-build vm-test test \
+        demo bench lint clean help
+
+help:
+	@echo "targets: build guest-image unit-test vm-test test demo bench lint clean"
+
+build: host-bins agent
+
+host-bins:
+	$(CARGO) build --release -p husk-vmm -p husk
+
+# The agent is PID 1 of a guest with no libc: link it statically. --target gives it its own
+# target dir (target/$(AGENT_TARGET)), so the RUSTFLAGS change does not rebuild the host bins.
+agent:
+	RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --release -p husk-agent --target $(AGENT_TARGET)
+
+kernel:
+	$(CURDIR)/guest-image/build-kernel.sh
+
+initrd: agent kernel
+	$(CURDIR)/guest-image/build-initrd.sh $(AGENT) $(HUSK_INITRD)
+
+guest-image: kernel initrd
+
+unit-test:
+	$(CARGO) test --workspace --exclude husk-tests
+
+# VM tests are compiled here, on the host: inside the KVM test host the filesystem is
+# read-only and cargo cannot run. The executables' paths go to build/vm-tests.list.
+vm-test-build:
+	mkdir -p $(CURDIR)/build
+	$(CARGO) test -p husk-tests --release --no-run --message-format=json > $(CURDIR)/build/vm-tests.json
+	python3 -c 'import json,sys; \
+	  [print(m["executable"]) for m in map(json.loads, filter(str.strip, open(sys.argv[1]))) \
+	   if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]]' \
+	  $(CURDIR)/build/vm-tests.json > $(CURDIR)/build/vm-tests.list
+	@echo "vm-test-build: $$(wc -l < $(CURDIR)/build/vm-tests.list) test executable(s) in build/vm-tests.list"
+
+vm-test: build guest-image vm-test-build
+	$(VM_RUN) $(CURDIR)/tests/run-vm-tests.sh
+
+test: unit-test vm-test
+
+demo: build guest-image
+	$(VM_RUN) $(RELEASE)/husk boot --kernel $(HUSK_KERNEL) --initrd $(HUSK_INITRD)
+
+bench: build guest-image
+	$(CARGO) build --release --bin husk-bench
+	$(VM_RUN) $(RELEASE)/husk-bench
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Leaves the kernel caches in /var/cache/husk alone (a rebuild would take minutes).
+clean:
+	$(CARGO) clean
+	rm -rf $(CURDIR)/build

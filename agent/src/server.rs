@@ -1,0 +1,147 @@
+//! The vsock server: one thread per host connection.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+use husk_protocol::{self as proto, FrameError, HelloInfo, Request, Response};
+use nix::sys::socket::{
+    accept, bind, connect, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr,
+};
+
+use crate::sysinfo;
+
+const VMADDR_CID_ANY: u32 = u32::MAX;
+const VMADDR_CID_HOST: u32 = 2;
+
+pub fn run(started_us: u64) -> io::Result<()> {
+    let listener = vsock_socket()?;
+    bind(
+        listener.as_raw_fd(),
+        &VsockAddr::new(VMADDR_CID_ANY, proto::AGENT_PORT),
+    )?;
+    listen(&listener, Backlog::new(16).unwrap_or(Backlog::MAXCONN))?;
+    let listening_us = sysinfo::boottime_us();
+    println!(
+        "husk-agent {} listening on vsock port {} at +{} ms",
+        env!("CARGO_PKG_VERSION"),
+        proto::AGENT_PORT,
+        listening_us / 1000
+    );
+    let hello = HelloInfo {
+        protocol_version: proto::PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        kernel_version: sysinfo::kernel_release(),
+        boot_to_listen_us: listening_us,
+        boot_to_init_us: started_us,
+        online_cpus: sysinfo::online_cpus(),
+        memory_total_kib: sysinfo::memory_total_kib(),
+    };
+    if let Some(port) = sysinfo::cmdline_param(proto::NOTIFY_PORT_PARAM) {
+        notify_host(&port, &hello);
+    }
+    loop {
+        let fd = match accept(listener.as_raw_fd()) {
+            Ok(fd) => fd,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                eprintln!("husk-agent: accept: {e}");
+                continue;
+            }
+        };
+        // SAFETY: accept returned a fresh descriptor we now own.
+        let stream = UnixStreamLike::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let hello = hello.clone();
+        let spawned = std::thread::Builder::new()
+            .name("conn".into())
+            .spawn(move || serve(stream, hello));
+        if let Err(e) = spawned {
+            eprintln!("husk-agent: cannot start connection thread: {e}");
+        }
+    }
+}
+
+/// A connected vsock stream. `UnixStream` is used only as a std `Read + Write`
+/// wrapper around a stream socket descriptor; nothing unix-specific is called.
+type UnixStreamLike = UnixStream;
+
+
+fn vsock_socket() -> io::Result<OwnedFd> {
+    Ok(socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?)
+}
+
+/// Tells the host the agent is up by connecting to its notify port and sending
+/// the hello unprompted. Failure is only logged: the host can still poll.
+fn notify_host(port: &str, hello: &HelloInfo) {
+    let Ok(port) = port.parse::<u32>() else {
+        eprintln!("husk-agent: bad {}={port}", proto::NOTIFY_PORT_PARAM);
+        return;
+    };
+    let result = vsock_socket().and_then(|fd| {
+        connect(fd.as_raw_fd(), &VsockAddr::new(VMADDR_CID_HOST, port))?;
+        let mut s = UnixStreamLike::from(fd);
+        proto::send(&mut s, &Response::Hello(hello.clone())).map_err(io::Error::other)
+    });
+    if let Err(e) = result {
+        eprintln!("husk-agent: notify host port {port}: {e}");
+    }
+}
+
+fn serve(mut stream: UnixStreamLike, hello: HelloInfo) {
+    let mut greeted = false;
+    loop {
+        let req: Request = match proto::recv(&mut stream) {
+            Ok(r) => r,
+            Err(FrameError::Closed) => return,
+            Err(e @ (FrameError::Malformed(_) | FrameError::TooLarge(_))) => {
+                let _ = proto::send(
+                    &mut stream,
+                    &Response::Error {
+                        message: e.to_string(),
+                    },
+                );
+                return;
+            }
+            Err(_) => return,
+        };
+        let reply = match req {
+            Request::Hello { protocol_version } if protocol_version == proto::PROTOCOL_VERSION => {
+                greeted = true;
+                Response::Hello(hello.clone())
+            }
+            Request::Hello { protocol_version } => Response::Error {
+                message: format!(
+                    "protocol version {protocol_version} not supported (agent speaks {})",
+                    proto::PROTOCOL_VERSION
+                ),
+            },
+            _ if !greeted => Response::Error {
+                message: "hello required first".into(),
+            },
+            Request::Ping { seq } => Response::Pong { seq },
+            Request::Shutdown => {
+                let _ = proto::send(&mut stream, &Response::ShuttingDown);
+                shutdown_vm();
+            }
+        };
+        if proto::send(&mut stream, &reply).is_err() {
+            return;
+        }
+    }
+}
+
+/// Syncs and resets the VM. With `reboot=k` the kernel resets through the
+/// keyboard controller, which the VMM turns into its own clean exit.
+fn shutdown_vm() -> ! {
+    nix::unistd::sync();
+    let err = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    eprintln!("husk-agent: reboot: {err:?}");
+    loop {
+        std::thread::park();
+    }
+}

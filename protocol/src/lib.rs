@@ -1,0 +1,20 @@
+//! The host ⇄ agent wire protocol.
+//!
+//! A frame is a 4-byte big-endian payload length followed by that many bytes of
+//! JSON. Frames larger than [`MAX_FRAME`] are refused before anything is
+//! allocated, so a hostile peer cannot make the other side allocate at will.
+//! The first exchange on a connection is [`Request::Hello`]: each side states its
+//! [`PROTOCOL_VERSION`] and a mismatch ends the conversation.
+
+mod frame;
+mod message;
+
+pub use frame::{read_frame, recv, send, write_frame, FrameError, MAX_FRAME};
+pub use message::{HelloInfo, Request, Response, PROTOCOL_VERSION};
+
+/// vsock port the agent listens on for host requests.
+pub const AGENT_PORT: u32 = 1024;
+
+/// Kernel command-line key naming the host vsock port the agent connects to once
+/// it listens (`husk.notify_port=N`), so the host need not poll for readiness.
+pub const NOTIFY_PORT_PARAM: &str = "husk.notify_port";

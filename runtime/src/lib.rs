@@ -1,0 +1,3 @@
+//! husk: the OCI runtime side — launching microVMs and talking to their agent.
+
+pub mod vm;

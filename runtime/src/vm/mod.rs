@@ -1,0 +1,235 @@
+//! One microVM as the runtime sees it: a `husk-vmm` child process, its hybrid
+//! vsock socket, and the agent inside.
+
+mod agent;
+mod vsock;
+
+pub use agent::AgentClient;
+pub use vsock::connect as vsock_connect;
+
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use husk_protocol::{self as proto, HelloInfo, Response};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+/// Host port the agent connects to once it listens (see `husk.notify_port`).
+pub const NOTIFY_PORT: u32 = 1025;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot prepare VM directory {0}: {1}")]
+    Dir(PathBuf, std::io::Error),
+    #[error("cannot start {0}: {1}")]
+    Spawn(PathBuf, std::io::Error),
+    #[error("husk-vmm exited before the agent was ready ({status}){stderr}")]
+    VmmDied { status: ExitStatus, stderr: String },
+    #[error("agent not ready after {0:?}")]
+    Timeout(Duration),
+    #[error("agent: {0}")]
+    Agent(String),
+    #[error("vsock: {0}")]
+    Vsock(String),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How to start a VM.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub vmm: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub memory_mib: u32,
+    pub vcpus: u8,
+    /// Guest serial console to a file (off when None).
+    pub console: Option<PathBuf>,
+    pub cmdline_extra: String,
+    pub ready_timeout: Duration,
+}
+
+impl VmSpec {
+    pub fn new(vmm: PathBuf, kernel: PathBuf, initrd: PathBuf) -> Self {
+        VmSpec {
+            vmm,
+            kernel,
+            initrd,
+            memory_mib: 128,
+            vcpus: 1,
+            console: None,
+            cmdline_extra: String::new(),
+            ready_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A running VM. Dropping it kills the VMM if it still runs.
+pub struct Vm {
+    child: Child,
+    dir: PathBuf,
+    uds: PathBuf,
+    /// What the agent announced when it came up.
+    pub hello: HelloInfo,
+    /// Wall time from spawning husk-vmm to the agent's hello.
+    pub launch_to_hello: Duration,
+}
+
+impl Vm {
+    /// Starts husk-vmm in `dir` (created, must not hold another VM's socket) and
+    /// waits until the agent announces itself over vsock.
+    pub fn launch(spec: &VmSpec, dir: &Path) -> Result<Vm, VmError> {
+        std::fs::create_dir_all(dir).map_err(|e| VmError::Dir(dir.into(), e))?;
+        let uds = dir.join("vsock.sock");
+        let notify_path = PathBuf::from(format!("{}_{NOTIFY_PORT}", uds.display()));
+        for p in [&uds, &notify_path] {
+            match std::fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(VmError::Dir(p.clone(), e)),
+            }
+        }
+        let notify = UnixListener::bind(&notify_path).map_err(|e| VmError::Dir(notify_path.clone(), e))?;
+        let stderr_path = dir.join("vmm.stderr");
+        let stderr = std::fs::File::create(&stderr_path).map_err(|e| VmError::Dir(stderr_path.clone(), e))?;
+
+        let mut cmd = Command::new(&spec.vmm);
+        cmd.arg("--kernel")
+            .arg(&spec.kernel)
+            .arg("--initrd")
+            .arg(&spec.initrd)
+            .arg("--memory-mib")
+            .arg(spec.memory_mib.to_string())
+            .arg("--vcpus")
+            .arg(spec.vcpus.to_string())
+            .arg("--vsock-uds")
+            .arg(&uds)
+            .arg("--cmdline-extra")
+            .arg(format!(
+                "{}={NOTIFY_PORT} {}",
+                proto::NOTIFY_PORT_PARAM,
+                spec.cmdline_extra
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        if let Some(c) = &spec.console {
+            cmd.arg("--console").arg(c);
+        }
+        let start = Instant::now();
+        let child = cmd.spawn().map_err(|e| VmError::Spawn(spec.vmm.clone(), e))?;
+        let mut vm = Vm {
+            child,
+            dir: dir.into(),
+            uds,
+            hello: HelloInfo {
+                protocol_version: 0,
+                agent_version: String::new(),
+                kernel_version: String::new(),
+                boot_to_listen_us: 0,
+                boot_to_init_us: 0,
+                online_cpus: 0,
+                memory_total_kib: 0,
+            },
+            launch_to_hello: Duration::ZERO,
+        };
+        let result = vm.wait_ready(&notify, spec.ready_timeout);
+        let _ = std::fs::remove_file(&notify_path);
+        vm.hello = result?;
+        vm.launch_to_hello = start.elapsed();
+        Ok(vm)
+    }
+
+    fn wait_ready(&mut self, notify: &UnixListener, timeout: Duration) -> Result<HelloInfo, VmError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Err(VmError::VmmDied {
+                    status,
+                    stderr: self.stderr_tail(),
+                });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(VmError::Timeout(timeout));
+            }
+            // Wake up now and then to notice a VMM that died.
+            let wait = left.min(Duration::from_millis(50));
+            let mut fds = [PollFd::new(notify.as_fd(), PollFlags::POLLIN)];
+            let ready = poll(&mut fds, PollTimeout::try_from(wait).unwrap_or(PollTimeout::ZERO))
+                .map_err(std::io::Error::from)?;
+            if ready == 0 {
+                continue;
+            }
+            let (mut s, _) = notify.accept()?;
+            s.set_read_timeout(Some(left))?;
+            return match proto::recv::<Response>(&mut s) {
+                Ok(Response::Hello(h)) if h.protocol_version == proto::PROTOCOL_VERSION => Ok(h),
+                Ok(Response::Hello(h)) => Err(VmError::Agent(format!(
+                    "agent speaks protocol {}, we speak {}",
+                    h.protocol_version,
+                    proto::PROTOCOL_VERSION
+                ))),
+                Ok(other) => Err(VmError::Agent(format!("unexpected announcement {other:?}"))),
+                Err(e) => Err(VmError::Agent(e.to_string())),
+            };
+        }
+    }
+
+    /// The VMM's stderr so far (last lines), for error messages.
+    pub fn stderr_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("vmm.stderr")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().rev().take(5).collect();
+        if lines.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", lines.into_iter().rev().collect::<Vec<_>>().join(" | "))
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The hybrid vsock socket of this VM.
+    pub fn vsock_path(&self) -> &Path {
+        &self.uds
+    }
+
+    /// Connects to the agent and exchanges hellos.
+    pub fn agent(&self) -> Result<AgentClient, VmError> {
+        AgentClient::connect(&self.uds, Duration::from_secs(30))
+    }
+
+    /// Waits for husk-vmm to exit.
+    pub fn wait(&mut self, timeout: Duration) -> Result<ExitStatus, VmError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() >= deadline {
+                return Err(VmError::Timeout(timeout));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Asks the agent to shut the guest down and waits for husk-vmm to exit.
+    pub fn shutdown(&mut self, timeout: Duration) -> Result<ExitStatus, VmError> {
+        self.agent()?.shutdown()?;
+        self.wait(timeout)
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_file(&self.uds);
+    }
+}

@@ -1,0 +1,98 @@
+//! Shared helpers for VM tests and benchmarks: where the built artifacts are,
+//! and measurements read from /proc.
+//!
+//! VM tests never skip: a missing artifact or an unusable /dev/kvm fails the
+//! test with the reason.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use husk::vm::VmSpec;
+
+/// An artifact path from the environment (set by `tests/run-vm-tests.sh`).
+pub fn artifact(var: &str) -> PathBuf {
+    let p = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        panic!("{var} is not set: run VM tests through `make test` (tests/run-vm-tests.sh)")
+    });
+    assert!(p.exists(), "{var}={} does not exist", p.display());
+    p
+}
+
+/// Fails (never skips) when this host cannot run KVM guests.
+pub fn require_kvm() {
+    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        panic!("VM tests need a usable /dev/kvm: {e} (run them through tests/vm-run.sh)");
+    }
+}
+
+pub fn spec() -> VmSpec {
+    require_kvm();
+    VmSpec::new(
+        artifact("HUSK_VMM"),
+        artifact("HUSK_KERNEL"),
+        artifact("HUSK_INITRD"),
+    )
+}
+
+/// A fresh directory per VM under the temp dir.
+pub fn vm_dir(tag: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "husk-test-{}-{}-{tag}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// Resident memory of a process, split into guest RAM (the anonymous mappings
+/// whose sizes are the guest RAM regions) and everything else.
+#[derive(Debug, Clone, Copy)]
+pub struct Rss {
+    pub guest_kib: u64,
+    pub other_kib: u64,
+}
+
+/// Reads `/proc/PID/smaps`; `guest_region_bytes` are the sizes of the guest
+/// RAM mappings (one per region).
+pub fn rss(pid: u32, guest_region_bytes: &[u64]) -> std::io::Result<Rss> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let mut out = Rss {
+        guest_kib: 0,
+        other_kib: 0,
+    };
+    let mut is_guest = false;
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-') {
+            if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                // Header line of a mapping: anonymous if it has no path.
+                let anon = line.split_whitespace().count() <= 5;
+                is_guest = anon && guest_region_bytes.contains(&(b - a));
+                continue;
+            }
+        }
+        if first == "Rss:" {
+            let kib: u64 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            if is_guest {
+                out.guest_kib += kib;
+            } else {
+                out.other_kib += kib;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Guest RAM region sizes for a VM of `memory_mib` (mirrors husk-vmm's layout).
+pub fn guest_regions(memory_mib: u32) -> Vec<u64> {
+    let size = u64::from(memory_mib) << 20;
+    let gap = 0xc000_0000u64;
+    if size <= gap {
+        vec![size]
+    } else {
+        vec![gap, size - gap]
+    }
+}

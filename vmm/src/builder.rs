@@ -1,0 +1,292 @@
+//! Turns a [`VmConfig`] into a running VM and runs it to the end.
+//!
+//! Order matters for start time: everything that can fail on bad input (files,
+//! sizes) is checked before KVM is touched, and nothing is done twice.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use log::info;
+use vm_memory::GuestAddress;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::arch::{cpuid, layout, mptable, regs};
+use crate::boot::pvh;
+use crate::config::{Console, VmConfig};
+use crate::devices::legacy::{I8042, IrqTrigger, ResetRequest, Serial};
+use crate::devices::virtio::mmio::{MmioTransport, MMIO_LEN, NOTIFY_REG_OFFSET};
+use crate::devices::virtio::vsock::Vsock;
+use crate::devices::Bus;
+use crate::memory::GuestMemoryMmap;
+use crate::vstate::exit::{ExitSignal, VmExit};
+use crate::vstate::vcpu::{Vcpu, VcpuContext};
+use crate::vstate::vm::Vm;
+
+/// Always on the command line. `reboot=k` makes the guest reset through the
+/// i8042 (our exit path); `panic=1` turns a panic into such a reset; the rest
+/// skips probing for hardware a husk VM never has.
+const BASE_CMDLINE: &str = "reboot=k panic=1 pci=off nomodule no_timer_check quiet";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot open {what} {path}: {err}")]
+    Open {
+        what: &'static str,
+        path: String,
+        err: std::io::Error,
+    },
+    #[error("kernel {path}: {err}")]
+    Kernel { path: String, err: pvh::BootError },
+    #[error("initrd {path}: {err}")]
+    Initrd { path: String, err: pvh::BootError },
+    #[error("{0}")]
+    Boot(#[from] pvh::BootError),
+    #[error("{0}")]
+    Kvm(#[from] crate::vstate::vm::VmError),
+    #[error("cannot allocate {0} MiB of guest memory: {1}")]
+    Memory(u32, String),
+    #[error("vCPU setup: {0}")]
+    Regs(#[from] regs::RegsError),
+    #[error("MP table: {0}")]
+    MpTable(#[from] mptable::MpTableError),
+    #[error("device setup: {0}")]
+    Device(String),
+    #[error("console {0}: {1}")]
+    Console(String, std::io::Error),
+    #[error("event loop: {0}")]
+    EventLoop(String),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn open(what: &'static str, path: &Path) -> Result<(File, u64), BuildError> {
+    let err = |err| BuildError::Open {
+        what,
+        path: path.display().to_string(),
+        err,
+    };
+    let f = File::open(path).map_err(err)?;
+    let meta = f.metadata().map_err(err)?;
+    if !meta.is_file() {
+        return Err(err(std::io::Error::other("not a regular file")));
+    }
+    Ok((f, meta.len()))
+}
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// Stops the event loop when a vCPU reports the end of the VM.
+struct ExitWatcher {
+    exit: Arc<ExitSignal>,
+    done: bool,
+}
+
+impl MutEventSubscriber for ExitWatcher {
+    fn process(&mut self, _: Events, _: &mut EventOps) {
+        let _ = self.exit.evt.read();
+        self.done = true;
+    }
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.exit.evt, EventSet::IN)) {
+            self.exit.signal(VmExit::VmmError(format!("cannot watch exit event: {e}")));
+        }
+    }
+}
+
+/// A built VM, ready to run.
+pub struct Machine {
+    event_manager: EventManager<Subscriber>,
+    exit: Arc<ExitSignal>,
+    watcher: Arc<Mutex<ExitWatcher>>,
+    vcpus: Vec<Vcpu>,
+    vsock_path: Option<std::path::PathBuf>,
+}
+
+pub fn build(cfg: &VmConfig) -> Result<Machine, BuildError> {
+    cfg.validate()?;
+    let (mut kernel, _) = open("kernel", &cfg.kernel)?;
+    let mut initrd = cfg
+        .initrd
+        .as_deref()
+        .map(|p| open("initrd", p).map(|f| (p, f)))
+        .transpose()?;
+    let console_out: Option<Box<dyn Write + Send>> = match &cfg.console {
+        Console::Off => None,
+        Console::Stdout => Some(Box::new(std::io::stdout())),
+        Console::File(p) => Some(Box::new(
+            File::create(p).map_err(|e| BuildError::Console(p.display().to_string(), e))?,
+        )),
+    };
+
+    let mem_size = u64::from(cfg.memory_mib) << 20;
+    let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(mem_size)
+        .into_iter()
+        .map(|(a, s)| (GuestAddress(a), s as usize))
+        .collect();
+    let mem = GuestMemoryMmap::from_ranges(&ranges)
+        .map_err(|e| BuildError::Memory(cfg.memory_mib, e.to_string()))?;
+
+    let loaded = pvh::load_kernel(&mem, &mut kernel).map_err(|err| BuildError::Kernel {
+        path: cfg.kernel.display().to_string(),
+        err,
+    })?;
+    let initrd = match initrd.as_mut() {
+        Some((path, (file, size))) => Some((
+            pvh::load_initrd(&mem, file, *size, loaded.end).map_err(|err| BuildError::Initrd {
+                path: path.display().to_string(),
+                err,
+            })?,
+            *size,
+        )),
+        None => None,
+    };
+
+    let vm = Vm::new()?;
+    vm.register_memory(&mem)?;
+
+    let exit = Arc::new(ExitSignal::new()?);
+    let reset = ResetRequest::default();
+    let mut io_bus = Bus::new();
+    let mut mmio_bus = Bus::new();
+    let mut cmdline = pvh::new_cmdline(BASE_CMDLINE)?;
+    let cmd_err = |e: linux_loader::cmdline::Error| pvh::BootError::Cmdline(e.to_string());
+    let dev_err = |e: &dyn std::fmt::Display| BuildError::Device(e.to_string());
+
+    io_bus
+        .insert(Arc::new(Mutex::new(I8042::new(reset.clone()))), I8042::PORT, I8042::LEN)
+        .map_err(|e| dev_err(&e))?;
+    match console_out {
+        Some(out) => {
+            let irq = EventFd::new(EFD_NONBLOCK)?;
+            vm.register_irqfd(&irq, Serial::IRQ)?;
+            let serial = Serial::new(IrqTrigger(irq), out);
+            io_bus
+                .insert(Arc::new(Mutex::new(serial)), Serial::PORT, Serial::LEN)
+                .map_err(|e| dev_err(&e))?;
+            cmdline.insert_str("console=ttyS0").map_err(cmd_err)?;
+        }
+        // Without a UART the kernel would still probe the legacy ports.
+        None => cmdline.insert_str("8250.nr_uarts=0").map_err(cmd_err)?,
+    }
+
+    let mut event_manager =
+        EventManager::<Subscriber>::new().map_err(|e| BuildError::EventLoop(e.to_string()))?;
+    let mut next_irq = layout::VIRTIO_IRQ_FIRST;
+    let mut next_mmio = layout::VIRTIO_MMIO_START;
+    let mut vsock_path = None;
+    if let Some(vcfg) = &cfg.vsock {
+        let vsock = Vsock::new(vcfg.guest_cid, vcfg.uds_path.clone()).map_err(|e| dev_err(&e))?;
+        let vsock = Arc::new(Mutex::new(vsock));
+        vsock_path = Some(vcfg.uds_path.clone());
+        let irq = EventFd::new(EFD_NONBLOCK)?;
+        vm.register_irqfd(&irq, next_irq)?;
+        let transport = MmioTransport::new(vsock.clone(), mem.clone(), irq).map_err(|e| dev_err(&e))?;
+        for (i, kick) in transport.queue_kicks().iter().enumerate() {
+            vm.register_mmio_notify(kick, next_mmio + NOTIFY_REG_OFFSET, i as u32)?;
+        }
+        mmio_bus
+            .insert(Arc::new(Mutex::new(transport)), next_mmio, MMIO_LEN)
+            .map_err(|e| dev_err(&e))?;
+        cmdline
+            .insert_str(format!("virtio_mmio.device=4K@{next_mmio:#x}:{next_irq}"))
+            .map_err(cmd_err)?;
+        event_manager.add_subscriber(vsock);
+        next_irq += 1;
+        next_mmio += MMIO_LEN;
+    }
+    let _ = (next_irq, next_mmio);
+    if !cfg.cmdline_extra.trim().is_empty() {
+        cmdline.insert_str(cfg.cmdline_extra.trim()).map_err(cmd_err)?;
+    }
+
+    pvh::write_boot_params(&mem, &cmdline, initrd)?;
+    mptable::setup(&mem, cfg.vcpus)?;
+    regs::write_boot_tables(&mem)?;
+
+    let ctx = VcpuContext {
+        io_bus: Arc::new(io_bus),
+        mmio_bus: Arc::new(mmio_bus),
+        reset,
+        exit: exit.clone(),
+    };
+    let supported = vm
+        .kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| crate::vstate::vm::VmError::Ioctl("KVM_GET_SUPPORTED_CPUID", e))?;
+    let mut vcpus = Vec::with_capacity(cfg.vcpus.into());
+    for id in 0..cfg.vcpus {
+        let fd = vm
+            .fd
+            .create_vcpu(u64::from(id))
+            .map_err(|e| crate::vstate::vm::VmError::Ioctl("KVM_CREATE_VCPU", e))?;
+        let mut c = supported.clone();
+        cpuid::filter(&mut c, id, cfg.vcpus);
+        fd.set_cpuid2(&c)
+            .map_err(|e| crate::vstate::vm::VmError::Ioctl("KVM_SET_CPUID2", e))?;
+        regs::setup_common(&fd)?;
+        if id == 0 {
+            regs::setup_boot_vcpu(&fd, loaded.entry.0)?;
+        }
+        vcpus.push(Vcpu::new(id, fd, ctx.clone()));
+    }
+
+    let watcher = Arc::new(Mutex::new(ExitWatcher {
+        exit: exit.clone(),
+        done: false,
+    }));
+    event_manager.add_subscriber(watcher.clone());
+    info!("VM built: {} vCPUs, {} MiB, cmdline {:?}", cfg.vcpus, cfg.memory_mib, cmdline.as_cstring().map(|c| c.into_string().unwrap_or_default()).unwrap_or_default());
+    // The VM object (and with it every KVM fd) must live as long as the vCPUs:
+    // it is leaked on purpose, the process ends with the VM.
+    std::mem::forget(vm);
+    std::mem::forget(mem);
+    Ok(Machine {
+        event_manager,
+        exit,
+        watcher,
+        vcpus,
+        vsock_path,
+    })
+}
+
+impl Machine {
+    /// Starts the vCPUs and serves devices until the guest ends.
+    pub fn run(mut self) -> VmExit {
+        for vcpu in std::mem::take(&mut self.vcpus) {
+            if let Err(e) = vcpu.spawn() {
+                return self.finish(VmExit::VmmError(format!("cannot start vCPU thread: {e}")));
+            }
+        }
+        loop {
+            if let Err(e) = self.event_manager.run() {
+                return self.finish(VmExit::VmmError(format!("event loop: {e}")));
+            }
+            let done = self
+                .watcher
+                .lock()
+                .map(|w| w.done)
+                .unwrap_or(true);
+            if done {
+                let why = self
+                    .exit
+                    .reason()
+                    .unwrap_or(VmExit::VmmError("VM ended for no recorded reason".into()));
+                return self.finish(why);
+            }
+        }
+    }
+
+    fn finish(&self, why: VmExit) -> VmExit {
+        if let Some(p) = &self.vsock_path {
+            let _ = std::fs::remove_file(p);
+        }
+        why
+    }
+}

@@ -1,0 +1,80 @@
+//! Virtio devices and the virtio-mmio transport that exposes them to the guest.
+//!
+//! The split follows Firecracker: the transport (`mmio`) owns register state and
+//! queue configuration; a device (`vsock`, ...) only sees activated queues, guest
+//! memory and an [`Interrupt`] handle, and does its queue work on the VMM's event
+//! loop (it is an `event_manager::MutEventSubscriber`).
+
+pub mod mmio;
+pub mod vsock;
+
+use std::io;
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::memory::GuestMemoryMmap;
+
+/// Feature bit every modern (non-legacy) device offers.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// Virtio device ids (virtio spec 5).
+pub const TYPE_VSOCK: u32 = 19;
+pub const TYPE_FS: u32 = 26;
+
+/// How a device tells the guest that something happened.
+pub trait Interrupt: Send + Sync {
+    /// The device placed buffers in a used ring.
+    fn signal_used_queue(&self) -> io::Result<()>;
+    /// The device configuration space changed.
+    fn signal_config_change(&self) -> io::Result<()>;
+}
+
+/// A queue the driver has set up and enabled, with the eventfd that KVM signals
+/// (ioeventfd) when the driver writes its index to QueueNotify.
+pub struct ActivatedQueue {
+    pub queue: Queue,
+    pub kick: EventFd,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("expected {expected} queues, got {got}")]
+    QueueCount { expected: usize, got: usize },
+    #[error("device activation failed: {0}")]
+    Device(String),
+    #[error("I/O error during activation: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A virtio device model, independent of the transport.
+///
+/// Called from vCPU threads (through the transport) and, for queue work, from the
+/// event loop; implementors are shared as `Arc<Mutex<_>>`.
+pub trait VirtioDevice: Send {
+    /// Virtio device id (`TYPE_*`).
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue; its length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits offered to the driver.
+    fn avail_features(&self) -> u64;
+    /// Features the driver acknowledged (a subset of `avail_features`, enforced by the transport).
+    fn set_acked_features(&mut self, features: u64);
+    /// Read device config space at `offset`; out-of-range bytes are left untouched.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Write device config space; devices with read-only config ignore it.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// The driver set DRIVER_OK: start processing queues.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn Interrupt>,
+        queues: Vec<ActivatedQueue>,
+    ) -> Result<(), ActivateError>;
+    /// The driver reset the device. Returns false if the device cannot be reset
+    /// (the transport then marks it as needing reset).
+    fn reset(&mut self) -> bool {
+        false
+    }
+}

@@ -1,0 +1,130 @@
+//! A vCPU thread: runs the guest and routes its port/MMIO exits to the buses.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use log::{error, warn};
+
+use super::exit::{ExitSignal, VmExit};
+use crate::arch::regs;
+use crate::devices::legacy::ResetRequest;
+use crate::devices::Bus;
+
+/// Everything a vCPU thread shares with the rest of the VM.
+#[derive(Clone)]
+pub struct VcpuContext {
+    pub io_bus: Arc<Bus>,
+    pub mmio_bus: Arc<Bus>,
+    pub reset: ResetRequest,
+    pub exit: Arc<ExitSignal>,
+}
+
+pub struct Vcpu {
+    pub id: u8,
+    pub fd: VcpuFd,
+    ctx: VcpuContext,
+    unhandled_logged: bool,
+}
+
+impl Vcpu {
+    pub fn new(id: u8, fd: VcpuFd, ctx: VcpuContext) -> Self {
+        Vcpu {
+            id,
+            fd,
+            ctx,
+            unhandled_logged: false,
+        }
+    }
+
+    pub fn spawn(mut self) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name(format!("vcpu{}", self.id))
+            .spawn(move || {
+                let why = self.run();
+                self.ctx.exit.signal(why);
+            })
+    }
+
+    fn run(&mut self) -> VmExit {
+        loop {
+            let exit = match self.fd.run() {
+                Ok(exit) => exit,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) => return VmExit::VmmError(format!("vcpu{}: KVM_RUN: {e}", self.id)),
+            };
+            let ctx = &self.ctx;
+            let unhandled = match exit {
+                VcpuExit::IoIn(port, data) => {
+                    if !ctx.io_bus.read(u64::from(port), data) {
+                        // Nothing there: floating bus.
+                        data.fill(0xff);
+                    }
+                    false
+                }
+                VcpuExit::IoOut(port, data) => {
+                    let handled = ctx.io_bus.write(u64::from(port), data);
+                    if ctx.reset.take() {
+                        return self.reset_exit();
+                    }
+                    // Port 0x80 is the POST/delay port: writes there are expected.
+                    !handled && port != 0x80
+                }
+                VcpuExit::MmioRead(addr, data) => {
+                    if !ctx.mmio_bus.read(addr, data) {
+                        data.fill(0xff);
+                        true
+                    } else {
+                        false
+                    }
+                }
+                VcpuExit::MmioWrite(addr, data) => !ctx.mmio_bus.write(addr, data),
+                VcpuExit::Shutdown => {
+                    return VmExit::GuestCrash(format!("vcpu{}: triple fault", self.id))
+                }
+                VcpuExit::Hlt => return VmExit::GuestCrash(format!("vcpu{}: halted", self.id)),
+                VcpuExit::FailEntry(reason, cpu) => {
+                    return VmExit::GuestCrash(format!(
+                        "vcpu{}: KVM entry failed, reason {reason:#x} on host cpu {cpu}",
+                        self.id
+                    ))
+                }
+                VcpuExit::InternalError => {
+                    return VmExit::GuestCrash(format!("vcpu{}: KVM internal error", self.id))
+                }
+                VcpuExit::SystemEvent(kind, _) => {
+                    return VmExit::GuestCrash(format!("vcpu{}: system event {kind}", self.id))
+                }
+                other => {
+                    if !self.unhandled_logged {
+                        warn!("vcpu{}: unexpected exit {other:?}", self.id);
+                    }
+                    true
+                }
+            };
+            if unhandled && !self.unhandled_logged {
+                self.unhandled_logged = true;
+                warn!(
+                    "vcpu{}: guest accessed an address no device answers (further ones not logged)",
+                    self.id
+                );
+            }
+        }
+    }
+
+    /// The guest reset through the keyboard controller. Whether it shut down
+    /// cleanly first is read off this vCPU's local APIC (see
+    /// [`regs::lapic_was_shut_down`]).
+    fn reset_exit(&self) -> VmExit {
+        match regs::lapic_was_shut_down(&self.fd) {
+            Some(true) => VmExit::GuestShutdown,
+            Some(false) => VmExit::GuestCrash(
+                "guest reset without shutting down (kernel panic?)".to_string(),
+            ),
+            None => {
+                error!("vcpu{}: cannot read local APIC after reset", self.id);
+                VmExit::GuestCrash("guest reset; shutdown state unknown".to_string())
+            }
+        }
+    }
+}

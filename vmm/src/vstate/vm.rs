@@ -1,0 +1,96 @@
+//! The KVM VM: memory slots, in-kernel irqchip and PIT, irqfds and ioeventfds.
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
+use vm_memory::{Address, GuestMemory, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::memory::GuestMemoryMmap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot open /dev/kvm: {0}")]
+    OpenKvm(kvm_ioctls::Error),
+    #[error("KVM API version {0} is not supported (need 12)")]
+    ApiVersion(i32),
+    #[error("KVM capability {0} is missing")]
+    Capability(&'static str),
+    #[error("KVM ioctl {0} failed: {1}")]
+    Ioctl(&'static str, kvm_ioctls::Error),
+}
+
+pub struct Vm {
+    pub kvm: Kvm,
+    pub fd: VmFd,
+}
+
+/// Where KVM keeps the VMX real-mode TSS; must not overlap RAM or MMIO.
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+impl Vm {
+    pub fn new() -> Result<Vm, VmError> {
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        match kvm.get_api_version() {
+            12 => {}
+            v => return Err(VmError::ApiVersion(v)),
+        }
+        for (cap, name) in [
+            (kvm_ioctls::Cap::Irqchip, "IRQCHIP"),
+            (kvm_ioctls::Cap::Ioeventfd, "IOEVENTFD"),
+            (kvm_ioctls::Cap::Irqfd, "IRQFD"),
+            (kvm_ioctls::Cap::UserMemory, "USER_MEMORY"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(VmError::Capability(name));
+            }
+        }
+        let fd = kvm
+            .create_vm()
+            .map_err(|e| VmError::Ioctl("KVM_CREATE_VM", e))?;
+        fd.set_tss_address(KVM_TSS_ADDRESS)
+            .map_err(|e| VmError::Ioctl("KVM_SET_TSS_ADDR", e))?;
+        fd.create_irq_chip()
+            .map_err(|e| VmError::Ioctl("KVM_CREATE_IRQCHIP", e))?;
+        // The speaker port (0x61) is answered in the kernel; Linux polls it
+        // while calibrating and every exit to us would cost time.
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit)
+            .map_err(|e| VmError::Ioctl("KVM_CREATE_PIT2", e))?;
+        Ok(Vm { kvm, fd })
+    }
+
+    /// Hands every guest memory region to KVM. The mappings are anonymous and
+    /// untouched: pages are allocated only when the guest first uses them.
+    pub fn register_memory(&self, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+        for (slot, region) in mem.iter().enumerate() {
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+            };
+            // SAFETY: the region is a live mapping of `memory_size` bytes owned by
+            // `mem`, which outlives the VM (both live until the process exits).
+            unsafe { self.fd.set_user_memory_region(r) }
+                .map_err(|e| VmError::Ioctl("KVM_SET_USER_MEMORY_REGION", e))?;
+        }
+        Ok(())
+    }
+
+    pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), VmError> {
+        self.fd
+            .register_irqfd(evt, gsi)
+            .map_err(|e| VmError::Ioctl("KVM_IRQFD", e))
+    }
+
+    /// KVM signals `evt` when the guest writes `value` to `addr`, without an exit to us.
+    pub fn register_mmio_notify(&self, evt: &EventFd, addr: u64, value: u32) -> Result<(), VmError> {
+        self.fd
+            .register_ioevent(evt, &IoEventAddress::Mmio(addr), value)
+            .map_err(|e| VmError::Ioctl("KVM_IOEVENTFD", e))
+    }
+}
