@@ -51,9 +51,10 @@ pub struct LoadedKernel {
 
 pub fn load_kernel<M: GuestMemory>(mem: &M, kernel: &mut File) -> Result<LoadedKernel, BootError> {
     let res = Elf::load(mem, None, kernel, Some(GuestAddress(HIMEM_START))).map_err(|e| match e {
-        linux_loader::loader::Error::Elf(linux_loader::loader::elf::Error::InvalidElfMagicNumber) => {
-            BootError::NotElf
-        }
+        linux_loader::loader::Error::Elf(
+            linux_loader::loader::elf::Error::InvalidElfMagicNumber
+            | linux_loader::loader::elf::Error::ReadElfHeader,
+        ) => BootError::NotElf,
         linux_loader::loader::Error::Elf(e) => BootError::Kernel(e.to_string()),
         e => BootError::Kernel(e.to_string()),
     })?;
