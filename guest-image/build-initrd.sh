@@ -40,6 +40,9 @@ cat > "$spec" <<SPEC
 # husk guest initramfs (gen_init_cpio spec)
 dir /dev 0755 0 0
 nod /dev/console 0600 0 0 c 5 1
+# Rust's runtime opens /dev/null for closed stdio before main(); without a console the
+# kernel starts /init with fds 0-2 closed, and a failed open would abort PID 1.
+nod /dev/null 0666 0 0 c 1 3
 dir /proc 0555 0 0
 dir /sys 0555 0 0
 dir /run 0755 0 0

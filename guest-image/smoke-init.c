@@ -8,6 +8,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
+#include <sys/klog.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <linux/vm_sockets.h>
@@ -29,6 +30,9 @@ int main(void) {
     cat_first_line("/proc/uptime", up, sizeof up);
     printf("HUSK-SMOKE-INIT: /init running; guest uptime %s; cpus online %ld\n", up,
            sysconf(_SC_NPROCESSORS_ONLN));
+    char cmdline[1024];
+    cat_first_line("/proc/cmdline", cmdline, sizeof cmdline);
+    printf("HUSK-SMOKE-INIT: cmdline: %s\n", cmdline);
     DIR *d = opendir("/sys/bus/virtio/devices");
     struct dirent *e;
     while (d && (e = readdir(d))) {
@@ -43,6 +47,13 @@ int main(void) {
     int fd = open("/dev/vsock", O_RDONLY);
     if (fd >= 0) ioctl(fd, IOCTL_VM_SOCKETS_GET_LOCAL_CID, &cid);
     printf("HUSK-SMOKE-INIT: AF_VSOCK socket %s, local cid %u\n", s >= 0 ? "ok" : "FAILED", cid);
+    if (strstr(cmdline, "initcall_debug")) {
+        /* with "quiet initcall_debug" the timings stay out of the (slow) console: dump them now */
+        static char log[1 << 20];
+        int n = klogctl(3 /* SYSLOG_ACTION_READ_ALL */, log, sizeof log);
+        for (char *l = strtok(n > 0 ? (log[n] = 0, log) : "", "\n"); l; l = strtok(NULL, "\n"))
+            if (strstr(l, "initcall") && strstr(l, "returned")) printf("HUSK-SMOKE-DMESG: %s\n", l);
+    }
     fflush(stdout);
     sync();
     reboot(RB_AUTOBOOT);

@@ -4,6 +4,8 @@
 # report launch-to-/init time. Runs the boots through tests/vm-run.sh, i.e. inside the KVM
 # test host on machines whose /dev/kvm cannot run ordinary guests.
 # Usage: smoke-test.sh [RUNS]        (needs gcc; run guest-image/build-kernel.sh first)
+# HUSK_SMOKE_CMDLINE replaces "quiet" on the guest cmdline, e.g. "initcall_debug" to see where
+# boot time goes (the first boot's console is printed).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -20,7 +22,7 @@ if [ "${1:-}" != --inner ]; then
 fi
 
 runs=${2:-5}
-cmdline="console=ttyS0 reboot=t panic=-1 quiet"
+cmdline="console=ttyS0 reboot=t panic=-1 ${HUSK_SMOKE_CMDLINE:-quiet}"
 ok=0; times=()
 for i in $(seq 1 "$runs"); do
   t0=$(date +%s%N); t_init=""; seen=""
@@ -30,7 +32,7 @@ for i in $(seq 1 "$runs"); do
       *HUSK-SMOKE-INIT:*/init\ running*) t_init=$(date +%s%N); seen="$line" ;;
     esac
     [ "$i" = 1 ] && echo "  | $line"
-  done < <(timeout 120 qemu-system-x86_64 -M microvm,pit=off,pic=off,isa-serial=on,rtc=off \
+  done < <(timeout 120 qemu-system-x86_64 -M microvm,acpi=off,pit=off,pic=off,isa-serial=on,rtc=off \
              -enable-kvm -cpu host -m 512 -smp 2 -nodefaults -no-user-config -display none \
              -serial stdio -no-reboot -kernel "$kernel" -initrd "$work/initrd.img" \
              -device vhost-vsock-device,guest-cid=3 -append "$cmdline" </dev/null 2>&1)

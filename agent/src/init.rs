@@ -17,8 +17,18 @@ pub fn setup() {
         ("proc", "/proc", nodev, None),
         ("sysfs", "/sys", nodev, None),
         ("devtmpfs", "/dev", MsFlags::MS_NOSUID, Some("mode=0755")),
-        ("tmpfs", "/run", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755")),
-        ("tmpfs", "/tmp", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777")),
+        (
+            "tmpfs",
+            "/run",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        ),
+        (
+            "tmpfs",
+            "/tmp",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=1777"),
+        ),
     ];
     for (fstype, target, flags, data) in mounts {
         let _ = std::fs::create_dir_all(target);
@@ -30,7 +40,11 @@ pub fn setup() {
     // Without a console device the kernel leaves fds 0-2 closed; with one, make
     // sure they point at it. Writes to a serial console are expensive, so the
     // agent prints one line at startup and nothing else.
-    if let Ok(console) = OpenOptions::new().read(true).write(true).open("/dev/console") {
+    if let Ok(console) = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    {
         for fd in 0..3 {
             // SAFETY: dup2 onto the standard descriptors; `console` stays open.
             unsafe { libc::dup2(console.as_raw_fd(), fd) };
@@ -51,23 +65,21 @@ pub fn block_sigchld() -> nix::Result<()> {
 
 /// Reaps every child (orphans re-parented to PID 1 included) so none stays a zombie.
 pub fn spawn_reaper() {
-    let spawned = std::thread::Builder::new()
-        .name("reaper".into())
-        .spawn(|| {
-            let mut set = SigSet::empty();
-            set.add(Signal::SIGCHLD);
+    let spawned = std::thread::Builder::new().name("reaper".into()).spawn(|| {
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGCHLD);
+        loop {
+            if set.wait().is_err() {
+                continue;
+            }
             loop {
-                if set.wait().is_err() {
-                    continue;
-                }
-                loop {
-                    match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                        Ok(WaitStatus::StillAlive) | Err(_) => break,
-                        Ok(_) => {}
-                    }
+                match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(_) => {}
                 }
             }
-        });
+        }
+    });
     if let Err(e) = spawned {
         eprintln!("husk-agent: cannot start reaper: {e}");
     }

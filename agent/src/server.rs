@@ -65,7 +65,6 @@ pub fn run(started_us: u64) -> io::Result<()> {
 /// wrapper around a stream socket descriptor; nothing unix-specific is called.
 type UnixStreamLike = UnixStream;
 
-
 fn vsock_socket() -> io::Result<OwnedFd> {
     Ok(socket(
         AddressFamily::Vsock,
@@ -126,11 +125,26 @@ fn serve(mut stream: UnixStreamLike, hello: HelloInfo) {
             Request::Ping { seq } => Response::Pong { seq },
             Request::Shutdown => {
                 let _ = proto::send(&mut stream, &Response::ShuttingDown);
+                await_host_close(&mut stream);
                 shutdown_vm();
             }
         };
         if proto::send(&mut stream, &reply).is_err() {
             return;
+        }
+    }
+}
+
+/// The reset would drop the reply still queued in the guest's vsock stack, so
+/// wait (briefly) until the host has read it and hung up.
+fn await_host_close(stream: &mut UnixStreamLike) {
+    use std::io::Read;
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    let mut buf = [0u8; 64];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
         }
     }
 }

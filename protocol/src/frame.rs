@@ -168,10 +168,19 @@ mod tests {
 
     #[test]
     fn garbage_payload_is_malformed() {
-        for junk in [&b"\xff\xfe\x00garbage"[..], b"{}", b"[1,2]", b"{\"nope\":1}", b""] {
+        for junk in [
+            &b"\xff\xfe\x00garbage"[..],
+            b"{}",
+            b"[1,2]",
+            b"{\"nope\":1}",
+            b"",
+        ] {
             let f = framed(junk);
             assert!(
-                matches!(recv::<Request>(&mut f.as_slice()), Err(FrameError::Malformed(_))),
+                matches!(
+                    recv::<Request>(&mut f.as_slice()),
+                    Err(FrameError::Malformed(_))
+                ),
                 "{junk:?}"
             );
         }

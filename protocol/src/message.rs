@@ -8,8 +8,12 @@ pub const PROTOCOL_VERSION: u32 = 1;
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// First message on every connection.
-    Hello { protocol_version: u32 },
-    Ping { seq: u64 },
+    Hello {
+        protocol_version: u32,
+    },
+    Ping {
+        seq: u64,
+    },
     /// Sync filesystems and reset the VM.
     Shutdown,
 }
@@ -35,8 +39,12 @@ pub struct HelloInfo {
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Response {
     Hello(HelloInfo),
-    Pong { seq: u64 },
+    Pong {
+        seq: u64,
+    },
     /// Sent before the agent resets the VM.
     ShuttingDown,
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }

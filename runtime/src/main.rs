@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use husk::vm::{Vm, VmSpec};
 
 #[derive(Parser)]
-#[command(name = "husk", version, about = "OCI runtime that runs each container in its own KVM microVM")]
+#[command(
+    name = "husk",
+    version,
+    about = "OCI runtime that runs each container in its own KVM microVM"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,

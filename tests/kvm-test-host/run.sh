@@ -167,6 +167,8 @@ $B mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 out /out || { echo 
 $B mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288,cache=loose hostroot /host || fail "cannot mount the host root over 9p"
 [ -c /dev/kvm ] || fail "no /dev/kvm inside the test host: kvm-amd did not load ($($B dmesg | $B grep -i -E 'kvm|svm' | $B tail -3))"
 $B mkdir -p /dev/pts /dev/shm /dev/mqueue
+# what udev would create: bash process substitution needs /dev/fd
+$B ln -sf /proc/self/fd /dev/fd; $B ln -sf /proc/self/fd/0 /dev/stdin; $B ln -sf /proc/self/fd/1 /dev/stdout; $B ln -sf /proc/self/fd/2 /dev/stderr
 $B mount -t devpts -o newinstance,ptmxmode=0666,gid=5,mode=620 devpts /dev/pts; $B ln -sf pts/ptmx /dev/ptmx
 $B mount -t tmpfs -o mode=1777 shm /dev/shm; $B mount -t mqueue mqueue /dev/mqueue
 $B mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup || fail "cannot mount cgroup2"

@@ -20,7 +20,11 @@ pub fn artifact(var: &str) -> PathBuf {
 
 /// Fails (never skips) when this host cannot run KVM guests.
 pub fn require_kvm() {
-    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         panic!("VM tests need a usable /dev/kvm: {e} (run them through tests/vm-run.sh)");
     }
 }

@@ -20,7 +20,11 @@ fn boot_hello_ping_shutdown() {
         vm.launch_to_hello, vm.hello.boot_to_listen_us, vm.hello.kernel_version
     );
     assert_eq!(vm.hello.protocol_version, proto::PROTOCOL_VERSION);
-    assert!(vm.hello.kernel_version.starts_with("6.1."), "{:?}", vm.hello);
+    assert!(
+        vm.hello.kernel_version.starts_with("6.1."),
+        "{:?}",
+        vm.hello
+    );
     assert_eq!(vm.hello.online_cpus, 1);
     assert!(vm.hello.boot_to_listen_us >= vm.hello.boot_to_init_us);
     assert!(vm.hello.boot_to_init_us > 0);
@@ -89,7 +93,13 @@ fn refused_and_garbage_connections_leave_vm_working() {
     let err = vsock_connect(vm.vsock_path(), 4000, T).unwrap_err();
     assert!(err.to_string().contains("connection refused"), "{err}");
     // Garbage instead of CONNECT: closed, nothing else happens.
-    for junk in [&b"HELLO\n"[..], b"CONNECT\n", b"CONNECT -1\n", b"CONNECT 99999999999\n", &[b'x'; 200]] {
+    for junk in [
+        &b"HELLO\n"[..],
+        b"CONNECT\n",
+        b"CONNECT -1\n",
+        b"CONNECT 99999999999\n",
+        &[b'x'; 200],
+    ] {
         let mut s = UnixStream::connect(vm.vsock_path()).unwrap();
         s.set_read_timeout(Some(T)).unwrap();
         let _ = s.write_all(junk);
@@ -99,7 +109,8 @@ fn refused_and_garbage_connections_leave_vm_working() {
     // Garbage frames to the agent: it answers with an error and hangs up.
     let mut s = vsock_connect(vm.vsock_path(), proto::AGENT_PORT, T).unwrap();
     s.set_read_timeout(Some(T)).unwrap();
-    s.write_all(&[0, 0, 0, 5, b'{', b'x', 0xff, b'"', b'!']).unwrap();
+    s.write_all(&[0, 0, 0, 5, b'{', b'x', 0xff, b'"', b'!'])
+        .unwrap();
     match proto::recv::<Response>(&mut s) {
         Ok(Response::Error { .. }) => {}
         other => panic!("expected an error reply, got {other:?}"),
@@ -108,12 +119,18 @@ fn refused_and_garbage_connections_leave_vm_working() {
     let mut s = vsock_connect(vm.vsock_path(), proto::AGENT_PORT, T).unwrap();
     s.set_read_timeout(Some(T)).unwrap();
     proto::send(&mut s, &Request::Ping { seq: 1 }).unwrap();
-    assert!(matches!(proto::recv::<Response>(&mut s), Ok(Response::Error { .. })));
+    assert!(matches!(
+        proto::recv::<Response>(&mut s),
+        Ok(Response::Error { .. })
+    ));
     // An oversized frame header is refused without the agent allocating it.
     let mut s = vsock_connect(vm.vsock_path(), proto::AGENT_PORT, T).unwrap();
     s.set_read_timeout(Some(T)).unwrap();
     s.write_all(&u32::MAX.to_be_bytes()).unwrap();
-    assert!(matches!(proto::recv::<Response>(&mut s), Ok(Response::Error { .. })));
+    assert!(matches!(
+        proto::recv::<Response>(&mut s),
+        Ok(Response::Error { .. })
+    ));
     // Still fine.
     let mut agent = vm.agent().unwrap();
     agent.ping(7).unwrap();

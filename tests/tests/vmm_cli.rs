@@ -5,8 +5,14 @@ use std::process::Command;
 use husk_tests::artifact;
 
 fn vmm(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(artifact("HUSK_VMM")).args(args).output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(artifact("HUSK_VMM"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn initrd() -> String {
@@ -48,7 +54,10 @@ fn missing_initrd() {
     let k = artifact("HUSK_KERNEL").display().to_string();
     let (code, err) = vmm(&["--kernel", &k, "--initrd", "/nope"]);
     assert_eq!(code, Some(1));
-    assert_eq!(err, "husk-vmm: cannot open initrd /nope: No such file or directory (os error 2)\n");
+    assert_eq!(
+        err,
+        "husk-vmm: cannot open initrd /nope: No such file or directory (os error 2)\n"
+    );
 }
 
 #[test]
@@ -59,7 +68,10 @@ fn zero_vcpus_and_tiny_memory() {
     assert_eq!(err, "husk-vmm: --vcpus must be between 1 and 64, got 0\n");
     let (code, err) = vmm(&["--kernel", &k, "--memory-mib", "4"]);
     assert_eq!(code, Some(1));
-    assert_eq!(err, "husk-vmm: --memory-mib must be between 32 and 1048576, got 4\n");
+    assert_eq!(
+        err,
+        "husk-vmm: --memory-mib must be between 32 and 1048576, got 4\n"
+    );
 }
 
 #[test]
@@ -68,10 +80,26 @@ fn initrd_too_big_for_memory() {
     let dir = std::env::temp_dir().join(format!("husk-bigrd-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let big = dir.join("big.img");
-    std::fs::File::create(&big).unwrap().set_len(40 << 20).unwrap();
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(40 << 20)
+        .unwrap();
     let k = artifact("HUSK_KERNEL").display().to_string();
-    let (code, err) = vmm(&["--kernel", &k, "--initrd", big.to_str().unwrap(), "--memory-mib", "32"]);
+    let (code, err) = vmm(&[
+        "--kernel",
+        &k,
+        "--initrd",
+        big.to_str().unwrap(),
+        "--memory-mib",
+        "32",
+    ]);
     assert_eq!(code, Some(1));
-    assert!(err.starts_with(&format!("husk-vmm: initrd {}: initrd of 41943040 bytes does not fit", big.display())), "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "husk-vmm: initrd {}: initrd of 41943040 bytes does not fit",
+            big.display()
+        )),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
 }

@@ -18,7 +18,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::arch::{cpuid, layout, mptable, regs};
 use crate::boot::pvh;
 use crate::config::{Console, VmConfig};
-use crate::devices::legacy::{I8042, IrqTrigger, ResetRequest, Serial};
+use crate::devices::legacy::{IrqTrigger, ResetRequest, Serial, I8042};
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_LEN, NOTIFY_REG_OFFSET};
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::Bus;
@@ -95,7 +95,8 @@ impl MutEventSubscriber for ExitWatcher {
     }
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(&self.exit.evt, EventSet::IN)) {
-            self.exit.signal(VmExit::VmmError(format!("cannot watch exit event: {e}")));
+            self.exit
+                .signal(VmExit::VmmError(format!("cannot watch exit event: {e}")));
         }
     }
 }
@@ -120,9 +121,11 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, BuildError> {
     let console_out: Option<Box<dyn Write + Send>> = match &cfg.console {
         Console::Off => None,
         Console::Stdout => Some(Box::new(std::io::stdout())),
-        Console::File(p) => Some(Box::new(
-            File::create(p).map_err(|e| BuildError::Console(p.display().to_string(), e))?,
-        )),
+        Console::File(p) => {
+            Some(Box::new(File::create(p).map_err(|e| {
+                BuildError::Console(p.display().to_string(), e)
+            })?))
+        }
     };
 
     let mem_size = u64::from(cfg.memory_mib) << 20;
@@ -160,7 +163,11 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, BuildError> {
     let dev_err = |e: &dyn std::fmt::Display| BuildError::Device(e.to_string());
 
     io_bus
-        .insert(Arc::new(Mutex::new(I8042::new(reset.clone()))), I8042::PORT, I8042::LEN)
+        .insert(
+            Arc::new(Mutex::new(I8042::new(reset.clone()))),
+            I8042::PORT,
+            I8042::LEN,
+        )
         .map_err(|e| dev_err(&e))?;
     match console_out {
         Some(out) => {
@@ -187,7 +194,8 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, BuildError> {
         vsock_path = Some(vcfg.uds_path.clone());
         let irq = EventFd::new(EFD_NONBLOCK)?;
         vm.register_irqfd(&irq, next_irq)?;
-        let transport = MmioTransport::new(vsock.clone(), mem.clone(), irq).map_err(|e| dev_err(&e))?;
+        let transport =
+            MmioTransport::new(vsock.clone(), mem.clone(), irq).map_err(|e| dev_err(&e))?;
         for (i, kick) in transport.queue_kicks().iter().enumerate() {
             vm.register_mmio_notify(kick, next_mmio + NOTIFY_REG_OFFSET, i as u32)?;
         }
@@ -203,7 +211,9 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, BuildError> {
     }
     let _ = (next_irq, next_mmio);
     if !cfg.cmdline_extra.trim().is_empty() {
-        cmdline.insert_str(cfg.cmdline_extra.trim()).map_err(cmd_err)?;
+        cmdline
+            .insert_str(cfg.cmdline_extra.trim())
+            .map_err(cmd_err)?;
     }
 
     pvh::write_boot_params(&mem, &cmdline, initrd)?;
@@ -242,7 +252,15 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, BuildError> {
         done: false,
     }));
     event_manager.add_subscriber(watcher.clone());
-    info!("VM built: {} vCPUs, {} MiB, cmdline {:?}", cfg.vcpus, cfg.memory_mib, cmdline.as_cstring().map(|c| c.into_string().unwrap_or_default()).unwrap_or_default());
+    info!(
+        "VM built: {} vCPUs, {} MiB, cmdline {:?}",
+        cfg.vcpus,
+        cfg.memory_mib,
+        cmdline
+            .as_cstring()
+            .map(|c| c.into_string().unwrap_or_default())
+            .unwrap_or_default()
+    );
     // The VM object (and with it every KVM fd) must live as long as the vCPUs:
     // it is leaked on purpose, the process ends with the VM.
     std::mem::forget(vm);
@@ -268,11 +286,7 @@ impl Machine {
             if let Err(e) = self.event_manager.run() {
                 return self.finish(VmExit::VmmError(format!("event loop: {e}")));
             }
-            let done = self
-                .watcher
-                .lock()
-                .map(|w| w.done)
-                .unwrap_or(true);
+            let done = self.watcher.lock().map(|w| w.done).unwrap_or(true);
             if done {
                 let why = self
                     .exit

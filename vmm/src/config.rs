@@ -111,7 +111,10 @@ mod tests {
         assert_eq!(cfg().validate(), Ok(()));
         let c = VmConfig { vcpus: 0, ..cfg() };
         assert_eq!(c.validate(), Err(ConfigError::Vcpus(0)));
-        let c = VmConfig { memory_mib: 8, ..cfg() };
+        let c = VmConfig {
+            memory_mib: 8,
+            ..cfg()
+        };
         assert_eq!(c.validate(), Err(ConfigError::Memory(8)));
         let c = VmConfig {
             vsock: Some(VsockConfig {
@@ -132,6 +135,9 @@ mod tests {
         .unwrap();
         assert_eq!(c.vsock.unwrap().guest_cid, 3);
         assert_eq!(c.console, Console::File("/tmp/c".into()));
-        assert!(serde_json::from_str::<VmConfig>(r#"{"kernel":"/k","memory_mib":1,"vcpus":1,"bogus":1}"#).is_err());
+        assert!(serde_json::from_str::<VmConfig>(
+            r#"{"kernel":"/k","memory_mib":1,"vcpus":1,"bogus":1}"#
+        )
+        .is_err());
     }
 }

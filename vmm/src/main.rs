@@ -58,7 +58,11 @@ fn config(cli: Cli) -> anyhow::Result<VmConfig> {
             uds_path,
             guest_cid: cli.guest_cid,
         }),
-        console: cli.console.as_deref().map(Console::parse).unwrap_or_default(),
+        console: cli
+            .console
+            .as_deref()
+            .map(Console::parse)
+            .unwrap_or_default(),
         cmdline_extra: cli.cmdline_extra,
     })
 }
@@ -91,7 +95,11 @@ fn init_log() {
         }
         fn log(&self, r: &log::Record) {
             if self.enabled(r.metadata()) {
-                eprintln!("husk-vmm: {}: {}", r.level().as_str().to_lowercase(), r.args());
+                eprintln!(
+                    "husk-vmm: {}: {}",
+                    r.level().as_str().to_lowercase(),
+                    r.args()
+                );
             }
         }
         fn flush(&self) {}

@@ -91,9 +91,11 @@ impl Vm {
                 Err(e) => return Err(VmError::Dir(p.clone(), e)),
             }
         }
-        let notify = UnixListener::bind(&notify_path).map_err(|e| VmError::Dir(notify_path.clone(), e))?;
+        let notify =
+            UnixListener::bind(&notify_path).map_err(|e| VmError::Dir(notify_path.clone(), e))?;
         let stderr_path = dir.join("vmm.stderr");
-        let stderr = std::fs::File::create(&stderr_path).map_err(|e| VmError::Dir(stderr_path.clone(), e))?;
+        let stderr = std::fs::File::create(&stderr_path)
+            .map_err(|e| VmError::Dir(stderr_path.clone(), e))?;
 
         let mut cmd = Command::new(&spec.vmm);
         cmd.arg("--kernel")
@@ -119,7 +121,9 @@ impl Vm {
             cmd.arg("--console").arg(c);
         }
         let start = Instant::now();
-        let child = cmd.spawn().map_err(|e| VmError::Spawn(spec.vmm.clone(), e))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| VmError::Spawn(spec.vmm.clone(), e))?;
         let mut vm = Vm {
             child,
             dir: dir.into(),
@@ -142,7 +146,11 @@ impl Vm {
         Ok(vm)
     }
 
-    fn wait_ready(&mut self, notify: &UnixListener, timeout: Duration) -> Result<HelloInfo, VmError> {
+    fn wait_ready(
+        &mut self,
+        notify: &UnixListener,
+        timeout: Duration,
+    ) -> Result<HelloInfo, VmError> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -158,8 +166,11 @@ impl Vm {
             // Wake up now and then to notice a VMM that died.
             let wait = left.min(Duration::from_millis(50));
             let mut fds = [PollFd::new(notify.as_fd(), PollFlags::POLLIN)];
-            let ready = poll(&mut fds, PollTimeout::try_from(wait).unwrap_or(PollTimeout::ZERO))
-                .map_err(std::io::Error::from)?;
+            let ready = poll(
+                &mut fds,
+                PollTimeout::try_from(wait).unwrap_or(PollTimeout::ZERO),
+            )
+            .map_err(std::io::Error::from)?;
             if ready == 0 {
                 continue;
             }
@@ -185,7 +196,10 @@ impl Vm {
         if lines.is_empty() {
             String::new()
         } else {
-            format!(": {}", lines.into_iter().rev().collect::<Vec<_>>().join(" | "))
+            format!(
+                ": {}",
+                lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            )
         }
     }
 

@@ -29,7 +29,10 @@ impl Row {
         let mut s = self.samples.clone();
         s.sort_by(|a, b| a.total_cmp(b));
         if s.is_empty() {
-            println!("| {:<52} | {:>9} | {:>9} | {:>9} | {:<4} |", self.name, "-", "-", "-", self.unit);
+            println!(
+                "| {:<52} | {:>9} | {:>9} | {:>9} | {:<4} |",
+                self.name, "-", "-", "-", self.unit
+            );
             return;
         }
         println!(
@@ -50,10 +53,20 @@ fn qemu_boot(memory_mib: u32) -> anyhow::Result<(f64, f64)> {
     let s = spec();
     let start = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-M", "microvm,x-option-roms=off,pit=off,pic=off,rtc=off,isa-serial=on"])
+        .args([
+            "-M",
+            "microvm,x-option-roms=off,pit=off,pic=off,rtc=off,isa-serial=on",
+        ])
         .args(["-enable-kvm", "-cpu", "host", "-smp", "1", "-m"])
         .arg(memory_mib.to_string())
-        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio"])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+        ])
         .arg("-kernel")
         .arg(&s.kernel)
         .arg("-initrd")
@@ -104,7 +117,9 @@ fn main() -> anyhow::Result<()> {
         s.memory_mib = memory_mib;
         let mut vm = Vm::launch(&s, &vm_dir("bench")).context("husk boot")?;
         launch.samples.push(vm.launch_to_hello.as_secs_f64() * 1e3);
-        guest_listen.samples.push(vm.hello.boot_to_listen_us as f64 / 1e3);
+        guest_listen
+            .samples
+            .push(vm.hello.boot_to_listen_us as f64 / 1e3);
         let mut agent = vm.agent()?;
         agent.ping(0)?;
         let r = rss(vm.pid(), &guest_regions(memory_mib))?;
@@ -133,10 +148,26 @@ fn main() -> anyhow::Result<()> {
         med(a) / med(b)
     };
     println!();
-    println!("husk boot benchmark: {runs} runs each, interleaved, same host, 1 vCPU, {memory_mib} MiB");
-    println!("| {:<52} | {:>9} | {:>9} | {:>9} | {:<4} |", "metric", "median", "min", "max", "unit");
-    println!("|{:-<54}|{:-<11}|{:-<11}|{:-<11}|{:-<6}|", "", "", "", "", "");
-    for row in [&launch, &guest_listen, &vmm_rss, &guest_rss, &shutdown, &qemu, &qemu_rss] {
+    println!(
+        "husk boot benchmark: {runs} runs each, interleaved, same host, 1 vCPU, {memory_mib} MiB"
+    );
+    println!(
+        "| {:<52} | {:>9} | {:>9} | {:>9} | {:<4} |",
+        "metric", "median", "min", "max", "unit"
+    );
+    println!(
+        "|{:-<54}|{:-<11}|{:-<11}|{:-<11}|{:-<6}|",
+        "", "", "", "", ""
+    );
+    for row in [
+        &launch,
+        &guest_listen,
+        &vmm_rss,
+        &guest_rss,
+        &shutdown,
+        &qemu,
+        &qemu_rss,
+    ] {
         row.print();
     }
     println!(

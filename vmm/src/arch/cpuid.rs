@@ -145,7 +145,12 @@ mod tests {
         let mut c = cpuid(&[entry(6, 0), entry(0xa, 0), entry(0x8000_001e, 0)]);
         filter(&mut c, 0, 2);
         for e in c.as_slice() {
-            assert_eq!((e.eax, e.ebx, e.ecx, e.edx), (0, 0, 0, 0), "{:#x}", e.function);
+            assert_eq!(
+                (e.eax, e.ebx, e.ecx, e.edx),
+                (0, 0, 0, 0),
+                "{:#x}",
+                e.function
+            );
         }
     }
 }

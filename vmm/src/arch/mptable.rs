@@ -33,7 +33,10 @@ pub enum MpTableError {
 }
 
 fn checksum(bytes: &[u8]) -> u8 {
-    bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)).wrapping_neg()
+    bytes
+        .iter()
+        .fold(0u8, |a, b| a.wrapping_add(*b))
+        .wrapping_neg()
 }
 
 /// Builds the floating pointer structure followed by the configuration table.
@@ -62,7 +65,16 @@ pub fn build(num_cpus: u8) -> Result<Vec<u8>, MpTableError> {
     count += 1;
     for irq in 0..=IRQ_MAX as u8 {
         // ISA irq N -> IOAPIC pin N, bus-default polarity and trigger.
-        entries.extend_from_slice(&[ENTRY_INTSRC, INT_TYPE_INT, 0, 0, BUS_ISA, irq, ioapic_id, irq]);
+        entries.extend_from_slice(&[
+            ENTRY_INTSRC,
+            INT_TYPE_INT,
+            0,
+            0,
+            BUS_ISA,
+            irq,
+            ioapic_id,
+            irq,
+        ]);
         count += 1;
     }
     // LINT0 of every CPU is ExtINT (the 8259), LINT1 is NMI.

@@ -186,13 +186,26 @@ fn set_lvt_mode(lapic: &mut kvm_lapic_state, off: usize, mode: u32) {
     set_lapic_reg(lapic, off, (v & !0x700) | (mode << 8));
 }
 
-/// Whether the guest shut its local APIC down before resetting, which Linux
-/// does on an orderly `reboot` (`machine_shutdown` masks every LVT entry) but
-/// not on `emergency_restart` after a panic. The error LVT is the telling one:
-/// Linux unmasks it at APIC setup and masks it only on shutdown.
+const APIC_SPIV: usize = 0xf0;
+const APIC_SPIV_APIC_ENABLED: u32 = 1 << 8;
+
+/// Whether the guest went through Linux's orderly `machine_shutdown()` before
+/// resetting, read off the local APIC of the vCPU that reset:
+/// - orderly `reboot`: the APIC is cleared (every LVT masked, the error LVT
+///   included), then put back in virtual-wire mode, which re-enables it (SPIV);
+/// - panic: `smp_send_stop()` disables the APIC (SPIV enable bit clear) and the
+///   reset follows without re-enabling it;
+/// - a bare emergency restart (sysrq-b) leaves the running state: the error
+///   LVT is still unmasked.
 pub fn lapic_was_shut_down(vcpu: &VcpuFd) -> Option<bool> {
     let lapic = vcpu.get_lapic().ok()?;
-    Some(lapic_reg(&lapic, APIC_LVTERR) & APIC_LVT_MASKED != 0)
+    Some(orderly_shutdown_state(&lapic))
+}
+
+fn orderly_shutdown_state(lapic: &kvm_lapic_state) -> bool {
+    let enabled = lapic_reg(lapic, APIC_SPIV) & APIC_SPIV_APIC_ENABLED != 0;
+    let err_masked = lapic_reg(lapic, APIC_LVTERR) & APIC_LVT_MASKED != 0;
+    enabled && err_masked
 }
 
 #[cfg(test)]
@@ -203,11 +216,30 @@ mod tests {
     fn flat_segments() {
         let cs = segment(CODE_SEL);
         assert_eq!((cs.base, cs.limit, cs.selector), (0, 0xffff_ffff, 8));
-        assert_eq!((cs.type_, cs.present, cs.s, cs.db, cs.g, cs.l), (0xb, 1, 1, 1, 1, 0));
+        assert_eq!(
+            (cs.type_, cs.present, cs.s, cs.db, cs.g, cs.l),
+            (0xb, 1, 1, 1, 1, 0)
+        );
         let ds = segment(DATA_SEL);
         assert_eq!((ds.type_, ds.limit, ds.selector), (0x3, 0xffff_ffff, 16));
         let tr = segment(TSS_SEL);
         assert_eq!((tr.type_, tr.limit, tr.s, tr.g), (0xb, 0x67, 0, 0));
+    }
+
+    #[test]
+    fn shutdown_states() {
+        let state = |spiv: u32, lvterr: u32| {
+            let mut l = kvm_lapic_state::default();
+            set_lapic_reg(&mut l, APIC_SPIV, spiv);
+            set_lapic_reg(&mut l, APIC_LVTERR, lvterr);
+            orderly_shutdown_state(&l)
+        };
+        // Running, and after sysrq-b: enabled, error LVT live.
+        assert!(!state(0x1ff, 0xfe));
+        // Orderly reboot: virtual wire re-enabled, error LVT masked.
+        assert!(state(0x10f, APIC_LVT_MASKED));
+        // Panic: disabled by smp_send_stop().
+        assert!(!state(0x0ff, APIC_LVT_MASKED));
     }
 
     #[test]

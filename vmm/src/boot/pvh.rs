@@ -34,7 +34,9 @@ pub enum BootError {
     Kernel(String),
     #[error("the kernel has no PVH entry point (build it with CONFIG_PVH=y)")]
     NoPvhEntry,
-    #[error("initrd of {size} bytes does not fit in guest memory below {limit:#x} above the kernel")]
+    #[error(
+        "initrd of {size} bytes does not fit in guest memory below {limit:#x} above the kernel"
+    )]
     InitrdTooBig { size: u64, limit: u64 },
     #[error("cannot read the initrd: {0}")]
     InitrdRead(vm_memory::GuestMemoryError),
@@ -50,14 +52,15 @@ pub struct LoadedKernel {
 }
 
 pub fn load_kernel<M: GuestMemory>(mem: &M, kernel: &mut File) -> Result<LoadedKernel, BootError> {
-    let res = Elf::load(mem, None, kernel, Some(GuestAddress(HIMEM_START))).map_err(|e| match e {
-        linux_loader::loader::Error::Elf(
-            linux_loader::loader::elf::Error::InvalidElfMagicNumber
-            | linux_loader::loader::elf::Error::ReadElfHeader,
-        ) => BootError::NotElf,
-        linux_loader::loader::Error::Elf(e) => BootError::Kernel(e.to_string()),
-        e => BootError::Kernel(e.to_string()),
-    })?;
+    let res =
+        Elf::load(mem, None, kernel, Some(GuestAddress(HIMEM_START))).map_err(|e| match e {
+            linux_loader::loader::Error::Elf(
+                linux_loader::loader::elf::Error::InvalidElfMagicNumber
+                | linux_loader::loader::elf::Error::ReadElfHeader,
+            ) => BootError::NotElf,
+            linux_loader::loader::Error::Elf(e) => BootError::Kernel(e.to_string()),
+            e => BootError::Kernel(e.to_string()),
+        })?;
     match res.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(entry) => Ok(LoadedKernel {
             entry,

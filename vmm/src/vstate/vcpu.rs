@@ -118,9 +118,9 @@ impl Vcpu {
     fn reset_exit(&self) -> VmExit {
         match regs::lapic_was_shut_down(&self.fd) {
             Some(true) => VmExit::GuestShutdown,
-            Some(false) => VmExit::GuestCrash(
-                "guest reset without shutting down (kernel panic?)".to_string(),
-            ),
+            Some(false) => {
+                VmExit::GuestCrash("guest reset without shutting down (kernel panic?)".to_string())
+            }
             None => {
                 error!("vcpu{}: cannot read local APIC after reset", self.id);
                 VmExit::GuestCrash("guest reset; shutdown state unknown".to_string())

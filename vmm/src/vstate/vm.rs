@@ -88,7 +88,12 @@ impl Vm {
     }
 
     /// KVM signals `evt` when the guest writes `value` to `addr`, without an exit to us.
-    pub fn register_mmio_notify(&self, evt: &EventFd, addr: u64, value: u32) -> Result<(), VmError> {
+    pub fn register_mmio_notify(
+        &self,
+        evt: &EventFd,
+        addr: u64,
+        value: u32,
+    ) -> Result<(), VmError> {
         self.fd
             .register_ioevent(evt, &IoEventAddress::Mmio(addr), value)
             .map_err(|e| VmError::Ioctl("KVM_IOEVENTFD", e))

@@ -3,7 +3,7 @@
 mod i8042;
 mod serial;
 
-pub use i8042::{I8042, ResetRequest};
+pub use i8042::{ResetRequest, I8042};
 pub use serial::Serial;
 
 /// Signals an interrupt line by writing an eventfd registered as a KVM irqfd.

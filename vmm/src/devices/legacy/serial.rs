@@ -6,7 +6,9 @@ use crate::devices::BusDevice;
 
 use super::IrqTrigger;
 
-pub struct Serial(vm_superio::Serial<IrqTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>);
+pub struct Serial(
+    vm_superio::Serial<IrqTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>,
+);
 
 impl Serial {
     pub const PORT: u64 = 0x3f8;

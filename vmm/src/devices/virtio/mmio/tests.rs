@@ -42,8 +42,10 @@ impl VirtioDevice for Probe {
         interrupt: Arc<dyn Interrupt>,
         queues: Vec<ActivatedQueue>,
     ) -> Result<(), ActivateError> {
-        self.activations
-            .push((queues.len(), queues.iter().map(|q| q.queue.size()).collect()));
+        self.activations.push((
+            queues.len(),
+            queues.iter().map(|q| q.queue.size()).collect(),
+        ));
         self.interrupt = Some(interrupt);
         Ok(())
     }
@@ -87,7 +89,11 @@ fn negotiate(t: &mut MmioTransport) {
     w(t, 0x20, 1 << 3);
     w(t, 0x24, 1);
     w(t, 0x20, 1); // VERSION_1
-    w(t, 0x70, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+    w(
+        t,
+        0x70,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+    );
 }
 
 fn setup_queue(t: &mut MmioTransport, idx: u32, size: u32, base: u64) {
@@ -132,7 +138,11 @@ fn feature_pages_and_acked_subset() {
     w(&mut f.t, 0x20, 0xffff_ffff);
     w(&mut f.t, 0x24, 1);
     w(&mut f.t, 0x20, 0xffff_ffff);
-    w(&mut f.t, 0x70, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+    w(
+        &mut f.t,
+        0x70,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+    );
     assert_eq!(f.dev.lock().unwrap().acked, (1 << 3) | VIRTIO_F_VERSION_1);
 }
 
@@ -141,7 +151,11 @@ fn legacy_driver_refused() {
     let mut f = fixture();
     w(&mut f.t, 0x70, status::ACKNOWLEDGE);
     w(&mut f.t, 0x70, status::ACKNOWLEDGE | status::DRIVER);
-    w(&mut f.t, 0x70, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+    w(
+        &mut f.t,
+        0x70,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+    );
     assert_eq!(
         r(&mut f.t, 0x70) & status::FEATURES_OK,
         0,
@@ -155,7 +169,11 @@ fn status_transitions_enforced() {
     // Skipping steps is refused.
     w(&mut f.t, 0x70, status::DRIVER_OK);
     assert_eq!(r(&mut f.t, 0x70), 0);
-    w(&mut f.t, 0x70, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+    w(
+        &mut f.t,
+        0x70,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+    );
     assert_eq!(r(&mut f.t, 0x70), 0);
     negotiate(&mut f.t);
     // Clearing a bit other than by reset is refused.

@@ -93,6 +93,7 @@ pub(crate) struct Connection {
     key: ConnKey,
     stream: UnixStream,
     state: ConnState,
+    host_initiated: bool,
 
     // guest -> host
     rx_cnt: Wrapping<u32>,
@@ -130,6 +131,7 @@ impl Connection {
             key,
             stream,
             state,
+            host_initiated: matches!(state, ConnState::LocalInit { .. }),
             rx_cnt: Wrapping(0),
             fwd_cnt: Wrapping(0),
             last_fwd_cnt_sent: Wrapping(0),
@@ -171,6 +173,11 @@ impl Connection {
 
     pub fn key(&self) -> ConnKey {
         self.key
+    }
+
+    /// Whether the host side started it (its local port was allocated by us).
+    pub fn is_host_initiated(&self) -> bool {
+        self.host_initiated
     }
 
     #[cfg(test)]
@@ -226,7 +233,11 @@ impl Connection {
 
     /// A packet from the guest for this connection (anything but RST, which the
     /// muxer handles). `data` is the payload slice of an RW packet.
-    pub fn handle_guest(&mut self, hdr: &GuestHeader, data: Option<&VolatileSlice<'_, ()>>) -> Verdict {
+    pub fn handle_guest(
+        &mut self,
+        hdr: &GuestHeader,
+        data: Option<&VolatileSlice<'_, ()>>,
+    ) -> Verdict {
         self.update_peer_credit(hdr);
         match self.state {
             ConnState::LocalInit { .. } => match hdr.op {
@@ -598,10 +609,7 @@ mod tests {
         }
         assert_eq!(rw(&mut c, &mut chunk), Verdict::Keep);
         c.refresh();
-        assert_eq!(
-            c.take_ctrl(Instant::now()),
-            Some((OP_CREDIT_UPDATE, 0))
-        );
+        assert_eq!(c.take_ctrl(Instant::now()), Some((OP_CREDIT_UPDATE, 0)));
         assert_eq!(c.credit_for_send().1, c.fwd_cnt.0);
         c.refresh();
         assert!(!c.has_pending_ctrl());
@@ -623,7 +631,10 @@ mod tests {
             Verdict::Reset(ResetCause::GuestFault)
         );
         sd.flags = SHUTDOWN_RCV;
-        assert_eq!(c.handle_guest(&sd, None), Verdict::Reset(ResetCause::Closed));
+        assert_eq!(
+            c.handle_guest(&sd, None),
+            Verdict::Reset(ResetCause::Closed)
+        );
     }
 
     #[test]
@@ -649,7 +660,10 @@ mod tests {
         c.refresh();
         assert!(!c.has_pending_ctrl(), "asked only once");
         // Credit update from the guest re-opens the flow.
-        assert_eq!(c.handle_guest(&hdr(OP_CREDIT_UPDATE, 4, 4), None), Verdict::Keep);
+        assert_eq!(
+            c.handle_guest(&hdr(OP_CREDIT_UPDATE, 4, 4), None),
+            Verdict::Keep
+        );
         assert_eq!(c.read_data(&slice), DataOut::Data(4));
         assert_eq!(&mem[..4], b"efgh");
         c.update_peer_credit(&hdr(OP_CREDIT_UPDATE, 100, 8));
@@ -676,7 +690,10 @@ mod tests {
             c.clone_for_test().handle_guest(&hdr(OP_RW, 0, 0), None),
             Verdict::Reset(ResetCause::GuestFault)
         );
-        assert_eq!(c.handle_guest(&hdr(OP_RESPONSE, 10, 0), None), Verdict::Keep);
+        assert_eq!(
+            c.handle_guest(&hdr(OP_RESPONSE, 10, 0), None),
+            Verdict::Keep
+        );
         assert_eq!(c.state(), ConnState::Established);
         let mut line = [0u8; 16];
         let n = b.read(&mut line).unwrap();
@@ -692,6 +709,7 @@ mod tests {
                 key: self.key,
                 stream: self.stream.try_clone().unwrap(),
                 state: self.state,
+                host_initiated: self.host_initiated,
                 rx_cnt: self.rx_cnt,
                 fwd_cnt: self.fwd_cnt,
                 last_fwd_cnt_sent: self.last_fwd_cnt_sent,

@@ -1,6 +1,6 @@
 //! The virtio-vsock device model: config space, features, activation and the
 //! queue work. Everything that talks to the host lives in the backend
-//! ([`super::unix`]); event loop wiring in [`super::event_handler`].
+//! (`super::unix`); event loop wiring in `super::event_handler`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -59,8 +59,8 @@ impl Vsock {
         if !(MIN_GUEST_CID..u64::from(u32::MAX)).contains(&guest_cid) {
             return Err(VsockError::InvalidGuestCid(guest_cid));
         }
-        let muxer = Muxer::new(guest_cid, uds_path.into())?;
         let activate_evt = EventFd::new(EFD_NONBLOCK).map_err(VsockError::Backend)?;
+        let muxer = Muxer::new(guest_cid, uds_path.into())?;
         Ok(Vsock {
             guest_cid,
             acked_features: 0,

@@ -2,9 +2,9 @@
 //! backend.
 //!
 //! Layout:
-//! * [`device`]: the [`VirtioDevice`](super::VirtioDevice) side: config space
+//! * `device`: the `VirtioDevice` side: config space
 //!   (`le64 guest_cid`), features, activation, TX/RX queue processing.
-//! * [`event_handler`]: the `event_manager::MutEventSubscriber` impl.
+//! * `event_handler`: the `event_manager::MutEventSubscriber` impl.
 //! * `unix`: the backend: host listener, `CONNECT` handshake, connection
 //!   multiplexing onto the queues.
 //! * `connection`: per-connection state machine and credit accounting.

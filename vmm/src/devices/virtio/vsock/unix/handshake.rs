@@ -100,7 +100,12 @@ mod tests {
             b"HELLO 52",
             b"CONNECT \xff",
         ] {
-            assert_eq!(parse_connect_line(bad), None, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                parse_connect_line(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -128,13 +133,22 @@ mod tests {
         assert_eq!(c.read_line(), LineStatus::Rejected("CONNECT line too long"));
         // Exactly the limit (31 chars + newline) is fine ...
         let (mut c, _b) = client(b"CONNECT 00000000000000000000052\n");
-        assert_eq!(c.read_line(), LineStatus::Rejected("malformed CONNECT line"));
+        assert_eq!(
+            c.read_line(),
+            LineStatus::Rejected("malformed CONNECT line")
+        );
         let (mut c, _b) = client(b"CONNECT 0000000052\n");
         assert_eq!(c.read_line(), LineStatus::Connect(52));
         let (mut c, _b) = client(b"CONNECT abc\n");
-        assert_eq!(c.read_line(), LineStatus::Rejected("malformed CONNECT line"));
+        assert_eq!(
+            c.read_line(),
+            LineStatus::Rejected("malformed CONNECT line")
+        );
         let (mut c, b) = client(b"CONNECT 5");
         drop(b);
-        assert_eq!(c.read_line(), LineStatus::Rejected("EOF before CONNECT line"));
+        assert_eq!(
+            c.read_line(),
+            LineStatus::Rejected("EOF before CONNECT line")
+        );
     }
 }

@@ -72,14 +72,17 @@ pub(crate) struct Muxer {
 
 impl Muxer {
     pub fn new(guest_cid: u64, uds_path: PathBuf) -> Result<Self, VsockError> {
+        let epoll = Epoll::new().map_err(VsockError::Backend)?;
+        let timer = TimerFd::new().map_err(|e| VsockError::Backend(e.into()))?;
+        set_nonblocking(timer.as_raw_fd()).map_err(VsockError::Backend)?;
+        // Last fallible step that leaves something behind (the socket file).
         let listener = UnixListener::bind(&uds_path).map_err(|source| VsockError::Bind {
             path: uds_path.clone(),
             source,
         })?;
-        listener.set_nonblocking(true).map_err(VsockError::Backend)?;
-        let epoll = Epoll::new().map_err(VsockError::Backend)?;
-        let timer = TimerFd::new().map_err(|e| VsockError::Backend(e.into()))?;
-        set_nonblocking(timer.as_raw_fd()).map_err(VsockError::Backend)?;
+        listener
+            .set_nonblocking(true)
+            .map_err(VsockError::Backend)?;
 
         let mut muxer = Muxer {
             guest_cid,
@@ -129,9 +132,23 @@ impl Muxer {
         self.pending.len()
     }
 
+    /// Entries in the RX work queues (for boundedness checks).
+    #[cfg(test)]
+    pub fn rx_backlog(&self) -> usize {
+        self.rst_q.len() + self.ctrl_q.len() + self.data_q.len()
+    }
+
+    #[cfg(test)]
+    pub fn has_rx_work_for_test(&self) -> bool {
+        self.has_rx_work()
+    }
+
     fn epoll_add(&mut self, fd: RawFd, events: EventSet, owner: FdOwner) -> io::Result<()> {
-        self.epoll
-            .ctl(ControlOperation::Add, fd, EpollEvent::new(events, fd as u64))?;
+        self.epoll.ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(events, fd as u64),
+        )?;
         self.fds.insert(fd, owner);
         Ok(())
     }
@@ -233,6 +250,8 @@ impl Muxer {
         self.pending
             .insert(fd, PendingClient::new(stream, Instant::now()));
         self.arm_timer();
+        // The line is often there already; don't wait for another epoll round.
+        self.handle_pending(fd);
     }
 
     fn handle_pending(&mut self, fd: RawFd) {
@@ -337,7 +356,10 @@ impl Muxer {
 
         let more = self.listener_paused
             || !self.pending.is_empty()
-            || self.conns.values().any(|c| c.handshake_deadline().is_some());
+            || self
+                .conns
+                .values()
+                .any(|c| c.handshake_deadline().is_some());
         if !more && self.timer_armed {
             let _ = self.timer.clear();
             self.timer_armed = false;
@@ -461,7 +483,17 @@ impl Muxer {
         } else {
             self.epoll_del(conn.fd());
         }
-        self.host_ports.remove(&key.local_port);
+        // Keep the RX work queues free of dead keys, so they stay bounded by
+        // the number of live connections however fast the guest churns them.
+        if conn.in_ctrl_q {
+            self.ctrl_q.retain(|k| *k != key);
+        }
+        if conn.in_data_q {
+            self.data_q.retain(|k| *k != key);
+        }
+        if conn.is_host_initiated() {
+            self.host_ports.remove(&key.local_port);
+        }
         if send_rst {
             self.push_rst(key);
         }
