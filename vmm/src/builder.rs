@@ -34,7 +34,7 @@ const BASE_CMDLINE: &str = "reboot=k panic=1 pci=off nomodule no_timer_check qui
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("cannot open {what} {path}: {err}")]
     Open {
@@ -46,15 +46,16 @@ pub enum BuildError {
     Kernel { path: String, err: pvh::BootError },
     #[error("initrd {path}: {err}")]
     Initrd { path: String, err: pvh::BootError },
-    #[error("{0}")]
+    #[error(transparent)]
     Boot(#[from] pvh::BootError),
-    #[error("{0}")]
+    #[error(transparent)]
     Kvm(#[from] crate::vstate::vm::VmError),
     #[error("cannot allocate {0} MiB of guest memory: {1}")]
     Memory(u32, String),
-    #[error("vCPU setup: {0}")]
+    // Sources are printed by the caller's error chain (`{:#}`), not repeated here.
+    #[error("vCPU setup")]
     Regs(#[from] regs::RegsError),
-    #[error("MP table: {0}")]
+    #[error("MP table")]
     MpTable(#[from] mptable::MpTableError),
     #[error("device setup: {0}")]
     Device(String),
@@ -62,7 +63,7 @@ pub enum BuildError {
     Console(String, std::io::Error),
     #[error("event loop: {0}")]
     EventLoop(String),
-    #[error("I/O: {0}")]
+    #[error("I/O")]
     Io(#[from] std::io::Error),
 }
 

@@ -33,7 +33,7 @@ pub enum VmError {
     Agent(String),
     #[error("vsock: {0}")]
     Vsock(String),
-    #[error("I/O: {0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
