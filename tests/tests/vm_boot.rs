@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use husk::vm::{vsock_connect, Vm};
 use husk_protocol::{self as proto, Request, Response};
-use husk_tests::{artifact, spec, vm_dir};
+use husk_tests::{spec, vm_dir};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -70,7 +70,7 @@ fn guest_initiated_connection_reaches_host_socket() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let (mut conn, _) = listener.accept().unwrap();
+    let mut conn = accept_within(&listener, T, &mut child);
     conn.set_read_timeout(Some(T)).unwrap();
     match proto::recv::<Response>(&mut conn).unwrap() {
         Response::Hello(h) => assert_eq!(h.protocol_version, proto::PROTOCOL_VERSION),
@@ -83,7 +83,45 @@ fn guest_initiated_connection_reaches_host_socket() {
     let mut agent = husk::vm::AgentClient::connect(&uds, T).unwrap();
     agent.ping(1).unwrap();
     agent.shutdown().unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(wait_within(&mut child, T), Some(0));
+}
+
+/// Accepts one connection, failing (not hanging) if the VMM dies or time runs out.
+fn accept_within(l: &UnixListener, t: Duration, child: &mut std::process::Child) -> UnixStream {
+    l.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + t;
+    loop {
+        match l.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).unwrap();
+                return s;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("accept: {e}"),
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("husk-vmm exited ({st}) before the guest connected");
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("no guest connection within {t:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn wait_within(child: &mut std::process::Child, t: Duration) -> Option<i32> {
+    let deadline = std::time::Instant::now() + t;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("husk-vmm still running after {t:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]
@@ -165,19 +203,24 @@ fn guest_panic_is_reported_as_crash() {
     // No init in the initramfs under that name: the kernel panics, and with
     // panic=1 resets the VM. husk-vmm must not call that a clean shutdown.
     let s = spec();
-    let out = Command::new(&s.vmm)
+    let dir = vm_dir("panic");
+    std::fs::create_dir_all(&dir).unwrap();
+    let err_path = dir.join("stderr");
+    let mut child = Command::new(&s.vmm)
         .args(["--kernel", s.kernel.to_str().unwrap()])
         .args(["--initrd", s.initrd.to_str().unwrap()])
         .args(["--cmdline-extra", "rdinit=/no-such-init init=/no-such-init"])
-        .output()
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let code = wait_within(&mut child, T);
+    let stderr = std::fs::read_to_string(&err_path).unwrap();
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("guest crashed"), "{stderr}");
 }
 
 #[test]
-fn console_shows_kernel_and_agent() {
+fn console_shows_agent_and_reboot() {
     let mut s = spec();
     let dir = vm_dir("console");
     std::fs::create_dir_all(&dir).unwrap();
@@ -186,6 +229,10 @@ fn console_shows_kernel_and_agent() {
     let mut vm = Vm::launch(&s, &dir).expect("launch");
     vm.shutdown(T).unwrap();
     let text = std::fs::read_to_string(&console).unwrap();
-    assert!(text.contains("husk-agent"), "console: {text}");
-    let _ = artifact("HUSK_KERNEL");
+    assert!(
+        text.contains("husk-agent 0.1.0 listening on vsock port 1024"),
+        "console: {text}"
+    );
+    // The kernel's own last words of an orderly reboot.
+    assert!(text.contains("reboot: Restarting system"), "console: {text}");
 }
