@@ -3,7 +3,8 @@
 # build/vm-tests.list by `make vm-test-build`). Meant to run under tests/vm-run.sh, i.e.
 # possibly inside the KVM test host, whose filesystem is read-only: nothing here invokes cargo.
 # Each executable runs with --test-threads=1 (VM tests are heavy, especially under TCG);
-# extra arguments are passed to every executable (e.g. a test name filter).
+# extra arguments are passed to every executable (e.g. a test name filter). Each executable
+# gets at most HUSK_VM_TEST_TIMEOUT seconds (default 1800).
 # Prints "VM TESTS: N passed, M failed" and exits non-zero if anything failed or nothing ran.
 set -uo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -23,6 +24,7 @@ if [ ! -s "$list" ]; then
   exit 1
 fi
 
+per_exe_timeout=${HUSK_VM_TEST_TIMEOUT:-1800}   # a hung VM test fails instead of blocking CI
 passed=0; failed=0; failed_exes=()
 tmp=$(mktemp); trap 'rm -f "$tmp"' EXIT
 while IFS= read -r exe || [ -n "$exe" ]; do
@@ -32,8 +34,9 @@ while IFS= read -r exe || [ -n "$exe" ]; do
     echo "run-vm-tests: $exe is missing or not executable" >&2
     failed=$((failed + 1)); failed_exes+=("$exe"); continue
   fi
-  "$exe" --test-threads=1 "$@" 2>&1 | tee "$tmp"
+  timeout -k 10 "$per_exe_timeout" "$exe" --test-threads=1 "$@" 2>&1 | tee "$tmp"
   rc=${PIPESTATUS[0]}
+  [ "$rc" = 124 ] && echo "run-vm-tests: $exe timed out after ${per_exe_timeout}s (HUSK_VM_TEST_TIMEOUT)" >&2
   # libtest summary: "test result: ok. 3 passed; 0 failed; 0 ignored; ..."
   line=$(grep -E '^test result: ' "$tmp" | tail -1)
   p=$(sed -n 's/.* \([0-9][0-9]*\) passed.*/\1/p' <<<"$line"); f=$(sed -n 's/.* \([0-9][0-9]*\) failed.*/\1/p' <<<"$line")

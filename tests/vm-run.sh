@@ -52,9 +52,5 @@ fi
 if ! command -v qemu-system-x86_64 >/dev/null && ! command -v apt-get >/dev/null; then
   say "FAIL: no way to run KVM guests here: $reason, and qemu-system-x86_64 is missing with no apt-get to install it"; exit 1
 fi
-rc=0
-"$here/kvm-test-host/run.sh" -- "$@" || rc=$?
-if [ "$rc" = 125 ]; then
-  say "FAIL: the KVM test host could not run the command (see the error above)"
-fi
-exit "$rc"
+# exec: no extra process between the caller and the test host, so signals reach it
+exec "$here/kvm-test-host/run.sh" -- "$@"

@@ -40,6 +40,12 @@ pub fn run(started_us: u64) -> io::Result<()> {
     if let Some(port) = sysinfo::cmdline_param(proto::NOTIFY_PORT_PARAM) {
         notify_host(&port, &hello);
     }
+    // Boot profiling: with `quiet initcall_debug husk.dump_kmsg=1` the kernel
+    // log is written to the console once, after boot, instead of byte by byte
+    // while it boots (which would distort the timings it records).
+    if sysinfo::cmdline_param("husk.dump_kmsg").as_deref() == Some("1") {
+        sysinfo::dump_kmsg();
+    }
     loop {
         let fd = match accept(listener.as_raw_fd()) {
             Ok(fd) => fd,

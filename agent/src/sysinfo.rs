@@ -41,6 +41,33 @@ pub fn memory_total_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// Copies the kernel log records to stdout (the console, if any).
+pub fn dump_kmsg() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(mut kmsg) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+    else {
+        return;
+    };
+    let mut out = std::io::stdout().lock();
+    // One record per read; EAGAIN ends the log.
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match kmsg.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let _ = out.write_all(&buf[..n]);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+            Err(_) => break,
+        }
+    }
+    let _ = out.flush();
+}
+
 /// Value of `key=value` on the kernel command line.
 pub fn cmdline_param(key: &str) -> Option<String> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;

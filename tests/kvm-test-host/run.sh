@@ -193,18 +193,33 @@ rm -rf "$ird"
 append="console=ttyS0 reboot=k panic=1 quiet loglevel=3"
 [ "$verbose" = 1 ] && append="console=ttyS0 reboot=k panic=1 loglevel=7"
 log "booting test host (QEMU TCG, -cpu EPYC,+svm,+npt, -m $mem -smp $cpus, timeout ${tmo}s; kernel $(basename "$kdir"))"
-set +e
+# QEMU runs in the background so that it never outlives us: a signal to us stops it, and so
+# does the death of whoever started us (e.g. `timeout make ...` kills make, not its children).
+parent=$PPID
 # -serial stdio needs an fd 0 it can make non-blocking: CI has none, so give it /dev/null
 timeout -k 10 "$tmo" qemu-system-x86_64 -M q35 -accel tcg,thread=multi -cpu EPYC,+svm,+npt \
   -m "$mem" -smp "$cpus" -nodefaults -no-user-config -display none -serial stdio -no-reboot \
   -kernel "$kdir/vmlinuz" -initrd "$out/initramfs.cpio" -append "$append" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
   -virtfs local,path="$out",mount_tag=out,security_model=none,multidevs=remap \
-  </dev/null 2> >(grep --line-buffered -v "TCG doesn't support requested feature" >&2)
+  </dev/null 2> >(grep --line-buffered -v "TCG doesn't support requested feature" >&2) &
+qpid=$!
+stop_qemu() { kill -TERM "$qpid" 2>/dev/null; wait "$qpid" 2>/dev/null; }
+trap 'trap "" INT TERM HUP; echo "kvm-test-host: interrupted, stopping QEMU" >&2; stop_qemu; exit 130' INT TERM HUP
+( while kill -0 "$parent" 2>/dev/null && kill -0 "$qpid" 2>/dev/null; do sleep 2; done
+  if kill -0 "$qpid" 2>/dev/null; then echo "kvm-test-host: parent process $parent is gone, stopping QEMU" >&2; touch "$out/parent-gone"; kill -TERM "$qpid"; fi
+) </dev/null >/dev/null &
+watch=$!
+set +e
+wait "$qpid"
 qrc=$?
 set -e
+kill "$watch" 2>/dev/null || true
 if [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
   echo "kvm-test-host: ERROR: timed out after ${tmo}s (QEMU killed)" >&2; exit 124
+fi
+if [ -f "$out/parent-gone" ]; then
+  echo "kvm-test-host: ERROR: stopped because the process that started it went away" >&2; exit 125
 fi
 if [ -f "$out/error" ]; then
   echo "kvm-test-host: ERROR: $(cat "$out/error")" >&2; exit 125

@@ -234,5 +234,8 @@ fn console_shows_agent_and_reboot() {
         "console: {text}"
     );
     // The kernel's own last words of an orderly reboot.
-    assert!(text.contains("reboot: Restarting system"), "console: {text}");
+    assert!(
+        text.contains("reboot: Restarting system"),
+        "console: {text}"
+    );
 }

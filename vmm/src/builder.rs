@@ -231,6 +231,9 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, BuildError> {
         .kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| crate::vstate::vm::VmError::Ioctl("KVM_GET_SUPPORTED_CPUID", e))?;
+    let caps = cpuid::HostCaps {
+        tsc_deadline: vm.kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
+    };
     let mut vcpus = Vec::with_capacity(cfg.vcpus.into());
     for id in 0..cfg.vcpus {
         let fd = vm
@@ -238,7 +241,7 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, BuildError> {
             .create_vcpu(u64::from(id))
             .map_err(|e| crate::vstate::vm::VmError::Ioctl("KVM_CREATE_VCPU", e))?;
         let mut c = supported.clone();
-        cpuid::filter(&mut c, id, cfg.vcpus);
+        cpuid::filter(&mut c, id, cfg.vcpus, caps);
         fd.set_cpuid2(&c)
             .map_err(|e| crate::vstate::vm::VmError::Ioctl("KVM_SET_CPUID2", e))?;
         regs::setup_common(&fd)?;

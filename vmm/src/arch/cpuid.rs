@@ -8,6 +8,7 @@ use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
 /// Leaf 1 ECX.
 const ECX_MONITOR: u32 = 1 << 3;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const ECX_PDCM: u32 = 1 << 15; // perf capabilities MSR: no PMU here
 const ECX_HYPERVISOR: u32 = 1 << 31;
 /// Leaf 1 EDX.
@@ -21,14 +22,27 @@ const AMD_ECX_PERFCTR_CORE: u32 = 1 << 23;
 const LEVEL_SMT: u32 = 1;
 const LEVEL_CORE: u32 = 2;
 
+/// What the host's KVM can do that `KVM_GET_SUPPORTED_CPUID` does not say.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HostCaps {
+    /// KVM_CAP_TSC_DEADLINE_TIMER: the in-kernel LAPIC emulates TSC-deadline
+    /// mode. KVM leaves it to the VMM to advertise; without it Linux calibrates
+    /// the LAPIC timer against the PIT at boot, which is slow and, under nested
+    /// virtualization, can fail and leave the guest without a local timer.
+    pub tsc_deadline: bool,
+}
+
 /// Rewrites `cpuid` (a copy of KVM's supported list) for vCPU `cpu_id` of `num_cpus`,
 /// presenting one socket of `num_cpus` single-threaded cores.
-pub fn filter(cpuid: &mut CpuId, cpu_id: u8, num_cpus: u8) {
+pub fn filter(cpuid: &mut CpuId, cpu_id: u8, num_cpus: u8, caps: HostCaps) {
     let n = u32::from(num_cpus);
     // Bits of the APIC id that number the core within the package.
     let core_bits = 32 - (n.max(1) - 1).leading_zeros();
     for e in cpuid.as_mut_slice() {
         patch(e, u32::from(cpu_id), n, core_bits);
+        if e.function == 0x1 && caps.tsc_deadline {
+            e.ecx |= ECX_TSC_DEADLINE;
+        }
     }
 }
 
@@ -119,7 +133,8 @@ mod tests {
         let base = [entry(1, 0), entry(0xb, 0), entry(0xb, 1), entry(0xb, 2)];
         for id in 0..4u8 {
             let mut c = cpuid(&base);
-            filter(&mut c, id, 4);
+            filter(&mut c, id, 4, HostCaps { tsc_deadline: true });
+            assert_ne!(c.as_slice()[0].ecx & ECX_TSC_DEADLINE, 0);
             let e = c.as_slice();
             assert_eq!(e[0].ebx >> 24, u32::from(id));
             assert_eq!((e[0].ebx >> 16) & 0xff, 4);
@@ -135,7 +150,7 @@ mod tests {
     #[test]
     fn single_cpu_has_no_htt() {
         let mut c = cpuid(&[entry(1, 0), entry(0x8000_0008, 0)]);
-        filter(&mut c, 0, 1);
+        filter(&mut c, 0, 1, HostCaps::default());
         assert_eq!(c.as_slice()[0].edx & EDX_HTT, 0);
         assert_eq!(c.as_slice()[1].ecx & 0xf0ff, 0);
     }
@@ -143,7 +158,7 @@ mod tests {
     #[test]
     fn hidden_leaves_are_cleared() {
         let mut c = cpuid(&[entry(6, 0), entry(0xa, 0), entry(0x8000_001e, 0)]);
-        filter(&mut c, 0, 2);
+        filter(&mut c, 0, 2, HostCaps::default());
         for e in c.as_slice() {
             assert_eq!(
                 (e.eax, e.ebx, e.ecx, e.edx),
