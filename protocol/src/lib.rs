@@ -10,10 +10,21 @@ mod frame;
 mod message;
 
 pub use frame::{read_frame, recv, send, write_frame, FrameError, MAX_FRAME};
-pub use message::{HelloInfo, Request, Response, PROTOCOL_VERSION};
+pub use message::{
+    ContainerStatus, CreateContainer, ExitStatus, HelloInfo, Request, Response, StdioStream,
+    PROTOCOL_VERSION,
+};
 
 /// vsock port the agent listens on for host requests.
 pub const AGENT_PORT: u32 = 1024;
+
+/// virtio-fs tag of the sandbox's shared directory.
+pub const SHARE_TAG: &str = "husk";
+
+/// Where the agent mounts the shared directory in the guest. Container `<id>`
+/// finds its rootfs at `<SHARE_MOUNT>/<id>/rootfs` and its bind-mount sources
+/// under `<SHARE_MOUNT>/<id>/mounts/`.
+pub const SHARE_MOUNT: &str = "/run/husk/share";
 
 /// Kernel command-line key naming the host vsock port the agent connects to once
 /// it listens (`husk.notify_port=N`), so the host need not poll for readiness.

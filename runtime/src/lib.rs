@@ -1,3 +1,8 @@
-//! husk: the OCI runtime side — launching microVMs and talking to their agent.
+//! husk: the OCI runtime side — container state, bundles, the shared
+//! directory, launching microVMs and talking to their agent.
 
+pub mod config;
+pub mod container;
+pub mod monitor;
+pub mod signal;
 pub mod vm;

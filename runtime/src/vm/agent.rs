@@ -53,9 +53,27 @@ impl AgentClient {
         }
     }
 
+    /// Sends one request and returns the reply; `Error` replies become `Err`.
+    pub fn request(&mut self, req: &Request) -> Result<Response, VmError> {
+        call(&mut self.stream, req)
+    }
+
+    /// Sends a request expecting `Ok`.
+    pub fn expect_ok(&mut self, req: &Request) -> Result<(), VmError> {
+        match self.request(req)? {
+            Response::Ok => Ok(()),
+            other => Err(VmError::Agent(format!("unexpected reply {other:?}"))),
+        }
+    }
+
     /// The raw stream, for tests that speak the protocol by hand.
     pub fn stream(&mut self) -> &mut UnixStream {
         &mut self.stream
+    }
+
+    /// Gives up the client for its stream (after `AttachStdio` it carries raw bytes).
+    pub fn into_stream(self) -> UnixStream {
+        self.stream
     }
 }
 

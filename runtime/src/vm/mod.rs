@@ -49,6 +49,10 @@ pub struct VmSpec {
     pub console: Option<PathBuf>,
     pub cmdline_extra: String,
     pub ready_timeout: Duration,
+    /// Host directories served over virtio-fs, by tag.
+    pub shares: Vec<(String, PathBuf)>,
+    /// Kill husk-vmm when the thread that launched it exits.
+    pub die_with_parent: bool,
 }
 
 impl VmSpec {
@@ -62,6 +66,8 @@ impl VmSpec {
             console: None,
             cmdline_extra: String::new(),
             ready_timeout: Duration::from_secs(60),
+            shares: Vec::new(),
+            die_with_parent: false,
         }
     }
 }
@@ -119,6 +125,23 @@ impl Vm {
             .stderr(stderr);
         if let Some(c) = &spec.console {
             cmd.arg("--console").arg(c);
+        }
+        for (tag, dir) in &spec.shares {
+            let mut arg = std::ffi::OsString::from(format!("{tag}="));
+            arg.push(dir);
+            cmd.arg("--fs").arg(arg);
+        }
+        if spec.die_with_parent {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let start = Instant::now();
         let child = cmd
@@ -215,6 +238,11 @@ impl Vm {
     /// Connects to the agent and exchanges hellos.
     pub fn agent(&self) -> Result<AgentClient, VmError> {
         AgentClient::connect(&self.uds, Duration::from_secs(30))
+    }
+
+    /// husk-vmm's exit status if it has exited.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, VmError> {
+        Ok(self.child.try_wait()?)
     }
 
     /// Waits for husk-vmm to exit.

@@ -1,0 +1,286 @@
+//! create, start, state, kill, delete, run.
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use husk::config::HuskConfig;
+use husk::container::bundle::Bundle;
+use husk::container::sizing::{vm_size, VmSize};
+use husk::container::state::{process_alive, StoreError};
+use husk::container::{share, validate_id, State, Status, Store};
+use husk::monitor::{self, CreateRequest};
+use husk_protocol::{ExitStatus, Request};
+
+#[derive(clap::Args, Clone)]
+pub struct CreateArgs {
+    /// Path to the bundle directory.
+    #[arg(short, long, default_value = ".")]
+    pub bundle: PathBuf,
+    /// Unix socket to send the pty master to (the container gets a terminal).
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
+    /// Write the container's pid (the monitor's) to this file.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    /// Accepted for compatibility (the guest always pivots).
+    #[arg(long)]
+    pub no_pivot: bool,
+    /// Accepted for compatibility.
+    #[arg(long)]
+    pub no_new_keyring: bool,
+    /// Accepted; extra descriptors are not passed into the VM.
+    #[arg(long, default_value_t = 0)]
+    pub preserve_fds: u32,
+    pub id: String,
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub create: CreateArgs,
+    /// Return once the container started.
+    #[arg(short, long)]
+    pub detach: bool,
+}
+
+fn husk_config() -> anyhow::Result<husk::config::Resolved> {
+    let path = std::env::var_os("HUSK_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(husk::config::DEFAULT_CONFIG_PATH));
+    let cfg = HuskConfig::load(&path)?;
+    let exe = std::env::current_exe().context("cannot find own executable")?;
+    let r = cfg.resolve(&exe);
+    for (what, p) in [
+        ("guest kernel", &r.kernel),
+        ("guest initrd", &r.initrd),
+        ("husk-vmm", &r.vmm),
+    ] {
+        if !p.exists() {
+            bail!(
+                "{what} {} does not exist (set it in {})",
+                p.display(),
+                path.display()
+            );
+        }
+    }
+    Ok(r)
+}
+
+/// Removes a container's state directory and everything staged in it.
+fn cleanup(dir: &Path) -> anyhow::Result<()> {
+    share::teardown(&monitor::share_dir(dir))?;
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(anyhow!("cannot remove {}: {e}", dir.display())),
+    }
+}
+
+fn write_pid_file(path: &Path, pid: u32) -> anyhow::Result<()> {
+    let tmp = path.with_extension("husk-tmp");
+    std::fs::write(&tmp, pid.to_string())
+        .with_context(|| format!("cannot write pid file {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write pid file {}", path.display()))
+}
+
+/// Creates the container; returns the monitor's process handle.
+pub fn create(store: &Store, a: &CreateArgs) -> anyhow::Result<std::process::Child> {
+    validate_id(&a.id)?;
+    // Everything that can be wrong with the input is checked before anything
+    // is written, so a bad request leaves no trace.
+    let bundle = Bundle::load(&a.bundle)?;
+    let cfg = husk_config()?;
+    let size = vm_size(
+        &bundle.spec,
+        VmSize {
+            memory_mib: cfg.memory_mib,
+            vcpus: cfg.vcpus,
+        },
+    )?;
+    let dir = store.claim(&a.id)?;
+    match create_in(store, &dir, a, bundle, cfg, size) {
+        Ok(child) => Ok(child),
+        Err(e) => {
+            let _ = cleanup(&dir);
+            Err(e)
+        }
+    }
+}
+
+fn create_in(
+    store: &Store,
+    dir: &Path,
+    a: &CreateArgs,
+    bundle: Bundle,
+    cfg: husk::config::Resolved,
+    size: VmSize,
+) -> anyhow::Result<std::process::Child> {
+    let share_dir = monitor::share_dir(dir);
+    share::prepare(&share_dir)?;
+    let mut guest_spec = bundle.spec.clone();
+    share::stage(
+        &share_dir,
+        &a.id,
+        &bundle.dir,
+        &bundle.rootfs,
+        &mut guest_spec,
+    )?;
+    let req = CreateRequest {
+        id: a.id.clone(),
+        spec: guest_spec,
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs.clone(),
+        created: State::now_rfc3339(),
+        vmm: cfg.vmm,
+        kernel: cfg.kernel,
+        initrd: cfg.initrd,
+        memory_mib: size.memory_mib,
+        vcpus: size.vcpus,
+        console_socket: a
+            .console_socket
+            .as_ref()
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
+    };
+    std::fs::write(dir.join("create.json"), serde_json::to_vec(&req)?)?;
+
+    let (rd, wr) = nix::unistd::pipe()?;
+    nix::fcntl::fcntl(
+        rd.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )?;
+    let exe = std::env::current_exe()?;
+    let child = Command::new(exe)
+        .arg("--root")
+        .arg(&store.root)
+        .arg("__monitor")
+        .arg(&a.id)
+        .env("HUSK_SYNC_FD", wr.as_raw_fd().to_string())
+        .spawn()
+        .context("cannot start the container monitor")?;
+    drop(wr);
+    if let Err(e) = monitor::read_sync(rd) {
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("{e}");
+    }
+    if let Some(p) = &a.pid_file {
+        write_pid_file(p, child.id())?;
+    }
+    Ok(child)
+}
+
+pub fn start(store: &Store, id: &str) -> anyhow::Result<()> {
+    let mut st = store.load(id)?;
+    match st.status() {
+        Status::Created => {}
+        Status::Stopped => bail!("cannot start a container that has stopped"),
+        Status::Running => bail!("cannot start an already running container"),
+        s => bail!("cannot start a container in the {s} state"),
+    }
+    monitor::agent(store, id)?.expect_ok(&Request::StartContainer { id: id.to_string() })?;
+    st.started = true;
+    store.save(&st)?;
+    Ok(())
+}
+
+pub fn state(store: &Store, id: &str) -> anyhow::Result<()> {
+    let st = store.load(id)?;
+    println!("{}", serde_json::to_string_pretty(&st.oci())?);
+    Ok(())
+}
+
+pub fn kill(store: &Store, id: &str, signal: Option<&str>, all: bool) -> anyhow::Result<()> {
+    let sig = husk::signal::parse(signal.unwrap_or("SIGTERM"))?;
+    let st = store.load(id)?;
+    if st.status() == Status::Stopped {
+        bail!("container not running");
+    }
+    monitor::agent(store, id)?.expect_ok(&Request::Signal {
+        id: id.to_string(),
+        exec_id: None,
+        signal: sig,
+        all,
+    })?;
+    Ok(())
+}
+
+pub fn delete(store: &Store, id: &str, force: bool) -> anyhow::Result<()> {
+    validate_id(id)?;
+    let st = match store.load(id) {
+        Ok(st) => st,
+        Err(StoreError::NotExist(_)) => {
+            // A create that died half-way leaves a directory without state:
+            // clean it, but only --force calls that a success.
+            let dir = store.dir(id);
+            let existed = dir.exists();
+            cleanup(&dir)?;
+            if force || existed {
+                return Ok(());
+            }
+            bail!("container \"{id}\" does not exist");
+        }
+        Err(e) => {
+            if !force {
+                return Err(e.into());
+            }
+            return cleanup(&store.dir(id));
+        }
+    };
+    let status = st.status();
+    if status != Status::Stopped {
+        if !force {
+            bail!("cannot delete container {id} that is not stopped: {status}");
+        }
+        if let Ok(mut agent) = monitor::agent(store, id) {
+            let _ = agent.request(&Request::Signal {
+                id: id.to_string(),
+                exec_id: None,
+                signal: libc::SIGKILL,
+                all: true,
+            });
+        }
+    }
+    // Whatever is left of the monitor and the VMM goes now.
+    for (pid, start) in [(st.pid, st.pid_start), (st.vmm_pid, st.vmm_pid_start)] {
+        if process_alive(pid, start) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (process_alive(st.pid, st.pid_start) || process_alive(st.vmm_pid, st.vmm_pid_start))
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cleanup(&store.dir(id))
+}
+
+pub fn run(store: &Store, a: &RunArgs) -> anyhow::Result<ExitCode> {
+    let mut monitor = create(store, &a.create)?;
+    if let Err(e) = start(store, &a.create.id) {
+        let _ = delete(store, &a.create.id, true);
+        let _ = monitor.wait();
+        return Err(e);
+    }
+    if a.detach {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Foreground: the container's stdio is ours (the monitor inherited it);
+    // when it ends, clean up and end the same way.
+    let status = monitor.wait()?;
+    let _ = delete(store, &a.create.id, true);
+    use std::os::unix::process::ExitStatusExt;
+    let status = match (status.code(), status.signal()) {
+        (Some(c), _) => ExitStatus::Code(c),
+        (None, Some(s)) => ExitStatus::Signal(s),
+        _ => ExitStatus::Code(1),
+    };
+    monitor::die_like(status)
+}

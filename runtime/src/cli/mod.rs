@@ -1,0 +1,157 @@
+//! Command-line surface, after runc: global flags, then one command.
+
+mod boot;
+mod lifecycle;
+mod misc;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "husk",
+    version,
+    about = "OCI runtime that runs each container in its own KVM microVM"
+)]
+pub struct Cli {
+    /// Directory for container state.
+    #[arg(long, global = true, default_value = "/run/husk")]
+    pub root: PathBuf,
+    /// Also write errors (and with --debug, progress) to this file.
+    #[arg(long, global = true)]
+    pub log: Option<PathBuf>,
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[arg(long, global = true)]
+    pub debug: bool,
+    /// Accepted for compatibility: cgroups are managed inside the guest.
+    #[arg(long, global = true)]
+    pub systemd_cgroup: bool,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Create a container (its init waits for `start`).
+    Create(lifecycle::CreateArgs),
+    /// Start a created container.
+    Start { id: String },
+    /// Output the state of a container.
+    State { id: String },
+    /// Send a signal to the container's init (default SIGTERM).
+    Kill {
+        /// Send the signal to all processes in the container.
+        #[arg(short, long)]
+        all: bool,
+        id: String,
+        signal: Option<String>,
+    },
+    /// Delete a container and everything it left on the host.
+    Delete {
+        /// Kill a running container first.
+        #[arg(short, long)]
+        force: bool,
+        id: String,
+    },
+    /// Create and start a container; without --detach, wait for it and delete it.
+    Run(lifecycle::RunArgs),
+    /// List containers.
+    #[command(alias = "ps-all")]
+    List {
+        #[arg(short, long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+        /// Display only container ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Write a template config.json into the bundle directory.
+    Spec {
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        #[arg(long)]
+        rootless: bool,
+    },
+    /// Show what this runtime supports (JSON).
+    Features,
+    /// Boot a bare microVM, print the agent's hello and timings, shut it down.
+    Boot(boot::BootArgs),
+    #[command(name = "__monitor", hide = true)]
+    Monitor { id: String },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ListFormat {
+    Table,
+    Json,
+}
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let store = husk::container::Store::new(&cli.root);
+    match cli.command {
+        Cmd::Create(a) => lifecycle::create(&store, &a).map(|_| ExitCode::SUCCESS),
+        Cmd::Start { id } => lifecycle::start(&store, &id).map(|_| ExitCode::SUCCESS),
+        Cmd::State { id } => lifecycle::state(&store, &id).map(|_| ExitCode::SUCCESS),
+        Cmd::Kill { all, id, signal } => {
+            lifecycle::kill(&store, &id, signal.as_deref(), all).map(|_| ExitCode::SUCCESS)
+        }
+        Cmd::Delete { force, id } => {
+            lifecycle::delete(&store, &id, force).map(|_| ExitCode::SUCCESS)
+        }
+        Cmd::Run(a) => lifecycle::run(&store, &a),
+        Cmd::List { format, quiet } => misc::list(&store, format, quiet).map(|_| ExitCode::SUCCESS),
+        Cmd::Spec { bundle, rootless } => misc::spec(&bundle, rootless).map(|_| ExitCode::SUCCESS),
+        Cmd::Features => misc::features().map(|_| ExitCode::SUCCESS),
+        Cmd::Boot(a) => boot::boot(a).map(|_| ExitCode::SUCCESS),
+        Cmd::Monitor { id } => {
+            let sync = husk::monitor::sync_fd_from_env()
+                .ok_or_else(|| anyhow::anyhow!("__monitor is internal to husk create"))?;
+            husk::monitor::run(&store, &id, sync)
+        }
+    }
+}
+
+/// Where errors go: stderr always, and the --log file in runc's formats
+/// (conmon and containerd read the last error line from it).
+pub struct Log {
+    file: Option<PathBuf>,
+    format: LogFormat,
+}
+
+impl Log {
+    pub fn new(cli: &Cli) -> Log {
+        Log {
+            file: cli.log.clone(),
+            format: cli.log_format,
+        }
+    }
+
+    pub fn error(&self, msg: &str) {
+        eprintln!("husk: {msg}");
+        let Some(path) = &self.file else { return };
+        let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        else {
+            return;
+        };
+        let time = husk::container::State::now_rfc3339();
+        let line = match self.format {
+            LogFormat::Json => {
+                serde_json::json!({"level": "error", "msg": msg, "time": time}).to_string()
+            }
+            LogFormat::Text => format!("time={time:?} level=error msg={msg:?}"),
+        };
+        let _ = writeln!(f, "{line}");
+    }
+}

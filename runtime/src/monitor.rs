@@ -1,0 +1,399 @@
+//! The monitor: the host process whose pid `husk create` reports.
+//!
+//! It lives exactly as long as the container's init and ends the same way
+//! (exit code N ⇒ exits N; killed by signal S ⇒ dies by S), so conmon and
+//! containerd's runc shim see what they see with runc. It owns the VM
+//! (husk-vmm dies with it, by PR_SET_PDEATHSIG), holds the stdio it inherited
+//! from `husk create` (or the host end of a pty sent to `--console-socket`)
+//! and relays them to the container's streams in the guest, and forwards the
+//! signals it receives to the container's init.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use husk_protocol::{CreateContainer, ExitStatus, Request, Response, StdioStream, SHARE_TAG};
+use oci_spec::runtime::Spec;
+use serde::{Deserialize, Serialize};
+
+use crate::container::state::{process_start_time, State};
+use crate::container::Store;
+use crate::vm::{AgentClient, Vm, VmSpec};
+
+/// What `husk create` hands the monitor (`<state dir>/create.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateRequest {
+    pub id: String,
+    /// The spec with guest paths (see `container::share`).
+    pub spec: Spec,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub created: String,
+    pub vmm: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub memory_mib: u32,
+    pub vcpus: u8,
+    pub console_socket: Option<PathBuf>,
+}
+
+const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Paths inside a container's state directory.
+pub fn vm_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("vm")
+}
+pub fn share_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("share")
+}
+pub fn vsock_path(state_dir: &Path) -> PathBuf {
+    vm_dir(state_dir).join("vsock.sock")
+}
+
+/// Connects to the agent of container `id`'s VM.
+pub fn agent(store: &Store, id: &str) -> Result<AgentClient, crate::vm::VmError> {
+    AgentClient::connect(&vsock_path(&store.dir(id)), Duration::from_secs(10))
+}
+
+/// Entry point of `husk __monitor`. Never returns.
+pub fn run(store: &Store, id: &str, sync: OwnedFd) -> ! {
+    let _ = forwarded_signals().thread_block();
+    let mut sync = File::from(sync);
+    let dir = store.dir(id);
+    let req: Result<CreateRequest, String> = std::fs::read(dir.join("create.json"))
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()));
+    let started = req.and_then(|req| setup(store, &dir, &req));
+    let mut running = match started {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(sync, "error: {e}");
+            std::process::exit(1);
+        }
+    };
+    let _ = writeln!(sync, "ok");
+    drop(sync);
+    let status = running.wait();
+    running.finish();
+    die_like(status)
+}
+
+struct Running {
+    dir: PathBuf,
+    vm: Vm,
+    events: mpsc::Receiver<Event>,
+    outputs: Vec<std::thread::JoinHandle<()>>,
+}
+
+enum Event {
+    Exited(ExitStatus),
+    VmGone(String),
+}
+
+fn setup(store: &Store, dir: &Path, req: &CreateRequest) -> Result<Running, String> {
+    let mut spec = VmSpec::new(req.vmm.clone(), req.kernel.clone(), req.initrd.clone());
+    spec.memory_mib = req.memory_mib;
+    spec.vcpus = req.vcpus;
+    spec.shares = vec![(SHARE_TAG.to_string(), share_dir(dir))];
+    spec.die_with_parent = true;
+    if let Some(c) = std::env::var_os("HUSK_GUEST_CONSOLE") {
+        spec.console = Some(PathBuf::from(c));
+    }
+    let vm = Vm::launch(&spec, &vm_dir(dir)).map_err(|e| e.to_string())?;
+    let uds = vm.vsock_path().to_path_buf();
+    let connect = || AgentClient::connect(&uds, AGENT_TIMEOUT).map_err(|e| e.to_string());
+
+    let terminal = req.console_socket.is_some();
+    connect()?
+        .expect_ok(&Request::CreateContainer(Box::new(CreateContainer {
+            id: req.id.clone(),
+            spec: req.spec.clone(),
+            terminal,
+        })))
+        .map_err(|e| e.to_string())?;
+
+    let attach = |stream: StdioStream| -> Result<UnixStream, String> {
+        let mut c = connect()?;
+        c.expect_ok(&Request::AttachStdio {
+            id: req.id.clone(),
+            exec_id: None,
+            stream,
+        })
+        .map_err(|e| e.to_string())?;
+        let s = c.into_stream();
+        s.set_read_timeout(None).map_err(|e| e.to_string())?;
+        Ok(s)
+    };
+    let mut outputs = Vec::new();
+    if let Some(sock) = &req.console_socket {
+        let conn = attach(StdioStream::Terminal)?;
+        let pty = nix::pty::openpty(None, None).map_err(|e| format!("openpty: {e}"))?;
+        // The host pty only carries bytes: line discipline happens in the guest's pty.
+        if let Ok(mut t) = nix::sys::termios::tcgetattr(pty.slave.as_fd()) {
+            nix::sys::termios::cfmakeraw(&mut t);
+            let _ = nix::sys::termios::tcsetattr(
+                pty.slave.as_fd(),
+                nix::sys::termios::SetArg::TCSANOW,
+                &t,
+            );
+        }
+        send_console(sock, &pty.master)
+            .map_err(|e| format!("console socket {}: {e}", sock.display()))?;
+        drop(pty.master);
+        let slave = File::from(pty.slave);
+        let slave_in = slave.try_clone().map_err(|e| e.to_string())?;
+        let conn_in = conn.try_clone().map_err(|e| e.to_string())?;
+        spawn_copy(slave_in, conn_in, true);
+        outputs.push(spawn_copy(conn, slave, false));
+    } else {
+        let stdin = attach(StdioStream::Stdin)?;
+        let stdout = attach(StdioStream::Stdout)?;
+        let stderr = attach(StdioStream::Stderr)?;
+        spawn_copy(dup_std(0)?, stdin, true);
+        outputs.push(spawn_copy(stdout, dup_std(1)?, false));
+        outputs.push(spawn_copy(stderr, dup_std(2)?, false));
+    }
+
+    let (tx, events) = mpsc::channel();
+    let waiter = tx.clone();
+    let mut wait_conn = connect()?;
+    let id = req.id.clone();
+    std::thread::spawn(move || {
+        let _ = wait_conn.stream().set_read_timeout(None);
+        let ev = match wait_conn.request(&Request::WaitProcess { id, exec_id: None }) {
+            Ok(Response::Exited { status }) => Event::Exited(status),
+            Ok(other) => Event::VmGone(format!("unexpected wait reply {other:?}")),
+            Err(e) => Event::VmGone(e.to_string()),
+        };
+        let _ = waiter.send(ev);
+    });
+    forward_signals(uds.clone(), req.id.clone());
+
+    let me = std::process::id() as i32;
+    let state = State {
+        id: req.id.clone(),
+        oci_version: req.spec.version().clone(),
+        bundle: req.bundle.clone(),
+        rootfs: req.rootfs.clone(),
+        created: req.created.clone(),
+        owner: String::new(),
+        annotations: req.spec.annotations().clone().unwrap_or_default(),
+        pid: me,
+        pid_start: process_start_time(me).unwrap_or(0),
+        vmm_pid: vm.pid() as i32,
+        vmm_pid_start: process_start_time(vm.pid() as i32).unwrap_or(0),
+        started: false,
+        paused: false,
+    };
+    store.save(&state).map_err(|e| e.to_string())?;
+    Ok(Running {
+        dir: dir.to_path_buf(),
+        vm,
+        events,
+        outputs,
+    })
+}
+
+impl Running {
+    /// Waits for the container's init to exit, or for the VM to disappear
+    /// (a killed VMM is reported as death by SIGKILL).
+    fn wait(&mut self) -> ExitStatus {
+        loop {
+            match self.events.recv_timeout(Duration::from_millis(200)) {
+                Ok(Event::Exited(s)) => return s,
+                Ok(Event::VmGone(why)) => {
+                    self.log(&format!("lost the VM: {why}; {}", self.vm.stderr_tail()));
+                    return ExitStatus::Signal(libc::SIGKILL);
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return ExitStatus::Signal(libc::SIGKILL)
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(_)) = self.vm.try_wait() {
+                        return ExitStatus::Signal(libc::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The monitor's stdio belongs to the container: diagnostics go to a file.
+    fn log(&self, msg: &str) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("monitor.log"))
+        {
+            let _ = writeln!(f, "{} {msg}", State::now_rfc3339());
+        }
+    }
+
+    /// Drains the output streams, then shuts the VM down.
+    fn finish(self) {
+        let (done_tx, done_rx) = mpsc::channel();
+        let outputs = self.outputs;
+        std::thread::spawn(move || {
+            for h in outputs {
+                let _ = h.join();
+            }
+            let _ = done_tx.send(());
+        });
+        let _ = done_rx.recv_timeout(Duration::from_secs(5));
+        let mut vm = self.vm;
+        if vm.try_wait().ok().flatten().is_none() {
+            if let Ok(agent) = vm.agent() {
+                let _ = agent.shutdown();
+            }
+            let _ = vm.wait(Duration::from_secs(10));
+        }
+        drop(vm);
+    }
+}
+
+fn dup_std(fd: i32) -> Result<File, String> {
+    // SAFETY: borrowing a standard descriptor only to duplicate it.
+    let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    b.try_clone_to_owned()
+        .map(File::from)
+        .map_err(|e| format!("stdio fd {fd}: {e}"))
+}
+
+/// Copies `from` into `to` until EOF; with `half_close`, shuts down the
+/// socket's write side at EOF (EOF for the guest process's stdin).
+fn spawn_copy<R, W>(mut from: R, mut to: W, half_close: bool) -> std::thread::JoinHandle<()>
+where
+    R: Read + Send + 'static,
+    W: Write + Send + 'static + MaybeSocket,
+{
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        let _ = to.flush();
+        if half_close {
+            to.shutdown_write();
+        }
+    })
+}
+
+trait MaybeSocket {
+    fn shutdown_write(&self) {}
+}
+impl MaybeSocket for UnixStream {
+    fn shutdown_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+impl MaybeSocket for File {}
+
+/// Sends the pty master over `--console-socket` as runc does (SCM_RIGHTS).
+fn send_console(sock: &Path, master: &OwnedFd) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let s = UnixStream::connect(sock)?;
+    let fds = [master.as_raw_fd()];
+    let name = b"/dev/ptmx";
+    let iov = [std::io::IoSlice::new(name)];
+    sendmsg::<()>(
+        s.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(std::io::Error::from)?;
+    Ok(())
+}
+
+fn forwarded_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+/// Signals sent to the monitor are meant for the container: forward them to
+/// its init. They are blocked before any thread starts (see [`run`]) so only
+/// this thread's sigwait ever takes them.
+fn forward_signals(uds: PathBuf, id: String) {
+    let set = forwarded_signals();
+    std::thread::spawn(move || loop {
+        let Ok(sig) = set.wait() else { continue };
+        if let Ok(mut agent) = AgentClient::connect(&uds, Duration::from_secs(5)) {
+            let _ = agent.request(&Request::Signal {
+                id: id.clone(),
+                exec_id: None,
+                signal: sig as i32,
+                all: false,
+            });
+        }
+    });
+}
+
+/// Ends this process the way the container's init ended.
+pub fn die_like(status: ExitStatus) -> ! {
+    match status {
+        ExitStatus::Code(c) => std::process::exit(c & 0xff),
+        ExitStatus::Signal(s) => {
+            // SAFETY: restoring the default action and raising the signal at ourselves.
+            unsafe {
+                libc::signal(s, libc::SIG_DFL);
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, s);
+                libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+                libc::kill(libc::getpid(), s);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            std::process::exit(128 + (s & 0x7f))
+        }
+    }
+}
+
+/// Reads the monitor's verdict from the sync pipe: `Ok` once the container is
+/// created, the monitor's error otherwise (or a generic one if it died).
+pub fn read_sync(fd: OwnedFd) -> Result<(), String> {
+    let mut s = String::new();
+    let _ = File::from(fd).read_to_string(&mut s);
+    match s.trim_end() {
+        "ok" => Ok(()),
+        other => match other.strip_prefix("error: ") {
+            Some(e) => Err(e.to_string()),
+            None => Err("the container monitor exited before the container was created".into()),
+        },
+    }
+}
+
+/// The write end of the sync pipe, from `HUSK_SYNC_FD`.
+pub fn sync_fd_from_env() -> Option<OwnedFd> {
+    let fd: i32 = std::env::var("HUSK_SYNC_FD").ok()?.parse().ok()?;
+    // Only adopt a descriptor that is open.
+    // SAFETY: fcntl(F_GETFD) only queries the descriptor.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: the parent passed this descriptor to us for us to own.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
