@@ -21,6 +21,7 @@ use crate::config::{Console, VmConfig};
 use crate::devices::legacy::{IrqTrigger, ResetRequest, Serial, I8042};
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_LEN, NOTIFY_REG_OFFSET};
 use crate::devices::virtio::vsock::Vsock;
+use crate::devices::virtio::VirtioDevice;
 use crate::devices::Bus;
 use crate::memory::GuestMemoryMmap;
 use crate::vstate::exit::{ExitSignal, VmExit};
@@ -99,6 +100,50 @@ impl MutEventSubscriber for ExitWatcher {
             self.exit
                 .signal(VmExit::VmmError(format!("cannot watch exit event: {e}")));
         }
+    }
+}
+
+/// Places virtio-mmio devices: one 4 KiB window and one IOAPIC pin each.
+struct VirtioSlots<'a> {
+    vm: &'a Vm,
+    mem: &'a GuestMemoryMmap,
+    next_irq: u32,
+    next_addr: u64,
+}
+
+impl<'a> VirtioSlots<'a> {
+    fn new(vm: &'a Vm, mem: &'a GuestMemoryMmap) -> Self {
+        VirtioSlots {
+            vm,
+            mem,
+            next_irq: layout::VIRTIO_IRQ_FIRST,
+            next_addr: layout::VIRTIO_MMIO_START,
+        }
+    }
+
+    /// Wires `device` to an irqfd, one ioeventfd per queue and the MMIO bus;
+    /// returns the kernel command-line argument that announces it.
+    fn attach(
+        &mut self,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        bus: &mut Bus,
+    ) -> Result<String, BuildError> {
+        if self.next_irq > layout::IRQ_MAX {
+            return Err(BuildError::Device("too many virtio devices".into()));
+        }
+        let (irq, addr) = (self.next_irq, self.next_addr);
+        let dev_err = |e: &dyn std::fmt::Display| BuildError::Device(e.to_string());
+        let irq_evt = EventFd::new(EFD_NONBLOCK)?;
+        self.vm.register_irqfd(&irq_evt, irq)?;
+        let transport = MmioTransport::new(device, self.mem.clone(), irq_evt).map_err(|e| dev_err(&e))?;
+        for (i, kick) in transport.queue_kicks().iter().enumerate() {
+            self.vm.register_mmio_notify(kick, addr + NOTIFY_REG_OFFSET, i as u32)?;
+        }
+        bus.insert(Arc::new(Mutex::new(transport)), addr, MMIO_LEN)
+            .map_err(|e| dev_err(&e))?;
+        self.next_irq += 1;
+        self.next_addr += MMIO_LEN;
+        Ok(format!("virtio_mmio.device=4K@{addr:#x}:{irq}"))
     }
 }
 
@@ -186,31 +231,16 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, BuildError> {
 
     let mut event_manager =
         EventManager::<Subscriber>::new().map_err(|e| BuildError::EventLoop(e.to_string()))?;
-    let mut next_irq = layout::VIRTIO_IRQ_FIRST;
-    let mut next_mmio = layout::VIRTIO_MMIO_START;
+    let mut virtio = VirtioSlots::new(&vm, &mem);
     let mut vsock_path = None;
     if let Some(vcfg) = &cfg.vsock {
         let vsock = Vsock::new(vcfg.guest_cid, vcfg.uds_path.clone()).map_err(|e| dev_err(&e))?;
         let vsock = Arc::new(Mutex::new(vsock));
         vsock_path = Some(vcfg.uds_path.clone());
-        let irq = EventFd::new(EFD_NONBLOCK)?;
-        vm.register_irqfd(&irq, next_irq)?;
-        let transport =
-            MmioTransport::new(vsock.clone(), mem.clone(), irq).map_err(|e| dev_err(&e))?;
-        for (i, kick) in transport.queue_kicks().iter().enumerate() {
-            vm.register_mmio_notify(kick, next_mmio + NOTIFY_REG_OFFSET, i as u32)?;
-        }
-        mmio_bus
-            .insert(Arc::new(Mutex::new(transport)), next_mmio, MMIO_LEN)
-            .map_err(|e| dev_err(&e))?;
-        cmdline
-            .insert_str(format!("virtio_mmio.device=4K@{next_mmio:#x}:{next_irq}"))
-            .map_err(cmd_err)?;
+        let arg = virtio.attach(vsock.clone(), &mut mmio_bus)?;
+        cmdline.insert_str(arg).map_err(cmd_err)?;
         event_manager.add_subscriber(vsock);
-        next_irq += 1;
-        next_mmio += MMIO_LEN;
     }
-    let _ = (next_irq, next_mmio);
     if !cfg.cmdline_extra.trim().is_empty() {
         cmdline
             .insert_str(cfg.cmdline_extra.trim())

@@ -25,6 +25,9 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     #[serde(default)]
     pub console: Console,
+    /// Host directories served to the guest over virtio-fs.
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
     /// Appended to the built-in command line.
     #[serde(default)]
     pub cmdline_extra: String,
@@ -36,6 +39,27 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
     #[serde(default = "default_cid")]
     pub guest_cid: u64,
+}
+
+/// One virtio-fs device: the guest mounts `tag` (`mount -t virtiofs TAG ...`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    pub tag: String,
+    pub shared_dir: PathBuf,
+}
+
+impl FsConfig {
+    /// `TAG=DIR`, as given to `--fs`.
+    pub fn parse(arg: &str) -> Result<FsConfig, ConfigError> {
+        match arg.split_once('=') {
+            Some((tag, dir)) if !tag.is_empty() && !dir.is_empty() => Ok(FsConfig {
+                tag: tag.to_string(),
+                shared_dir: dir.into(),
+            }),
+            _ => Err(ConfigError::Fs(arg.to_string())),
+        }
+    }
 }
 
 fn default_cid() -> u64 {
@@ -71,6 +95,10 @@ pub enum ConfigError {
     Memory(u32),
     #[error("vsock guest CID must be 3 or more, got {0}")]
     GuestCid(u64),
+    #[error("--fs takes TAG=DIR, got {0:?}")]
+    Fs(String),
+    #[error("virtio-fs tag {0:?} must be 1 to 36 bytes and unique")]
+    FsTag(String),
 }
 
 impl VmConfig {
@@ -80,6 +108,12 @@ impl VmConfig {
         }
         if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
             return Err(ConfigError::Memory(self.memory_mib));
+        }
+        for (i, f) in self.fs.iter().enumerate() {
+            let dup = self.fs[..i].iter().any(|o| o.tag == f.tag);
+            if f.tag.is_empty() || f.tag.len() > 36 || dup {
+                return Err(ConfigError::FsTag(f.tag.clone()));
+            }
         }
         if let Some(v) = &self.vsock {
             if v.guest_cid < 3 || v.guest_cid > u64::from(u32::MAX - 1) {
@@ -102,6 +136,7 @@ mod tests {
             vcpus: 1,
             vsock: None,
             console: Console::Off,
+            fs: Vec::new(),
             cmdline_extra: String::new(),
         }
     }
@@ -124,6 +159,24 @@ mod tests {
             ..cfg()
         };
         assert_eq!(c.validate(), Err(ConfigError::GuestCid(2)));
+    }
+
+    #[test]
+    fn fs_args() {
+        assert_eq!(
+            FsConfig::parse("husk=/run/x").unwrap(),
+            FsConfig {
+                tag: "husk".into(),
+                shared_dir: "/run/x".into()
+            }
+        );
+        assert!(FsConfig::parse("husk").is_err());
+        assert!(FsConfig::parse("=/x").is_err());
+        let c = VmConfig {
+            fs: vec![FsConfig::parse("a=/x").unwrap(), FsConfig::parse("a=/y").unwrap()],
+            ..cfg()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::FsTag("a".into())));
     }
 
     #[test]

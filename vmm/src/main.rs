@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use husk_vmm::builder;
-use husk_vmm::config::{Console, VmConfig, VsockConfig, DEFAULT_GUEST_CID};
+use husk_vmm::config::{Console, FsConfig, VmConfig, VsockConfig, DEFAULT_GUEST_CID};
 use husk_vmm::vstate::exit::VmExit;
 
 /// Run one husk microVM until the guest shuts down.
@@ -17,7 +17,7 @@ use husk_vmm::vstate::exit::VmExit;
 #[command(name = "husk-vmm", version)]
 struct Cli {
     /// VM description as JSON (the flags below are then not allowed).
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "memory_mib", "vcpus", "vsock_uds", "console", "cmdline_extra"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "memory_mib", "vcpus", "vsock_uds", "console", "cmdline_extra", "fs"])]
     config: Option<PathBuf>,
     /// Uncompressed ELF vmlinux with a PVH entry point.
     #[arg(long, required_unless_present = "config")]
@@ -40,6 +40,9 @@ struct Cli {
     /// Appended to the kernel command line.
     #[arg(long, default_value = "")]
     cmdline_extra: String,
+    /// Share a host directory over virtio-fs: TAG=DIR (repeatable).
+    #[arg(long)]
+    fs: Vec<String>,
 }
 
 fn config(cli: Cli) -> anyhow::Result<VmConfig> {
@@ -63,6 +66,11 @@ fn config(cli: Cli) -> anyhow::Result<VmConfig> {
             .as_deref()
             .map(Console::parse)
             .unwrap_or_default(),
+        fs: cli
+            .fs
+            .iter()
+            .map(|a| FsConfig::parse(a))
+            .collect::<Result<_, _>>()?,
         cmdline_extra: cli.cmdline_extra,
     })
 }
