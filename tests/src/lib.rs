@@ -4,6 +4,8 @@
 //! VM tests never skip: a missing artifact or an unusable /dev/kvm fails the
 //! test with the reason.
 
+pub mod bundle;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -98,5 +100,52 @@ pub fn guest_regions(memory_mib: u32) -> Vec<u64> {
         vec![size]
     } else {
         vec![gap, size - gap]
+    }
+}
+
+/// A `husk` command line with its own `--root` and config.toml pointing at the
+/// artifacts under test.
+pub struct Husk {
+    pub root: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Husk {
+    pub fn new(tag: &str) -> Husk {
+        require_kvm();
+        let base = vm_dir(&format!("husk-{tag}"));
+        std::fs::create_dir_all(&base).unwrap();
+        let config = base.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "kernel = {:?}\ninitrd = {:?}\nvmm = {:?}\nmemory_mib = 128\n",
+                artifact("HUSK_KERNEL"),
+                artifact("HUSK_INITRD"),
+                artifact("HUSK_VMM")
+            ),
+        )
+        .unwrap();
+        Husk {
+            root: base.join("root"),
+            config,
+        }
+    }
+
+    pub fn cmd(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(artifact("HUSK_BIN_DIR").join("husk"));
+        c.arg("--root")
+            .arg(&self.root)
+            .env("HUSK_CONFIG", &self.config);
+        c
+    }
+
+    /// Runs `husk ARGS` with stdin from /dev/null and captures its output.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        self.cmd()
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
     }
 }

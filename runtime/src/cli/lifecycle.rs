@@ -221,7 +221,7 @@ pub fn delete(store: &Store, id: &str, force: bool) -> anyhow::Result<()> {
             if force || existed {
                 return Ok(());
             }
-            bail!("container \"{id}\" does not exist");
+            bail!("container does not exist");
         }
         Err(e) => {
             if !force {

@@ -10,7 +10,8 @@ pub use state::{State, Status, Store};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdError {
-    #[error("invalid id format: {0:?}")]
+    // runc's wording (libcontainer.ErrInvalidID).
+    #[error("invalid container ID format")]
     Invalid(String),
 }
 

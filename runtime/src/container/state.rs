@@ -128,9 +128,10 @@ pub fn process_alive(pid: i32, start: u64) -> bool {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("container with id exists: {0}")]
+    // runc's wordings (libcontainer.ErrExist, ErrNotExist).
+    #[error("container with given ID already exists")]
     Exists(String),
-    #[error("container \"{0}\" does not exist")]
+    #[error("container does not exist")]
     NotExist(String),
     #[error("cannot create state directory {0}: {1}")]
     Create(PathBuf, std::io::Error),
