@@ -20,6 +20,7 @@ use crate::boot::pvh;
 use crate::config::{Console, VmConfig};
 use crate::devices::legacy::{IrqTrigger, ResetRequest, Serial, I8042};
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_LEN, NOTIFY_REG_OFFSET};
+use crate::devices::virtio::fs::{Fs, FsOptions};
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::Bus;
@@ -240,6 +241,14 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, BuildError> {
         let arg = virtio.attach(vsock.clone(), &mut mmio_bus)?;
         cmdline.insert_str(arg).map_err(cmd_err)?;
         event_manager.add_subscriber(vsock);
+    }
+    // virtio-fs does its FUSE work on its own worker thread: nothing for the event loop.
+    for f in &cfg.fs {
+        let fs = Fs::new(&f.tag, f.shared_dir.clone(), FsOptions::default()).map_err(|e| {
+            BuildError::Device(format!("virtio-fs {} ({}): {e}", f.tag, f.shared_dir.display()))
+        })?;
+        let arg = virtio.attach(Arc::new(Mutex::new(fs)), &mut mmio_bus)?;
+        cmdline.insert_str(arg).map_err(cmd_err)?;
     }
     if !cfg.cmdline_extra.trim().is_empty() {
         cmdline

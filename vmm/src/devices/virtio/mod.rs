@@ -5,6 +5,7 @@
 //! memory and an [`Interrupt`] handle, and does its queue work on the VMM's event
 //! loop (it is an `event_manager::MutEventSubscriber`).
 
+pub mod fs;
 pub mod mmio;
 pub mod vsock;
 

@@ -1,0 +1,225 @@
+//! The virtio-fs device model: config space, features, activation and reset.
+//! Queue work happens on the worker thread (`super::worker`).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use fuse_backend_rs::api::server::Server;
+use virtio_queue::QueueT;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::confined::ConfinedFs;
+use super::metrics::{Counters, FsMetrics};
+use super::request::RequestHandler;
+use super::worker::{Worker, WorkerHandle};
+use super::{FsError, FsOptions, NUM_QUEUES, QUEUE_MAX_SIZE, TAG_LEN};
+use crate::devices::virtio::{
+    ActivateError, ActivatedQueue, Interrupt, VirtioDevice, TYPE_FS, VIRTIO_F_VERSION_1,
+};
+use crate::memory::GuestMemoryMmap;
+
+/// Config space: `u8 tag[36]; le32 num_request_queues;`.
+const CONFIG_LEN: usize = TAG_LEN + 4;
+
+/// Serialises the process-umask juggling around `PassthroughFs::import`.
+pub(crate) static UMASK_LOCK: Mutex<()> = Mutex::new(());
+
+/// A virtio-fs device exporting one host directory.
+///
+/// Shared as `Arc<Mutex<Fs>>` with the virtio-mmio transport, which calls the
+/// [`VirtioDevice`] methods from vCPU threads. Requests are served by a
+/// worker thread (`fs-worker`) started on activation and stopped on reset or
+/// drop; the device does not need the VMM's event loop.
+pub struct Fs {
+    tag: String,
+    shared_dir: PathBuf,
+    config: [u8; CONFIG_LEN],
+    queue_max_sizes: [u16; NUM_QUEUES],
+    acked_features: u64,
+    server: Arc<Server<ConfinedFs>>,
+    counters: Arc<Counters>,
+    worker: Option<WorkerHandle>,
+}
+
+impl Fs {
+    /// Export `shared_dir` under `tag` (1 to 36 bytes, no NUL; the guest
+    /// mounts it with `mount -t virtiofs <tag> <dir>`).
+    ///
+    /// The directory is resolved (symlinks, relative paths) and opened here,
+    /// once: later changes to the path do not affect the device, and errors
+    /// surface before the guest runs. Briefly sets the process umask (the
+    /// passthrough file system's import insists on `umask(0)`); call it before
+    /// other threads create files.
+    pub fn new(tag: &str, shared_dir: impl Into<PathBuf>, opts: FsOptions) -> Result<Fs, FsError> {
+        validate_tag(tag)?;
+        let requested = shared_dir.into();
+        let path = std::fs::canonicalize(&requested).map_err(|source| FsError::SharedDir {
+            path: requested.clone(),
+            source,
+        })?;
+        let meta = std::fs::metadata(&path).map_err(|source| FsError::SharedDir {
+            path: requested.clone(),
+            source,
+        })?;
+        if !meta.is_dir() {
+            return Err(FsError::NotADirectory(requested));
+        }
+        let root = path
+            .to_str()
+            .ok_or_else(|| FsError::NonUtf8Path(path.clone()))?;
+
+        let fs = {
+            let _guard = UMASK_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+            // SAFETY: umask() only swaps the process file mode mask.
+            let old = unsafe { libc::umask(0o077) };
+            let fs = ConfinedFs::new(root, &opts);
+            // SAFETY: as above; restores what `import` overwrote.
+            unsafe { libc::umask(old) };
+            fs
+        }
+        .map_err(|source| FsError::Backend {
+            path: path.clone(),
+            source,
+        })?;
+
+        let mut config = [0u8; CONFIG_LEN];
+        config[..tag.len()].copy_from_slice(tag.as_bytes());
+        config[TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
+        log::info!("virtio-fs: tag {tag:?} exports {}", path.display());
+        Ok(Fs {
+            tag: tag.to_owned(),
+            shared_dir: path,
+            config,
+            queue_max_sizes: [QUEUE_MAX_SIZE; NUM_QUEUES],
+            acked_features: 0,
+            server: Arc::new(Server::new(fs)),
+            counters: Arc::new(Counters::default()),
+            worker: None,
+        })
+    }
+
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// The exported directory (canonical path).
+    pub fn shared_dir(&self) -> &Path {
+        &self.shared_dir
+    }
+
+    /// Whether the worker thread is running.
+    pub fn is_activated(&self) -> bool {
+        self.worker.is_some()
+    }
+
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    /// Counters of rejected/failed requests (see [`FsMetrics`]).
+    pub fn metrics(&self) -> FsMetrics {
+        self.counters.snapshot()
+    }
+}
+
+fn validate_tag(tag: &str) -> Result<(), FsError> {
+    let reason = if tag.is_empty() {
+        "must not be empty"
+    } else if tag.len() > TAG_LEN {
+        "longer than 36 bytes"
+    } else if tag.contains('\0') {
+        "contains a NUL byte"
+    } else {
+        return Ok(());
+    };
+    Err(FsError::InvalidTag {
+        tag: tag.to_owned(),
+        reason,
+    })
+}
+
+impl VirtioDevice for Fs {
+    fn device_type(&self) -> u32 {
+        TYPE_FS
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_max_sizes
+    }
+
+    /// No device-specific features: no notification queue
+    /// (VIRTIO_FS_F_NOTIFICATION), no indirect descriptors, no event index.
+    fn avail_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features();
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if start >= self.config.len() {
+            return;
+        }
+        let n = data.len().min(self.config.len() - start);
+        data[..n].copy_from_slice(&self.config[start..start + n]);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        log::debug!(
+            "virtio-fs: ignoring guest write of {} bytes to read-only config at {offset}",
+            data.len()
+        );
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn Interrupt>,
+        queues: Vec<ActivatedQueue>,
+    ) -> Result<(), ActivateError> {
+        if queues.len() != NUM_QUEUES {
+            return Err(ActivateError::QueueCount {
+                expected: NUM_QUEUES,
+                got: queues.len(),
+            });
+        }
+        if self.worker.is_some() {
+            return Err(ActivateError::Device("virtio-fs is already active".into()));
+        }
+        for (i, q) in queues.iter().enumerate() {
+            if !q.queue.is_valid(&mem) {
+                return Err(ActivateError::Device(format!(
+                    "virtio-fs queue {i} is invalid"
+                )));
+            }
+        }
+        let (queues, kicks) = queues.into_iter().map(|q| (q.queue, q.kick)).unzip();
+        let worker = Worker {
+            handler: RequestHandler::new(self.server.clone(), self.counters.clone()),
+            mem,
+            interrupt,
+            queues,
+            kicks,
+            stop: EventFd::new(EFD_NONBLOCK)?,
+        };
+        self.worker = Some(worker.spawn()?);
+        log::info!("virtio-fs: tag {:?} activated", self.tag);
+        Ok(())
+    }
+
+    /// Stops the worker (after the request it is in, if any). The FUSE
+    /// session state (looked-up inodes, open handles) is kept: a new driver
+    /// starts with FUSE_INIT and fresh lookups from the same root.
+    fn reset(&mut self) -> bool {
+        if let Some(worker) = self.worker.take() {
+            worker.stop();
+            log::info!("virtio-fs: tag {:?} reset", self.tag);
+        }
+        self.acked_features = 0;
+        true
+    }
+}
