@@ -384,3 +384,21 @@ fn killed_vmm_is_stopped_and_delete_cleans_everything() {
     assert_eq!((mounts_under(&h.root), processes_mentioning(&root)), before);
     assert!(leftovers(&h).is_empty(), "{:?}", leftovers(&h));
 }
+
+#[test]
+fn debootstrap_debian_runs_bash() {
+    let rootfs = std::env::var("HUSK_DEBIAN_ROOTFS")
+        .expect("HUSK_DEBIAN_ROOTFS not set: run through `make test` (tests/debian-rootfs.sh builds it)");
+    assert!(
+        std::path::Path::new(&rootfs).join("bin/bash").exists(),
+        "{rootfs} is not a Debian rootfs"
+    );
+    let h = Husk::new("debian");
+    let mut b = TestBundle::busybox("debian", &["/bin/bash", "-c", "cat /etc/os-release"]);
+    // The rootfs is shared read-only into the test host: the container must not write it.
+    b.config["root"] = json!({"path": rootfs, "readonly": true});
+    b.write();
+    let o = run(&h, &b, "debian");
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert!(out(&o).contains("PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\""), "{}", out(&o));
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Builds (once) a minimal Debian bookworm rootfs with debootstrap for the VM tests, cached
+# outside the tree: ${HUSK_CACHE_DIR:-/var/cache/husk}/debian-rootfs-bookworm. Prints its path.
+set -euo pipefail
+cache=${HUSK_CACHE_DIR:-/var/cache/husk}
+out=$cache/debian-rootfs-bookworm
+if [ -x "$out/bin/bash" ] && [ -f "$out/etc/os-release" ]; then
+  echo "$out"; exit 0
+fi
+if ! command -v debootstrap >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+fi
+mirror=${HUSK_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+mkdir -p "$cache"
+rm -rf "$out.tmp"
+echo "debian-rootfs: debootstrap --variant=minbase bookworm from $mirror" >&2
+debootstrap --variant=minbase bookworm "$out.tmp" "$mirror" >"$cache/debootstrap.log" 2>&1 \
+  || { tail -20 "$cache/debootstrap.log" >&2; echo "debian-rootfs: debootstrap failed" >&2; exit 1; }
+rm -rf "$out"; mv "$out.tmp" "$out"
+echo "$out"
