@@ -30,9 +30,10 @@ use crate::vstate::vcpu::{Vcpu, VcpuContext};
 use crate::vstate::vm::Vm;
 
 /// Always on the command line. `reboot=k` makes the guest reset through the
-/// i8042 (our exit path); `panic=1` turns a panic into such a reset; the rest
-/// skips probing for hardware a husk VM never has.
-const BASE_CMDLINE: &str = "reboot=k panic=1 pci=off nomodule no_timer_check quiet";
+/// i8042 (our exit path); `panic=1` turns a panic into such a reset;
+/// `no_timer_check` skips the IO-APIC timer check (the PIT routing is known).
+/// Only parameters the guest kernel knows: anything else is handed to /init.
+const BASE_CMDLINE: &str = "reboot=k panic=1 no_timer_check quiet";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {

@@ -54,8 +54,10 @@ impl Vcpu {
                 Err(e) => return VmExit::VmmError(format!("vcpu{}: KVM_RUN: {e}", self.id)),
             };
             let ctx = &self.ctx;
+            let mut what = None;
             let unhandled = match exit {
                 VcpuExit::IoIn(port, data) => {
+                    what = Some(("port read", u64::from(port)));
                     if !ctx.io_bus.read(u64::from(port), data) {
                         // Nothing there: floating bus.
                         data.fill(0xff);
@@ -63,6 +65,7 @@ impl Vcpu {
                     false
                 }
                 VcpuExit::IoOut(port, data) => {
+                    what = Some(("port write", u64::from(port)));
                     let handled = ctx.io_bus.write(u64::from(port), data);
                     if ctx.reset.take() {
                         return self.reset_exit();
@@ -71,6 +74,7 @@ impl Vcpu {
                     !handled && port != 0x80
                 }
                 VcpuExit::MmioRead(addr, data) => {
+                    what = Some(("MMIO read", addr));
                     if !ctx.mmio_bus.read(addr, data) {
                         data.fill(0xff);
                         true
@@ -78,7 +82,10 @@ impl Vcpu {
                         false
                     }
                 }
-                VcpuExit::MmioWrite(addr, data) => !ctx.mmio_bus.write(addr, data),
+                VcpuExit::MmioWrite(addr, data) => {
+                    what = Some(("MMIO write", addr));
+                    !ctx.mmio_bus.write(addr, data)
+                }
                 VcpuExit::Shutdown => {
                     return VmExit::GuestCrash(format!("vcpu{}: triple fault", self.id))
                 }
@@ -102,12 +109,18 @@ impl Vcpu {
                     true
                 }
             };
-            if unhandled && !self.unhandled_logged {
-                self.unhandled_logged = true;
-                warn!(
-                    "vcpu{}: guest accessed an address no device answers (further ones not logged)",
-                    self.id
-                );
+            if unhandled {
+                let (kind, addr) = what.unwrap_or(("access", 0));
+                // Probing for absent legacy hardware is normal; say so once,
+                // and each address at debug level.
+                log::debug!("vcpu{}: {kind} at {addr:#x}: no device", self.id);
+                if !self.unhandled_logged {
+                    self.unhandled_logged = true;
+                    log::info!(
+                        "vcpu{}: {kind} at {addr:#x}: no device there (further ones at debug level)",
+                        self.id
+                    );
+                }
             }
         }
     }
