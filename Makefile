@@ -19,7 +19,7 @@ export HUSK_KERNEL  := $(GUEST)/vmlinux
 export HUSK_INITRD  := $(GUEST)/initrd.img
 
 .PHONY: build host-bins agent guest-image kernel initrd unit-test vm-test-build vm-test test \
-        demo bench lint clean help
+        demo bench lint clean help install test-rootfs
 
 help:
 	@echo "targets: build guest-image unit-test vm-test test demo bench lint clean"
@@ -56,8 +56,12 @@ vm-test-build:
 	  $(CURDIR)/build/vm-tests.json > $(CURDIR)/build/vm-tests.list
 	@echo "vm-test-build: $$(wc -l < $(CURDIR)/build/vm-tests.list) test executable(s) in build/vm-tests.list"
 
-vm-test: build guest-image vm-test-build
-	$(VM_RUN) $(CURDIR)/tests/run-vm-tests.sh
+# A debootstrapped Debian rootfs for the container tests (cached in /var/cache/husk).
+test-rootfs:
+	$(CURDIR)/tests/debian-rootfs.sh > /dev/null
+
+vm-test: build guest-image vm-test-build test-rootfs
+	HUSK_DEBIAN_ROOTFS=$$($(CURDIR)/tests/debian-rootfs.sh) $(VM_RUN) $(CURDIR)/tests/run-vm-tests.sh
 
 test: unit-test vm-test
 
@@ -65,8 +69,17 @@ demo: build guest-image
 	$(VM_RUN) $(RELEASE)/husk boot --kernel $(HUSK_KERNEL) --initrd $(HUSK_INITRD)
 
 bench: build guest-image
-	$(CARGO) build --release --bin husk-bench
+	$(CARGO) build --release -p husk-tests --bin husk-bench
 	$(VM_RUN) $(RELEASE)/husk-bench
+
+# PREFIX/bin/{husk,husk-vmm}, PREFIX/share/husk/{vmlinux,initrd.img}: where husk looks
+# by default (relative to its own binary), so no config.toml is needed.
+PREFIX ?= /usr/local
+install: build guest-image
+	install -D -m 0755 $(RELEASE)/husk $(DESTDIR)$(PREFIX)/bin/husk
+	install -D -m 0755 $(RELEASE)/husk-vmm $(DESTDIR)$(PREFIX)/bin/husk-vmm
+	install -D -m 0644 $(HUSK_KERNEL) $(DESTDIR)$(PREFIX)/share/husk/vmlinux
+	install -D -m 0644 $(HUSK_INITRD) $(DESTDIR)$(PREFIX)/share/husk/initrd.img
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -103,4 +103,6 @@ echo "$secs" > "$res.tmp/build-seconds"
 touch "$res.tmp/.done"
 rm -rf "$res"; mv "$res.tmp" "$res"
 log "built in ${secs}s -> $res"
+# keep the 5 most recent results (20 MB each); the src/obj dirs are shared and stay
+ls -dt "$cache_root/$ver"-*/ 2>/dev/null | tail -n +6 | xargs -r rm -rf
 publish

@@ -10,6 +10,7 @@
 #include <sys/reboot.h>
 #include <sys/klog.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <linux/vm_sockets.h>
 
@@ -30,6 +31,21 @@ int main(void) {
     cat_first_line("/proc/uptime", up, sizeof up);
     printf("HUSK-SMOKE-INIT: /init running; guest uptime %s; cpus online %ld\n", up,
            sysconf(_SC_NPROCESSORS_ONLN));
+    char buf[1024];
+    mkdir("/sys/fs/cgroup", 0755); /* sysfs provides it; harmless if it exists */
+    if (mount("cgroup2", "/sys/fs/cgroup", "cgroup2", 0, NULL) == 0) {
+        cat_first_line("/sys/fs/cgroup/cgroup.controllers", buf, sizeof buf);
+        printf("HUSK-SMOKE-INIT: cgroup2 controllers: %s\n", buf);
+    } else {
+        printf("HUSK-SMOKE-INIT: cgroup2 mount FAILED\n");
+    }
+    FILE *fs = fopen("/proc/filesystems", "r");
+    printf("HUSK-SMOKE-INIT: filesystems:");
+    while (fs && fgets(buf, sizeof buf, fs)) {
+        buf[strcspn(buf, "\n")] = 0;
+        printf(" %s", strrchr(buf, '\t') ? strrchr(buf, '\t') + 1 : buf);
+    }
+    printf("\n");
     char cmdline[1024];
     cat_first_line("/proc/cmdline", cmdline, sizeof cmdline);
     printf("HUSK-SMOKE-INIT: cmdline: %s\n", cmdline);
@@ -47,12 +63,14 @@ int main(void) {
     int fd = open("/dev/vsock", O_RDONLY);
     if (fd >= 0) ioctl(fd, IOCTL_VM_SOCKETS_GET_LOCAL_CID, &cid);
     printf("HUSK-SMOKE-INIT: AF_VSOCK socket %s, local cid %u\n", s >= 0 ? "ok" : "FAILED", cid);
-    if (strstr(cmdline, "initcall_debug")) {
-        /* with "quiet initcall_debug" the timings stay out of the (slow) console: dump them now */
+    if (strstr(cmdline, "initcall_debug") || strstr(cmdline, "husk_smoke_dmesg")) {
+        /* with "quiet initcall_debug" the timings stay out of the (slow) console: dump them now;
+         * "husk_smoke_dmesg" dumps the whole kernel log */
         static char log[1 << 20];
         int n = klogctl(3 /* SYSLOG_ACTION_READ_ALL */, log, sizeof log);
         for (char *l = strtok(n > 0 ? (log[n] = 0, log) : "", "\n"); l; l = strtok(NULL, "\n"))
-            if (strstr(l, "initcall") && strstr(l, "returned")) printf("HUSK-SMOKE-DMESG: %s\n", l);
+            if (strstr(cmdline, "husk_smoke_dmesg") || (strstr(l, "initcall") && strstr(l, "returned")))
+                printf("HUSK-SMOKE-DMESG: %s\n", l);
     }
     fflush(stdout);
     sync();

@@ -11,7 +11,7 @@
 #
 # Usage: run.sh [--mem MB] [--cpus N] [--timeout S] [--verbose] -- CMD [ARGS...]
 #   defaults: --mem 4096 --cpus 2 --timeout 3600 (env KVM_TEST_HOST_MEM/_CPUS/_TIMEOUT)
-#   passed into CMD's environment: PATH, TERM, all HUSK_*, RUST_LOG, RUST_BACKTRACE,
+#   passed into CMD's environment: PATH, TERM, HOME, USER, LANG, LC_ALL, all HUSK_*, RUST_LOG, RUST_BACKTRACE,
 #   CARGO_TERM_COLOR, NO_COLOR, plus any names listed in KVM_TEST_HOST_ENV="VAR1 VAR2".
 #   Inside, HUSK_IN_TEST_HOST=1 is set.
 # Exit status: CMD's; 124 on timeout; 125 if the test host itself failed (reason printed).
@@ -139,7 +139,7 @@ trap 'exit 130' INT TERM
   echo "export HUSK_IN_TEST_HOST=1"
   for v in $(compgen -e); do
     case "$v" in
-      PATH|TERM|HUSK_*|RUST_LOG|RUST_BACKTRACE|RUST_LIB_BACKTRACE|CARGO_TERM_COLOR|NO_COLOR) ;;
+      PATH|TERM|HOME|USER|LANG|LC_ALL|HUSK_*|RUST_LOG|RUST_BACKTRACE|RUST_LIB_BACKTRACE|CARGO_TERM_COLOR|NO_COLOR) ;;
       *) case " ${KVM_TEST_HOST_ENV:-} " in *" $v "*) ;; *) continue ;; esac ;;
     esac
     printf 'export %s=%q\n' "$v" "${!v}"
