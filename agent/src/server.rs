@@ -6,10 +6,56 @@ use std::os::unix::net::UnixStream;
 
 use husk_protocol::{self as proto, FrameError, HelloInfo, Request, Response};
 use nix::sys::socket::{
-    accept, bind, connect, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr,
+    accept4, bind, connect, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr,
 };
 
+use crate::container;
 use crate::sysinfo;
+
+/// How the agent runs: as the VM's PID 1 on vsock, or (tests) on a unix socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Vm,
+    Unix,
+}
+
+fn hello_info(started_us: u64, listening_us: u64) -> HelloInfo {
+    HelloInfo {
+        protocol_version: proto::PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        kernel_version: sysinfo::kernel_release(),
+        boot_to_listen_us: listening_us,
+        boot_to_init_us: started_us,
+        online_cpus: sysinfo::online_cpus(),
+        memory_total_kib: sysinfo::memory_total_kib(),
+    }
+}
+
+/// Test mode: serve on a unix socket at `path` (no base mounts, Shutdown
+/// just exits).
+pub fn run_unix(path: &str, started_us: u64) -> io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    let hello = hello_info(started_us, sysinfo::boottime_us());
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let hello = hello.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("conn".into())
+                    .spawn(move || serve(stream, hello, Mode::Unix));
+                if let Err(e) = spawned {
+                    eprintln!("husk-agent: cannot start connection thread: {e}");
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                eprintln!("husk-agent: accept: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+}
 
 const VMADDR_CID_ANY: u32 = u32::MAX;
 const VMADDR_CID_HOST: u32 = 2;
@@ -28,15 +74,7 @@ pub fn run(started_us: u64) -> io::Result<()> {
         proto::AGENT_PORT,
         listening_us / 1000
     );
-    let hello = HelloInfo {
-        protocol_version: proto::PROTOCOL_VERSION,
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        kernel_version: sysinfo::kernel_release(),
-        boot_to_listen_us: listening_us,
-        boot_to_init_us: started_us,
-        online_cpus: sysinfo::online_cpus(),
-        memory_total_kib: sysinfo::memory_total_kib(),
-    };
+    let hello = hello_info(started_us, listening_us);
     if let Some(port) = sysinfo::cmdline_param(proto::NOTIFY_PORT_PARAM) {
         notify_host(&port, &hello);
     }
@@ -47,7 +85,8 @@ pub fn run(started_us: u64) -> io::Result<()> {
         sysinfo::dump_kmsg();
     }
     loop {
-        let fd = match accept(listener.as_raw_fd()) {
+        // CLOEXEC: connections must not leak into container processes.
+        let fd = match accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
             Ok(fd) => fd,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => {
@@ -60,7 +99,7 @@ pub fn run(started_us: u64) -> io::Result<()> {
         let hello = hello.clone();
         let spawned = std::thread::Builder::new()
             .name("conn".into())
-            .spawn(move || serve(stream, hello));
+            .spawn(move || serve(stream, hello, Mode::Vm));
         if let Err(e) = spawned {
             eprintln!("husk-agent: cannot start connection thread: {e}");
         }
@@ -97,7 +136,8 @@ fn notify_host(port: &str, hello: &HelloInfo) {
     }
 }
 
-fn serve(mut stream: UnixStreamLike, hello: HelloInfo) {
+fn serve(mut stream: UnixStreamLike, hello: HelloInfo, mode: Mode) {
+    let reg = container::registry();
     let mut greeted = false;
     loop {
         let req: Request = match proto::recv(&mut stream) {
@@ -130,10 +170,38 @@ fn serve(mut stream: UnixStreamLike, hello: HelloInfo) {
             },
             Request::Ping { seq } => Response::Pong { seq },
             Request::Shutdown => {
+                reg.kill_everything();
                 let _ = proto::send(&mut stream, &Response::ShuttingDown);
                 await_host_close(&mut stream);
-                shutdown_vm();
+                match mode {
+                    Mode::Vm => shutdown_vm(),
+                    Mode::Unix => std::process::exit(0),
+                }
             }
+            Request::CreateContainer(req) => reg.create(&req),
+            Request::StartContainer { id } => reg.start(&id),
+            Request::Signal {
+                id,
+                exec_id,
+                signal,
+                all,
+            } => reg.signal(&id, &exec_id, signal, all),
+            Request::WaitProcess { id, exec_id } => reg.wait(&id, &exec_id),
+            Request::ContainerState { id } => reg.state(&id),
+            Request::DeleteContainer { id, force } => reg.delete(&id, force),
+            Request::AttachStdio {
+                id,
+                exec_id,
+                stream: which,
+            } => match reg.attach(&id, &exec_id, which) {
+                Ok(attachment) => {
+                    if proto::send(&mut stream, &Response::Ok).is_ok() {
+                        attachment.relay(stream);
+                    }
+                    return;
+                }
+                Err(reply) => reply,
+            },
         };
         if proto::send(&mut stream, &reply).is_err() {
             return;

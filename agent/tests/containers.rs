@@ -1,0 +1,890 @@
+//! End-to-end container tests: the agent in its `--listen-unix` test mode,
+//! driven over the real protocol, running a busybox rootfs.
+//!
+//! Every test here is `#[ignore]`d by default because it needs root. None of
+//! them skips silently: run in an environment that lacks what it needs, a
+//! test fails and says what is missing.
+//!
+//! - `root_*`: root with mount/pid/uts/ipc/net namespaces and /bin/busybox
+//!   (Debian's busybox-static). They pass on an ordinary root host:
+//!   `cargo test -p husk-agent --test containers -- --ignored --test-threads=1 root_`
+//! - `full_root_*`: additionally full capabilities (CAP_SYS_RESOURCE in the
+//!   bounding set, a raisable RLIMIT_NOFILE) and cgroup v2 with the memory and
+//!   pids controllers at /sys/fs/cgroup. Run them in the KVM test host:
+//!   `cargo test -p husk-agent --test containers --no-run` prints the test
+//!   binary (target/debug/deps/containers-HASH), then
+//!   `tests/vm-run.sh target/debug/deps/containers-HASH --ignored --test-threads=1`
+//!   (that runs the whole file, `root_*` included, as full root).
+//!
+//! Temporary files go under /tmp, created at run time (inside the test host
+//! /tmp is a fresh tmpfs and everything else is read-only).
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use husk_protocol::{
+    self as proto, ContainerStatus, CreateContainer, ExitStatus, Request, Response, StdioStream,
+};
+use serde_json::{json, Value};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_husk-agent");
+const BUSYBOX: &str = "/bin/busybox";
+
+// ----------------------------------------------------------- environment ----
+
+fn fail_env(what: &str) -> ! {
+    panic!(
+        "ENVIRONMENT CANNOT RUN THIS TEST: {what}.\n\
+         Run root_* tests as root with /bin/busybox (apt-get install busybox-static);\n\
+         run full_root_* tests with full root and cgroup v2 via \
+         `tests/vm-run.sh target/debug/deps/containers-HASH --ignored --test-threads=1`."
+    )
+}
+
+fn require_root() {
+    // SAFETY: plain getter.
+    if unsafe { libc::geteuid() } != 0 {
+        fail_env("it must run as root (it creates namespaces and mounts)");
+    }
+    if !Path::new(BUSYBOX).exists() {
+        fail_env("/bin/busybox is missing (Debian package busybox-static)");
+    }
+}
+
+fn cap_bounding() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0)
+}
+
+fn last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
+
+fn require_full_root() {
+    require_root();
+    let want = (1u64 << (last_cap() + 1)) - 1;
+    let have = cap_bounding();
+    if have & want != want {
+        fail_env(&format!(
+            "the bounding capability set is incomplete (CapBnd {have:016x}, missing {:016x}; \
+             e.g. no CAP_SYS_RESOURCE)",
+            want & !have
+        ));
+    }
+    let is_cgroup2 = {
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        let p = std::ffi::CString::new("/sys/fs/cgroup").unwrap();
+        // SAFETY: valid path and buffer.
+        let rc = unsafe { libc::statfs(p.as_ptr(), &mut st) };
+        rc == 0 && st.f_type == 0x6367_7270
+    };
+    if !is_cgroup2 {
+        fail_env("/sys/fs/cgroup is not cgroup v2 (this host uses cgroup v1 controllers)");
+    }
+    let controllers =
+        std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
+    for c in ["memory", "pids"] {
+        if !controllers.split_whitespace().any(|x| x == c) {
+            fail_env(&format!(
+                "the cgroup v2 {c} controller is not available at /sys/fs/cgroup"
+            ));
+        }
+    }
+}
+
+// ------------------------------------------------------------------ agent ----
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+struct Agent {
+    child: Child,
+    dir: PathBuf,
+    sock: PathBuf,
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let dir = PathBuf::from(format!(
+        "/tmp/husk-agent-test-{}-{n}-{tag}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir under /tmp");
+    dir
+}
+
+impl Agent {
+    fn start(tag: &str) -> Agent {
+        let dir = temp_dir(tag);
+        let sock = dir.join("agent.sock");
+        let child = Command::new(AGENT)
+            .arg("--listen-unix")
+            .arg(&sock)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start husk-agent --listen-unix");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(&sock).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "agent did not listen on {}",
+                sock.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Agent { child, dir, sock }
+    }
+
+    fn conn(&self) -> UnixStream {
+        let mut s = UnixStream::connect(&self.sock).expect("connect to agent");
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        proto::send(
+            &mut s,
+            &Request::Hello {
+                protocol_version: proto::PROTOCOL_VERSION,
+            },
+        )
+        .unwrap();
+        match proto::recv::<Response>(&mut s).unwrap() {
+            Response::Hello(_) => s,
+            other => panic!("hello: {other:?}"),
+        }
+    }
+
+    fn req(&self, r: Request) -> Response {
+        let mut s = self.conn();
+        proto::send(&mut s, &r).unwrap();
+        proto::recv(&mut s).unwrap()
+    }
+
+    fn ok(&self, r: Request) {
+        let what = format!("{r:?}");
+        match self.req(r) {
+            Response::Ok => {}
+            other => panic!("{}: {other:?}", &what[..what.len().min(200)]),
+        }
+    }
+
+    fn error(&self, r: Request) -> String {
+        match self.req(r) {
+            Response::Error { message } => message,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    fn create(&self, id: &str, spec: Value, terminal: bool) -> Response {
+        let spec = serde_json::from_value(spec).expect("valid OCI spec");
+        self.req(Request::CreateContainer(Box::new(CreateContainer {
+            id: id.into(),
+            spec,
+            terminal,
+        })))
+    }
+
+    fn create_ok(&self, id: &str, spec: Value) {
+        match self.create(id, spec, false) {
+            Response::Ok => {}
+            other => panic!("create {id}: {other:?}"),
+        }
+    }
+
+    fn start_ctr(&self, id: &str) {
+        self.ok(Request::StartContainer { id: id.into() });
+    }
+
+    fn wait(&self, id: &str) -> ExitStatus {
+        match self.req(Request::WaitProcess {
+            id: id.into(),
+            exec_id: None,
+        }) {
+            Response::Exited { status } => status,
+            other => panic!("wait {id}: {other:?}"),
+        }
+    }
+
+    fn state(&self, id: &str) -> (i32, ContainerStatus) {
+        match self.req(Request::ContainerState { id: id.into() }) {
+            Response::State { pid, status } => (pid, status),
+            other => panic!("state {id}: {other:?}"),
+        }
+    }
+
+    fn signal(&self, id: &str, signal: i32, all: bool) {
+        self.ok(Request::Signal {
+            id: id.into(),
+            exec_id: None,
+            signal,
+            all,
+        });
+    }
+
+    fn delete(&self, id: &str, force: bool) {
+        self.ok(Request::DeleteContainer {
+            id: id.into(),
+            force,
+        });
+    }
+
+    /// Attaches a stream; the returned socket carries raw bytes.
+    fn attach(&self, id: &str, stream: StdioStream) -> UnixStream {
+        let mut s = self.conn();
+        proto::send(
+            &mut s,
+            &Request::AttachStdio {
+                id: id.into(),
+                exec_id: None,
+                stream,
+            },
+        )
+        .unwrap();
+        match proto::recv::<Response>(&mut s).unwrap() {
+            Response::Ok => s,
+            other => panic!("attach {id} {stream:?}: {other:?}"),
+        }
+    }
+
+    /// Attaches stdin (closed at once unless `input` is given), stdout and stderr.
+    fn attach_all(&self, id: &str, input: Option<&[u8]>) -> Io {
+        let mut stdin = self.attach(id, StdioStream::Stdin);
+        let stdout = collect(self.attach(id, StdioStream::Stdout));
+        let stderr = collect(self.attach(id, StdioStream::Stderr));
+        let data = input.unwrap_or_default().to_vec();
+        // The container reads nothing before it starts: feed it from a thread.
+        let feeder = std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+            let _ = stdin.shutdown(std::net::Shutdown::Write);
+            stdin
+        });
+        Io {
+            _stdin: feeder,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// create + attach + start + wait: (exit status, stdout, stderr).
+    fn run(&self, id: &str, spec: Value) -> (ExitStatus, String, String) {
+        self.create_ok(id, spec);
+        let io = self.attach_all(id, None);
+        self.start_ctr(id);
+        let status = self.wait(id);
+        let (out, err) = io.output();
+        self.delete(id, false);
+        (status, out, err)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(mut s) = UnixStream::connect(&self.sock) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+            let _ = proto::send(
+                &mut s,
+                &Request::Hello {
+                    protocol_version: proto::PROTOCOL_VERSION,
+                },
+            );
+            let _ = proto::recv::<Response>(&mut s);
+            let _ = proto::send(&mut s, &Request::Shutdown);
+            let _ = proto::recv::<Response>(&mut s);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Io {
+    _stdin: JoinHandle<UnixStream>,
+    stdout: JoinHandle<Vec<u8>>,
+    stderr: JoinHandle<Vec<u8>>,
+}
+
+impl Io {
+    fn output(self) -> (String, String) {
+        let out = self.stdout.join().unwrap();
+        let err = self.stderr.join().unwrap();
+        (
+            String::from_utf8_lossy(&out).into_owned(),
+            String::from_utf8_lossy(&err).into_owned(),
+        )
+    }
+}
+
+fn collect(mut s: UnixStream) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = s.read_to_end(&mut v);
+        v
+    })
+}
+
+// ---------------------------------------------------------------- rootfs ----
+
+/// A busybox rootfs: /bin/busybox plus one symlink per applet, /etc/passwd
+/// and /etc/group, and the usual empty mount points.
+fn busybox_rootfs(agent: &Agent) -> PathBuf {
+    let root = agent.dir.join("rootfs");
+    for d in [
+        "bin", "etc", "proc", "sys", "dev", "tmp", "root", "home/app", "data",
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
+    let list = Command::new(BUSYBOX)
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let applet = applet.trim();
+        if !applet.is_empty() && applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+        }
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
+    root
+}
+
+fn caps_default() -> Value {
+    let caps = json!([
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_MKNOD",
+        "CAP_NET_RAW",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETFCAP",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT",
+        "CAP_KILL",
+        "CAP_AUDIT_WRITE"
+    ]);
+    json!({ "bounding": caps, "effective": caps, "permitted": caps })
+}
+
+/// A docker-like spec: all namespaces but user, the usual mounts, default
+/// capabilities, masked and read-only paths.
+fn spec(rootfs: &Path, args: &[&str]) -> Value {
+    json!({
+        "ociVersion": "1.0.2",
+        "root": { "path": rootfs, "readonly": false },
+        "hostname": "husk-test",
+        "process": {
+            "terminal": false,
+            "args": args,
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"],
+            "cwd": "/",
+            "user": { "uid": 0, "gid": 0 },
+            "capabilities": caps_default(),
+            "noNewPrivileges": true
+        },
+        "mounts": [
+            { "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] },
+            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+              "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
+            { "destination": "/dev/pts", "type": "devpts", "source": "devpts",
+              "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"] },
+            { "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+              "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
+            { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"] },
+            { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] },
+            { "destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+              "options": ["nosuid", "noexec", "nodev", "relatime", "ro"] }
+        ],
+        "linux": {
+            "namespaces": [
+                { "type": "pid" }, { "type": "network" }, { "type": "ipc" },
+                { "type": "uts" }, { "type": "mount" }, { "type": "cgroup" }
+            ],
+            "resources": { "devices": [ { "allow": false, "access": "rwm" } ] },
+            "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware", "/proc/scsi"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+        }
+    })
+}
+
+fn id(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
+// ----------------------------------------------------------------- tests ----
+
+#[test]
+#[ignore = "needs root: cargo test -p husk-agent --test containers -- --ignored --test-threads=1"]
+fn root_echo_hello_lifecycle() {
+    require_root();
+    let a = Agent::start("echo");
+    let rootfs = busybox_rootfs(&a);
+    let c = id("echo");
+    a.create_ok(&c, spec(&rootfs, &["echo", "hello"]));
+    let (pid, status) = a.state(&c);
+    assert_eq!(status, ContainerStatus::Created);
+    assert!(pid > 0);
+    let io = a.attach_all(&c, None);
+    a.start_ctr(&c);
+    assert_eq!(a.wait(&c), ExitStatus::Code(0));
+    // several waiters, and waiting after the exit, all answer
+    assert_eq!(a.wait(&c), ExitStatus::Code(0));
+    let (out, err) = io.output();
+    assert_eq!(out, "hello\n");
+    assert_eq!(err, "");
+    assert_eq!(a.state(&c), (0, ContainerStatus::Stopped));
+    let e = a.error(Request::StartContainer { id: c.clone() });
+    assert!(
+        e.contains("cannot start a container that has stopped"),
+        "{e}"
+    );
+    a.delete(&c, false);
+    let e = a.error(Request::ContainerState { id: c.clone() });
+    assert_eq!(e, format!("container {c} does not exist"));
+    // the id is free again
+    a.create_ok(&c, spec(&rootfs, &["true"]));
+    a.delete(&c, false);
+}
+
+#[test]
+#[ignore = "needs root: cargo test -p husk-agent --test containers -- --ignored --test-threads=1"]
+fn root_exit_code_and_stderr() {
+    require_root();
+    let a = Agent::start("exit");
+    let rootfs = busybox_rootfs(&a);
+    let (st, _, _) = a.run(&id("exit3"), spec(&rootfs, &["sh", "-c", "exit 3"]));
+    assert_eq!(st, ExitStatus::Code(3));
+    let (st, out, err) = a.run(
+        &id("err"),
+        spec(&rootfs, &["sh", "-c", "echo out; echo err >&2"]),
+    );
+    assert_eq!(st, ExitStatus::Code(0));
+    assert_eq!(out, "out\n");
+    assert_eq!(err, "err\n");
+}
+
+#[test]
+#[ignore = "needs root: cargo test -p husk-agent --test containers -- --ignored --test-threads=1"]
+fn root_stdin_cat() {
+    require_root();
+    let a = Agent::start("cat");
+    let rootfs = busybox_rootfs(&a);
+    let c = id("cat");
+    a.create_ok(&c, spec(&rootfs, &["cat"]));
+    let big: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut input = b"line one\n".to_vec();
+    input.extend_from_slice(&big);
+    let io = a.attach_all(&c, Some(&input));
+    a.start_ctr(&c);
+    assert_eq!(a.wait(&c), ExitStatus::Code(0));
+    let (out, _) = io.output();
+    assert_eq!(out.as_bytes(), &input[..]);
+    a.delete(&c, false);
+}
+
+#[test]
+#[ignore = "needs root: cargo test -p husk-agent --test containers -- --ignored --test-threads=1"]
+fn root_output_before_attach_is_kept() {
+    require_root();
+    let a = Agent::start("late");
+    let rootfs = busybox_rootfs(&a);
+    let c = id("late");
+    a.create_ok(
+        &c,
+        spec(&rootfs, &["sh", "-c", "seq 1 20000; echo done >&2"]),
+    );
+    let stdin = a.attach(&c, StdioStream::Stdin);
+    stdin.shutdown(std::net::Shutdown::Write).unwrap();
+    a.start_ctr(&c);
+    assert_eq!(a.wait(&c), ExitStatus::Code(0));
+    let out = collect(a.attach(&c, StdioStream::Stdout)).join().unwrap();
+    let err = collect(a.attach(&c, StdioStream::Stderr)).join().unwrap();
+    let expected: String = (1..=20000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&out), expected);
+    assert_eq!(String::from_utf8_lossy(&err), "done\n");
+    a.delete(&c, false);
+}
+
+#[test]
+#[ignore = "needs root: cargo test -p husk-agent --test containers -- --ignored --test-threads=1"]
+fn root_output_beyond_buffer_waits_for_attach() {
+    require_root();
+    let a = Agent::start("backpressure");
+    let rootfs = busybox_rootfs(&a);
+    let c = id("big");
+    // ~2.3 MB: more than the agent buffers (1 MiB), so the container blocks
+    // until the host attaches, and nothing is lost.
+    a.create_ok(&c, spec(&rootfs, &["seq", "1", "400000"]));
+    let stdin = a.attach(&c, StdioStream::Stdin);
+    stdin.shutdown(std::net::Shutdown::Write).unwrap();
+    a.start_ctr(&c);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        a.state(&c).1,
+        ContainerStatus::Running,
+        "seq must be blocked on its full pipe"
+    );
+    let out = collect(a.attach(&c, StdioStream::Stdout)).join().unwrap();
+    assert_eq!(a.wait(&c), ExitStatus::Code(0));
+    let expected: String = (1..=400000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(out.len(), expected.len());
+    assert!(out == expected.as_bytes());
+    a.delete(&c, false);
+}
+
+#[test]
+#[ignore = "needs root: cargo test -p husk-agent --test containers -- --ignored --test-threads=1"]
+fn root_signals_and_delete() {
+    require_root();
+    let a = Agent::start("sig");
+    let rootfs = busybox_rootfs(&a);
+
+    // Without a pid namespace `sleep` is not a namespace init, so SIGTERM kills it.
+    let c = id("sleep-term");
+    let mut s = spec(&rootfs, &["sleep", "100"]);
+    s["linux"]["namespaces"] = json!([{ "type": "mount" }, { "type": "uts" }, { "type": "ipc" }]);
+    s["mounts"] = json!([{ "destination": "/proc", "type": "proc", "source": "proc" }]);
+    a.create_ok(&c, s);
+    let _io = a.attach_all(&c, None);
+    a.start_ctr(&c);
+    assert_eq!(a.state(&c).1, ContainerStatus::Running);
+    let e = a.error(Request::DeleteContainer {
+        id: c.clone(),
+        force: false,
+    });
+    assert_eq!(
+        e,
+        format!("cannot delete container {c} that is not stopped: running")
+    );
+    let e = a.error(Request::StartContainer { id: c.clone() });
+    assert_eq!(e, format!("container {c} is not in created state: running"));
+    a.signal(&c, libc::SIGTERM, false);
+    assert_eq!(a.wait(&c), ExitStatus::Signal(libc::SIGTERM));
+    let e = a.error(Request::Signal {
+        id: c.clone(),
+        exec_id: None,
+        signal: 15,
+        all: false,
+    });
+    assert_eq!(e, format!("container {c} is not running"));
+    a.delete(&c, false);
+
+    // PID 1 of a pid namespace ignores SIGTERM without a handler; SIGKILL
+    // to all processes of the container works.
+    let c = id("sleep-kill");
+    a.create_ok(&c, spec(&rootfs, &["sh", "-c", "sleep 100 & sleep 100"]));
+    let _io = a.attach_all(&c, None);
+    a.start_ctr(&c);
+    a.signal(&c, libc::SIGKILL, true);
+    assert_eq!(a.wait(&c), ExitStatus::Signal(libc::SIGKILL));
+    a.delete(&c, false);
+
+    // force-delete a running container, and delete a created one
+    let c = id("force");
+    a.create_ok(&c, spec(&rootfs, &["sleep", "100"]));
+    let _io = a.attach_all(&c, None);
+    a.start_ctr(&c);
+    a.delete(&c, true);
+    assert!(a
+        .error(Request::ContainerState { id: c.clone() })
+        .contains("does not exist"));
+    let c = id("created");
+    a.create_ok(&c, spec(&rootfs, &["sleep", "100"]));
+    a.delete(&c, false);
+    assert!(a
+        .error(Request::WaitProcess {
+            id: c.clone(),
+            exec_id: None
+        })
+        .contains("does not exist"));
+}
+
+#[test]
+#[ignore = "needs root: cargo test -p husk-agent --test containers -- --ignored --test-threads=1"]
+fn root_errors() {
+    require_root();
+    let a = Agent::start("errors");
+    let rootfs = busybox_rootfs(&a);
+    let c = id("missing-exe");
+    match a.create(&c, spec(&rootfs, &["no-such-program"]), false) {
+        Response::Error { message } => assert!(
+            message.contains("exec: \"no-such-program\": executable file not found in $PATH"),
+            "{message}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // the failed id is free
+    let c2 = id("dup");
+    a.create_ok(&c2, spec(&rootfs, &["true"]));
+    match a.create(&c2, spec(&rootfs, &["true"]), false) {
+        Response::Error { message } => {
+            assert_eq!(message, format!("container {c2} already exists"))
+        }
+        other => panic!("{other:?}"),
+    }
+    let e = a.error(Request::WaitProcess {
+        id: c2.clone(),
+        exec_id: Some("e1".into()),
+    });
+    assert_eq!(e, format!("process e1 of container {c2} does not exist"));
+    let e = a.error(Request::AttachStdio {
+        id: c2.clone(),
+        exec_id: None,
+        stream: StdioStream::Terminal,
+    });
+    assert!(e.contains("has no terminal"), "{e}");
+    a.delete(&c2, false);
+    match a.create("bad/id", spec(&rootfs, &["true"]), false) {
+        Response::Error { message } => {
+            assert!(message.contains("invalid container id"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut s = spec(&rootfs, &["true"]);
+    s["root"]["path"] = json!("/nonexistent/rootfs");
+    match a.create(&id("noroot"), s, false) {
+        Response::Error { message } => assert!(
+            message.contains("root.path /nonexistent/rootfs"),
+            "{message}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let mut s = spec(&rootfs, &["true"]);
+    s["mounts"][0]["destination"] = json!("proc");
+    match a.create(&id("badmount"), s, false) {
+        Response::Error { message } => {
+            assert!(
+                message.contains("mounts[0].destination must be an absolute path"),
+                "{message}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let e = a.error(Request::StartContainer { id: "nope".into() });
+    assert_eq!(e, "container nope does not exist");
+}
+
+#[test]
+#[ignore = "needs root: cargo test -p husk-agent --test containers -- --ignored --test-threads=1"]
+fn root_isolation() {
+    require_root();
+    let a = Agent::start("iso");
+    let rootfs = busybox_rootfs(&a);
+    std::fs::write(agent_data(&a).join("hello.txt"), "from the host\n").unwrap();
+    let script = "echo pid=$$; echo host=$(hostname); echo home=$HOME; echo cwd=$(pwd); \
+                  echo uid=$(id -u) gid=$(id -g) groups=$(id -G); \
+                  touch /x 2>/dev/null && echo rootfs=rw || echo rootfs=ro; \
+                  cat /data/hello.txt; touch /data/y 2>/dev/null && echo data=rw || echo data=ro; \
+                  test -c /dev/null && echo devnull=ok; ls -l /dev/ptmx | grep -q 'pts/ptmx' && echo ptmx=ok; \
+                  cat /proc/kcore 2>/dev/null | wc -c; \
+                  echo 1 > /proc/sys/kernel/ns_last_pid 2>/dev/null && echo procsys=rw || echo procsys=ro; \
+                  grep NoNewPrivs /proc/self/status; grep CapEff /proc/self/status; umask; \
+                  ls /sys/fs/cgroup/cgroup.procs >/dev/null && echo cgroupfs=ok";
+    let mut s = spec(&rootfs, &["sh", "-c", script]);
+    s["root"]["readonly"] = json!(true);
+    s["process"]["user"] =
+        json!({ "uid": 1000, "gid": 1000, "additionalGids": [10, 20], "umask": 63 });
+    s["process"]["capabilities"] =
+        json!({ "bounding": caps_default()["bounding"], "effective": [], "permitted": [] });
+    s["process"]["cwd"] = json!("/home/app");
+    s["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/data", "type": "bind", "source": agent_data(&a), "options": ["rbind", "ro"]
+    }));
+    let (st, out, err) = a.run(&id("iso"), s);
+    assert_eq!(st, ExitStatus::Code(0), "stdout: {out}\nstderr: {err}");
+    for want in [
+        "pid=1\n",
+        "host=husk-test\n",
+        "home=/home/app\n",
+        "cwd=/home/app\n",
+        "uid=1000 gid=1000 groups=1000 10 20\n",
+        "rootfs=ro\n",
+        "from the host\n",
+        "data=ro\n",
+        "devnull=ok\n",
+        "ptmx=ok\n",
+        "\n0\n",
+        "procsys=ro\n",
+        "NoNewPrivs:\t1\n",
+        // a non-root user without ambient capabilities has none effective
+        "CapEff:\t0000000000000000\n",
+        "0077\n",
+        "cgroupfs=ok\n",
+    ] {
+        assert!(
+            out.contains(want),
+            "missing {want:?} in:\n{out}\nstderr: {err}"
+        );
+    }
+}
+
+fn agent_data(a: &Agent) -> PathBuf {
+    let d = a.dir.join("hostdata");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+#[ignore = "needs root: cargo test -p husk-agent --test containers -- --ignored --test-threads=1"]
+fn root_root_capabilities_and_seccomp() {
+    require_root();
+    let a = Agent::start("caps");
+    let rootfs = busybox_rootfs(&a);
+    // root keeps exactly the spec's capabilities
+    let (st, out, _) = a.run(
+        &id("caps"),
+        spec(
+            &rootfs,
+            &["sh", "-c", "grep -E 'Cap(Eff|Bnd|Prm)' /proc/self/status"],
+        ),
+    );
+    assert_eq!(st, ExitStatus::Code(0));
+    // CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE NET_RAW
+    // SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP = 0xa80425fb (docker's default set)
+    for set in ["CapEff", "CapBnd", "CapPrm"] {
+        assert!(out.contains(&format!("{set}:\t00000000a80425fb")), "{out}");
+    }
+    // seccomp: mkdir denied with EPERM, everything else allowed; unknown names ignored
+    let mut s = spec(
+        &rootfs,
+        &["sh", "-c", "mkdir /tmp/d && echo made; echo still here"],
+    );
+    s["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [
+            { "names": ["mkdir", "mkdirat", "not_a_syscall"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1 }
+        ]
+    });
+    let (st, out, err) = a.run(&id("seccomp"), s);
+    assert_eq!(st, ExitStatus::Code(0));
+    assert_eq!(out, "still here\n");
+    assert!(err.contains("Operation not permitted"), "{err}");
+    // an allowlist with argument conditions: personality(0xffffffff) allowed, others ERRNO(ENOSYS)
+    let mut s = spec(&rootfs, &["sh", "-c", "echo ok"]);
+    s["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [
+            { "names": ["uname"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38,
+              "args": [ { "index": 0, "value": 0, "op": "SCMP_CMP_EQ" } ] }
+        ]
+    });
+    let (st, out, _) = a.run(&id("seccomp-args"), s);
+    assert_eq!((st, out.as_str()), (ExitStatus::Code(0), "ok\n"));
+}
+
+#[test]
+#[ignore = "needs root: cargo test -p husk-agent --test containers -- --ignored --test-threads=1"]
+fn root_terminal() {
+    require_root();
+    let a = Agent::start("tty");
+    let rootfs = busybox_rootfs(&a);
+    let c = id("tty");
+    let mut s = spec(
+        &rootfs,
+        &[
+            "sh",
+            "-c",
+            "test -t 0 && test -t 1 && echo is-a-tty; stty size; read x; echo got=$x",
+        ],
+    );
+    s["process"]["terminal"] = json!(true);
+    s["process"]["consoleSize"] = json!({ "height": 33, "width": 101 });
+    match a.create(&c, s, true) {
+        Response::Ok => {}
+        other => panic!("{other:?}"),
+    }
+    let e = a.error(Request::AttachStdio {
+        id: c.clone(),
+        exec_id: None,
+        stream: StdioStream::Stdout,
+    });
+    assert!(e.contains("has a terminal"), "{e}");
+    let mut t = a.attach(&c, StdioStream::Terminal);
+    a.start_ctr(&c);
+    t.write_all(b"abc\n").unwrap();
+    let mut out = Vec::new();
+    let _ = t.read_to_end(&mut out);
+    assert_eq!(a.wait(&c), ExitStatus::Code(0));
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("is-a-tty"), "{out}");
+    assert!(out.contains("33 101"), "{out}");
+    assert!(out.contains("got=abc"), "{out}");
+    a.delete(&c, false);
+}
+
+#[test]
+#[ignore = "needs full root and cgroup v2: tests/vm-run.sh target/debug/deps/containers-HASH --ignored --test-threads=1"]
+fn full_root_resources_and_rlimits() {
+    require_full_root();
+    let a = Agent::start("res");
+    let rootfs = busybox_rootfs(&a);
+    let mut s = spec(
+        &rootfs,
+        &["sh", "-c", "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max /sys/fs/cgroup/cpu.max; ulimit -n; ulimit -Hn"],
+    );
+    s["linux"]["resources"] = json!({
+        "devices": [ { "allow": false, "access": "rwm" } ],
+        "memory": { "limit": 67108864 },
+        "pids": { "limit": 42 },
+        "cpu": { "quota": 50000, "period": 100000, "shares": 512 }
+    });
+    s["process"]["rlimits"] = json!([{ "type": "RLIMIT_NOFILE", "soft": 30000, "hard": 40000 }]);
+    let mut caps = caps_default();
+    for set in ["bounding", "effective", "permitted"] {
+        caps[set]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("CAP_SYS_RESOURCE"));
+    }
+    s["process"]["capabilities"] = caps;
+    let (st, out, err) = a.run(&id("res"), s);
+    assert_eq!(st, ExitStatus::Code(0), "{out}\n{err}");
+    assert_eq!(
+        out, "67108864\n42\n50000 100000\n30000\n40000\n",
+        "stderr: {err}"
+    );
+}
+
+#[test]
+#[ignore = "needs full root and cgroup v2: tests/vm-run.sh target/debug/deps/containers-HASH --ignored --test-threads=1"]
+fn full_root_memory_limit_kills() {
+    require_full_root();
+    let a = Agent::start("oom");
+    let rootfs = busybox_rootfs(&a);
+    // 16 MiB limit, no swap; the shell builds a ~64 MiB string
+    let mut s = spec(
+        &rootfs,
+        &[
+            "sh",
+            "-c",
+            "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo survived ${#x}",
+        ],
+    );
+    s["linux"]["resources"] = json!({ "memory": { "limit": 16777216, "swap": 16777216 } });
+    let (st, out, _) = a.run(&id("oom"), s);
+    assert_eq!(st, ExitStatus::Signal(libc::SIGKILL), "stdout: {out}");
+}
