@@ -49,7 +49,7 @@ unit-test:
 # read-only and cargo cannot run. The executables' paths go to build/vm-tests.list.
 vm-test-build:
 	mkdir -p $(CURDIR)/build
-	$(CARGO) test -p husk-tests --release --no-run --message-format=json > $(CURDIR)/build/vm-tests.json
+	$(CARGO) test -p husk-tests -p husk-agent --release --no-run --message-format=json > $(CURDIR)/build/vm-tests.json
 	python3 -c 'import json,sys; \
 	  [print(m["executable"]) for m in map(json.loads, filter(str.strip, open(sys.argv[1]))) \
 	   if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]]' \

@@ -52,5 +52,18 @@ fi
 if ! command -v qemu-system-x86_64 >/dev/null && ! command -v apt-get >/dev/null; then
   say "FAIL: no way to run KVM guests here: $reason, and qemu-system-x86_64 is missing with no apt-get to install it"; exit 1
 fi
-# exec: no extra process between the caller and the test host, so signals reach it
-exec "$here/kvm-test-host/run.sh" -- "$@"
+# A stalled test host (exit 126: the emulator wedged, the command did not fail) is retried,
+# loudly, up to HUSK_TEST_HOST_RETRIES times (default 1). Any other status is final.
+retries=${HUSK_TEST_HOST_RETRIES:-1}
+trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; exit 130' INT TERM HUP
+while :; do
+  "$here/kvm-test-host/run.sh" -- "$@" &
+  child=$!
+  set +e; wait "$child"; rc=$?; set -e
+  if [ "$rc" = 126 ] && [ "$retries" -gt 0 ]; then
+    retries=$((retries - 1))
+    say "WARNING: the KVM test host stalled (not a test failure); running the command again from scratch"
+    continue
+  fi
+  exit "$rc"
+done

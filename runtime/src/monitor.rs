@@ -375,8 +375,10 @@ pub fn die_like(status: ExitStatus) -> ! {
 /// Reads the monitor's verdict from the sync pipe: `Ok` once the container is
 /// created, the monitor's error otherwise (or a generic one if it died).
 pub fn read_sync(fd: OwnedFd) -> Result<(), String> {
+    use std::io::BufRead;
+    // One line is the whole message; don't wait for EOF.
     let mut s = String::new();
-    let _ = File::from(fd).read_to_string(&mut s);
+    let _ = std::io::BufReader::new(File::from(fd)).read_line(&mut s);
     match s.trim_end() {
         "ok" => Ok(()),
         other => match other.strip_prefix("error: ") {
@@ -394,6 +396,10 @@ pub fn sync_fd_from_env() -> Option<OwnedFd> {
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
         return None;
     }
+    // Our own children (husk-vmm) must not inherit it, or `husk create`
+    // would never see it close.
+    // SAFETY: setting FD_CLOEXEC on a descriptor we were given.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     // SAFETY: the parent passed this descriptor to us for us to own.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }

@@ -14,7 +14,8 @@
 #   passed into CMD's environment: PATH, TERM, HOME, USER, LANG, LC_ALL, all HUSK_*, RUST_LOG, RUST_BACKTRACE,
 #   CARGO_TERM_COLOR, NO_COLOR, plus any names listed in KVM_TEST_HOST_ENV="VAR1 VAR2".
 #   Inside, HUSK_IN_TEST_HOST=1 is set.
-# Exit status: CMD's; 124 on timeout; 125 if the test host itself failed (reason printed).
+# Exit status: CMD's; 124 on timeout; 125 if the test host itself failed (reason printed);
+# 126 if the test host stalled (TCG nested-virtualization hang; tests/vm-run.sh retries once).
 # Caches the test-host kernel + modules in ${HUSK_CACHE_DIR:-/var/cache/husk}/test-host/.
 set -euo pipefail
 
@@ -193,6 +194,18 @@ rm -rf "$ird"
 append="console=ttyS0 reboot=k panic=1 quiet loglevel=3"
 [ "$verbose" = 1 ] && append="console=ttyS0 reboot=k panic=1 loglevel=7"
 log "booting test host (QEMU TCG, -cpu EPYC,+svm,+npt, -m $mem -smp $cpus, timeout ${tmo}s; kernel $(basename "$kdir"))"
+# Rarely (seen ~1 in 50 runs, more often under host load) the TCG-emulated nested SVM wedges
+# the test host: its CPUs report soft lockups forever. Echo QEMU's output and, once a lockup
+# has lasted 120 s, mark the run as stalled so the watcher below stops QEMU.
+stall_filter() {
+  local line
+  while IFS= read -r line; do
+    printf '%s\n' "$line"
+    if [[ $line =~ soft\ lockup\ -\ CPU#[0-9]+\ stuck\ for\ ([0-9]+)s ]] && (( BASH_REMATCH[1] >= 120 )); then
+      touch "$out/stalled"
+    fi
+  done
+}
 # QEMU runs in the background so that it never outlives us: a signal to us stops it, and so
 # does the death of whoever started us (e.g. `timeout make ...` kills make, not its children).
 parent=$PPID
@@ -202,11 +215,12 @@ timeout -k 10 "$tmo" qemu-system-x86_64 -M q35 -accel tcg,thread=multi -cpu EPYC
   -kernel "$kdir/vmlinuz" -initrd "$out/initramfs.cpio" -append "$append" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
   -virtfs local,path="$out",mount_tag=out,security_model=none,multidevs=remap \
-  </dev/null 2> >(grep --line-buffered -v "TCG doesn't support requested feature" >&2) &
+  </dev/null 2> >(grep --line-buffered -v "TCG doesn't support requested feature" >&2) > >(stall_filter) &
 qpid=$!
 stop_qemu() { kill -TERM "$qpid" 2>/dev/null; wait "$qpid" 2>/dev/null; }
 trap 'trap "" INT TERM HUP; echo "kvm-test-host: interrupted, stopping QEMU" >&2; stop_qemu; exit 130' INT TERM HUP
-( while kill -0 "$parent" 2>/dev/null && kill -0 "$qpid" 2>/dev/null; do sleep 2; done
+( while kill -0 "$parent" 2>/dev/null && kill -0 "$qpid" 2>/dev/null && [ ! -f "$out/stalled" ]; do sleep 2; done
+  if [ -f "$out/stalled" ]; then kill -TERM "$qpid" 2>/dev/null; exit 0; fi
   if kill -0 "$qpid" 2>/dev/null; then echo "kvm-test-host: parent process $parent is gone, stopping QEMU" >&2; touch "$out/parent-gone"; kill -TERM "$qpid"; fi
 ) </dev/null >/dev/null &
 watch=$!
@@ -217,6 +231,10 @@ set -e
 kill "$watch" 2>/dev/null || true
 if [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
   echo "kvm-test-host: ERROR: timed out after ${tmo}s (QEMU killed)" >&2; exit 124
+fi
+if [ -f "$out/stalled" ]; then
+  echo "kvm-test-host: ERROR: the test host stalled (soft lockups for 120 s: a QEMU TCG nested-virtualization hang, not the command's failure)" >&2
+  exit 126
 fi
 if [ -f "$out/parent-gone" ]; then
   echo "kvm-test-host: ERROR: stopped because the process that started it went away" >&2; exit 125

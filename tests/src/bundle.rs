@@ -36,13 +36,14 @@ impl TestBundle {
             "{BUSYBOX} missing: install Debian's busybox-static"
         );
         std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
-        let st = Command::new(rootfs.join("bin/busybox"))
-            .arg("--install")
-            .arg("-s")
-            .arg(rootfs.join("bin"))
-            .status()
-            .unwrap();
-        assert!(st.success());
+        // Relative links: `busybox --install -s` would point them at this host path.
+        let list = Command::new(BUSYBOX).arg("--list").output().unwrap();
+        assert!(list.status.success());
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            if applet != "busybox" {
+                std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+            }
+        }
         std::fs::write(
             rootfs.join("etc/passwd"),
             "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:User:/home/user:/bin/sh\n",

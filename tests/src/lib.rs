@@ -142,10 +142,66 @@ impl Husk {
 
     /// Runs `husk ARGS` with stdin from /dev/null and captures its output.
     pub fn run(&self, args: &[&str]) -> std::process::Output {
-        self.cmd()
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap()
+        let mut c = self.cmd();
+        c.args(args).stdin(std::process::Stdio::null());
+        output_within(c, COMMAND_TIMEOUT)
+    }
+}
+
+/// No single command in a VM test may take longer than this (TCG included).
+pub const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// Like `Command::output`, but kills the command and fails the test if it
+/// runs longer than `t`: a hang is a failure, never a stuck CI job.
+pub fn output_within(mut cmd: std::process::Command, t: std::time::Duration) -> std::process::Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let reader = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = reader(Box::new(child.stdout.take().expect("stdout")));
+    let err = reader(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = std::time::Instant::now() + t;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {t:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
+/// `Child::wait_with_output` with a deadline (the child is killed and the test fails).
+pub fn wait_output(child: std::process::Child, t: std::time::Duration) -> std::process::Output {
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(t) {
+        Ok(r) => r.expect("wait"),
+        Err(_) => {
+            // SAFETY: killing our own child process.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("process {pid} did not finish within {t:?}");
+        }
     }
 }

@@ -74,7 +74,7 @@ fn stdin_stdout_stderr() {
         .unwrap()
         .write_all(b"piped through\n")
         .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = husk_tests::wait_output(child, husk_tests::COMMAND_TIMEOUT);
     assert_eq!(o.status.code(), Some(0), "{}", err(&o));
     assert_eq!(out(&o), "piped through\n");
     assert_eq!(err(&o), "err\n");
@@ -85,7 +85,7 @@ fn sigterm_kills_like_runc() {
     let h = Husk::new("term");
     let mut b = TestBundle::busybox("term", &["sleep", "1000"]);
     b.without_pid_ns();
-    let mut child = h
+    let child = h
         .cmd()
         .args(["run", "--bundle", b.dir.to_str().unwrap(), "term"])
         .stdin(Stdio::null())
@@ -94,7 +94,7 @@ fn sigterm_kills_like_runc() {
     wait_status(&h, "term", "running");
     let o = h.run(&["kill", "term", "TERM"]);
     assert!(o.status.success(), "{}", err(&o));
-    let st = child.wait().unwrap();
+    let st = husk_tests::wait_output(child, husk_tests::COMMAND_TIMEOUT).status;
     assert_eq!(st.signal(), Some(libc::SIGTERM), "{st:?}");
 }
 
@@ -240,7 +240,8 @@ fn eight_in_parallel() {
                 b.dir.to_str().unwrap(),
                 &format!("par{i}"),
             ]);
-            std::thread::spawn(move || (i, c.stdin(Stdio::null()).output().unwrap()))
+            c.stdin(Stdio::null());
+            std::thread::spawn(move || (i, husk_tests::output_within(c, husk_tests::COMMAND_TIMEOUT)))
         })
         .collect();
     for hd in handles {
