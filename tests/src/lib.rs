@@ -161,12 +161,22 @@ pub fn output_within(mut cmd: std::process::Command, t: std::time::Duration) -> 
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
+    // Readers hand back what they got so far once the command exited: with
+    // `create` and `run --detach` the container keeps the pipes open (it
+    // inherits the caller's stdio, as with runc), so EOF may never come.
     let reader = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            v
-        })
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let b = buf.clone();
+        let h = std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = r.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                b.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        });
+        (h, buf)
     };
     let out = reader(Box::new(child.stdout.take().expect("stdout")));
     let err = reader(Box::new(child.stderr.take().expect("stderr")));
@@ -182,10 +192,15 @@ pub fn output_within(mut cmd: std::process::Command, t: std::time::Duration) -> 
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
+    let grace = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while !(out.0.is_finished() && err.0.is_finished()) && std::time::Instant::now() < grace {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let take = |b: &std::sync::Arc<std::sync::Mutex<Vec<u8>>>| b.lock().unwrap().clone();
     std::process::Output {
         status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
+        stdout: take(&out.1),
+        stderr: take(&err.1),
     }
 }
 
