@@ -29,3 +29,31 @@ pub const SHARE_MOUNT: &str = "/run/husk/share";
 /// Kernel command-line key naming the host vsock port the agent connects to once
 /// it listens (`husk.notify_port=N`), so the host need not poll for readiness.
 pub const NOTIFY_PORT_PARAM: &str = "husk.notify_port";
+
+/// runc's container id rule, shared by the runtime and the agent (the id names
+/// directories on both sides): `^[\w+\-.]+$`, at most 1024 bytes, not `.` or `..`.
+pub fn valid_container_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 1024
+        && id != "."
+        && id != ".."
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '-' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_container_id;
+
+    #[test]
+    fn container_ids() {
+        for good in ["a", "abc-123", "x.y_z+1", "A"] {
+            assert!(valid_container_id(good), "{good:?}");
+        }
+        for bad in ["", ".", "..", "a/b", "../x", "a b", "é", "a\0b"] {
+            assert!(!valid_container_id(bad), "{bad:?}");
+        }
+        assert!(!valid_container_id(&"a".repeat(1025)));
+    }
+}

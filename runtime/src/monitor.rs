@@ -206,14 +206,21 @@ impl Running {
             match self.events.recv_timeout(Duration::from_millis(200)) {
                 Ok(Event::Exited(s)) => return s,
                 Ok(Event::VmGone(why)) => {
-                    self.log(&format!("lost the VM: {why}; {}", self.vm.stderr_tail()));
+                    let msg = format!("lost the VM: {why}{}", self.vm.stderr_tail());
+                    self.log(&msg);
+                    // Also on the container's stderr: whoever reads it must learn
+                    // why the container died by SIGKILL.
+                    eprintln!("husk: {msg}");
                     return ExitStatus::Signal(libc::SIGKILL);
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     return ExitStatus::Signal(libc::SIGKILL)
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Ok(Some(_)) = self.vm.try_wait() {
+                    if let Ok(Some(st)) = self.vm.try_wait() {
+                        let msg = format!("husk-vmm exited ({st}){}", self.vm.stderr_tail());
+                        self.log(&msg);
+                        eprintln!("husk: {msg}");
                         return ExitStatus::Signal(libc::SIGKILL);
                     }
                 }

@@ -153,7 +153,10 @@ pub const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 
 /// Like `Command::output`, but kills the command and fails the test if it
 /// runs longer than `t`: a hang is a failure, never a stuck CI job.
-pub fn output_within(mut cmd: std::process::Command, t: std::time::Duration) -> std::process::Output {
+pub fn output_within(
+    mut cmd: std::process::Command,
+    t: std::time::Duration,
+) -> std::process::Output {
     use std::io::Read;
     use std::process::Stdio;
     let mut child = cmd

@@ -30,7 +30,11 @@ fn state(h: &Husk, id: &str) -> Value {
 fn wait_status(h: &Husk, id: &str, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if state(h, id)["status"] == want {
+        // Until `create` has written it, the container does not exist yet.
+        let o = h.run(&["state", id]);
+        if o.status.success()
+            && serde_json::from_slice::<Value>(&o.stdout).unwrap()["status"] == want
+        {
             return;
         }
         assert!(Instant::now() < deadline, "{id} never became {want}");
@@ -241,7 +245,9 @@ fn eight_in_parallel() {
                 &format!("par{i}"),
             ]);
             c.stdin(Stdio::null());
-            std::thread::spawn(move || (i, husk_tests::output_within(c, husk_tests::COMMAND_TIMEOUT)))
+            std::thread::spawn(move || {
+                (i, husk_tests::output_within(c, husk_tests::COMMAND_TIMEOUT))
+            })
         })
         .collect();
     for hd in handles {
@@ -388,8 +394,9 @@ fn killed_vmm_is_stopped_and_delete_cleans_everything() {
 
 #[test]
 fn debootstrap_debian_runs_bash() {
-    let rootfs = std::env::var("HUSK_DEBIAN_ROOTFS")
-        .expect("HUSK_DEBIAN_ROOTFS not set: run through `make test` (tests/debian-rootfs.sh builds it)");
+    let rootfs = std::env::var("HUSK_DEBIAN_ROOTFS").expect(
+        "HUSK_DEBIAN_ROOTFS not set: run through `make test` (tests/debian-rootfs.sh builds it)",
+    );
     assert!(
         std::path::Path::new(&rootfs).join("bin/bash").exists(),
         "{rootfs} is not a Debian rootfs"
@@ -401,5 +408,9 @@ fn debootstrap_debian_runs_bash() {
     b.write();
     let o = run(&h, &b, "debian");
     assert_eq!(o.status.code(), Some(0), "{}", err(&o));
-    assert!(out(&o).contains("PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\""), "{}", out(&o));
+    assert!(
+        out(&o).contains("PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\""),
+        "{}",
+        out(&o)
+    );
 }

@@ -19,8 +19,8 @@ use crate::arch::{cpuid, layout, mptable, regs};
 use crate::boot::pvh;
 use crate::config::{Console, VmConfig};
 use crate::devices::legacy::{IrqTrigger, ResetRequest, Serial, I8042};
-use crate::devices::virtio::mmio::{MmioTransport, MMIO_LEN, NOTIFY_REG_OFFSET};
 use crate::devices::virtio::fs::{Fs, FsOptions};
+use crate::devices::virtio::mmio::{MmioTransport, MMIO_LEN, NOTIFY_REG_OFFSET};
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::Bus;
@@ -137,9 +137,11 @@ impl<'a> VirtioSlots<'a> {
         let dev_err = |e: &dyn std::fmt::Display| BuildError::Device(e.to_string());
         let irq_evt = EventFd::new(EFD_NONBLOCK)?;
         self.vm.register_irqfd(&irq_evt, irq)?;
-        let transport = MmioTransport::new(device, self.mem.clone(), irq_evt).map_err(|e| dev_err(&e))?;
+        let transport =
+            MmioTransport::new(device, self.mem.clone(), irq_evt).map_err(|e| dev_err(&e))?;
         for (i, kick) in transport.queue_kicks().iter().enumerate() {
-            self.vm.register_mmio_notify(kick, addr + NOTIFY_REG_OFFSET, i as u32)?;
+            self.vm
+                .register_mmio_notify(kick, addr + NOTIFY_REG_OFFSET, i as u32)?;
         }
         bus.insert(Arc::new(Mutex::new(transport)), addr, MMIO_LEN)
             .map_err(|e| dev_err(&e))?;
@@ -246,7 +248,11 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, BuildError> {
     // virtio-fs does its FUSE work on its own worker thread: nothing for the event loop.
     for f in &cfg.fs {
         let fs = Fs::new(&f.tag, f.shared_dir.clone(), FsOptions::default()).map_err(|e| {
-            BuildError::Device(format!("virtio-fs {} ({}): {e}", f.tag, f.shared_dir.display()))
+            BuildError::Device(format!(
+                "virtio-fs {} ({}): {e}",
+                f.tag,
+                f.shared_dir.display()
+            ))
         })?;
         let arg = virtio.attach(Arc::new(Mutex::new(fs)), &mut mmio_bus)?;
         cmdline.insert_str(arg).map_err(cmd_err)?;

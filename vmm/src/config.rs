@@ -173,7 +173,10 @@ mod tests {
         assert!(FsConfig::parse("husk").is_err());
         assert!(FsConfig::parse("=/x").is_err());
         let c = VmConfig {
-            fs: vec![FsConfig::parse("a=/x").unwrap(), FsConfig::parse("a=/y").unwrap()],
+            fs: vec![
+                FsConfig::parse("a=/x").unwrap(),
+                FsConfig::parse("a=/y").unwrap(),
+            ],
             ..cfg()
         };
         assert_eq!(c.validate(), Err(ConfigError::FsTag("a".into())));

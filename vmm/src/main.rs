@@ -101,8 +101,10 @@ fn init_log() {
         fn enabled(&self, m: &log::Metadata) -> bool {
             // These crates log every request a (hostile) guest gets wrong at
             // error level; below debug that is noise a guest controls.
-            let chatty = m.target().starts_with("fuse_backend_rs") || m.target().starts_with("virtio_queue");
-            m.level() <= log::max_level() && (!chatty || log::max_level() >= log::LevelFilter::Debug)
+            let chatty =
+                m.target().starts_with("fuse_backend_rs") || m.target().starts_with("virtio_queue");
+            m.level() <= log::max_level()
+                && (!chatty || log::max_level() >= log::LevelFilter::Debug)
         }
         fn log(&self, r: &log::Record) {
             if self.enabled(r.metadata()) {

@@ -8,16 +8,9 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use super::{caps, rlimits, seccomp};
 
-/// runc's container id rule: `^[\w+\-.]+$`, and not "." or "..".
+/// runc's container id rule (`husk_protocol::valid_container_id`).
 pub fn validate_id(id: &str) -> Result<(), String> {
-    let ok = !id.is_empty()
-        && id.len() <= 1024
-        && id != "."
-        && id != ".."
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '-' | '.'));
-    if ok {
+    if husk_protocol::valid_container_id(id) {
         Ok(())
     } else {
         Err(format!(

@@ -49,6 +49,29 @@ pub enum ActivateError {
     Io(#[from] io::Error),
 }
 
+/// The checks every device makes on activation: the queue count it expects,
+/// and each queue set up and inside guest memory.
+pub fn check_activation(
+    device: &str,
+    expected: usize,
+    queues: &[ActivatedQueue],
+    mem: &GuestMemoryMmap,
+) -> Result<(), ActivateError> {
+    use virtio_queue::QueueT;
+    if queues.len() != expected {
+        return Err(ActivateError::QueueCount {
+            expected,
+            got: queues.len(),
+        });
+    }
+    match queues.iter().position(|q| !q.queue.is_valid(mem)) {
+        Some(i) => Err(ActivateError::Device(format!(
+            "{device} queue {i} is invalid"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// A virtio device model, independent of the transport.
 ///
 /// Called from vCPU threads (through the transport) and, for queue work, from the

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use fuse_backend_rs::api::server::Server;
-use virtio_queue::QueueT;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::confined::ConfinedFs;
@@ -14,7 +13,8 @@ use super::request::RequestHandler;
 use super::worker::{Worker, WorkerHandle};
 use super::{FsError, FsOptions, NUM_QUEUES, QUEUE_MAX_SIZE, TAG_LEN};
 use crate::devices::virtio::{
-    ActivateError, ActivatedQueue, Interrupt, VirtioDevice, TYPE_FS, VIRTIO_F_VERSION_1,
+    check_activation, ActivateError, ActivatedQueue, Interrupt, VirtioDevice, TYPE_FS,
+    VIRTIO_F_VERSION_1,
 };
 use crate::memory::GuestMemoryMmap;
 
@@ -181,22 +181,10 @@ impl VirtioDevice for Fs {
         interrupt: Arc<dyn Interrupt>,
         queues: Vec<ActivatedQueue>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                expected: NUM_QUEUES,
-                got: queues.len(),
-            });
-        }
         if self.worker.is_some() {
             return Err(ActivateError::Device("virtio-fs is already active".into()));
         }
-        for (i, q) in queues.iter().enumerate() {
-            if !q.queue.is_valid(&mem) {
-                return Err(ActivateError::Device(format!(
-                    "virtio-fs queue {i} is invalid"
-                )));
-            }
-        }
+        check_activation("virtio-fs", NUM_QUEUES, &queues, &mem)?;
         let (queues, kicks) = queues.into_iter().map(|q| (q.queue, q.kick)).unzip();
         let worker = Worker {
             handler: RequestHandler::new(self.server.clone(), self.counters.clone()),

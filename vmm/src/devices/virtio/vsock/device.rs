@@ -15,7 +15,8 @@ use super::packet::GuestHeader;
 use super::unix::{Muxer, RxFill};
 use super::VsockError;
 use crate::devices::virtio::{
-    ActivateError, ActivatedQueue, Interrupt, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1,
+    check_activation, ActivateError, ActivatedQueue, Interrupt, VirtioDevice, TYPE_VSOCK,
+    VIRTIO_F_VERSION_1,
 };
 use crate::memory::GuestMemoryMmap;
 
@@ -293,20 +294,10 @@ impl VirtioDevice for Vsock {
         interrupt: Arc<dyn Interrupt>,
         queues: Vec<ActivatedQueue>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                expected: NUM_QUEUES,
-                got: queues.len(),
-            });
-        }
         if self.active.is_some() {
             return Err(ActivateError::Device("vsock is already active".into()));
         }
-        for (i, q) in queues.iter().enumerate() {
-            if !q.queue.is_valid(&mem) {
-                return Err(ActivateError::Device(format!("vsock queue {i} is invalid")));
-            }
-        }
+        check_activation("vsock", NUM_QUEUES, &queues, &mem)?;
         let (queues, kicks) = queues.into_iter().map(|q| (q.queue, q.kick)).unzip();
         self.active = Some(Active {
             mem,
