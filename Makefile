@@ -69,6 +69,7 @@ demo: build guest-image
 	$(VM_RUN) $(RELEASE)/husk boot --kernel $(HUSK_KERNEL) --initrd $(HUSK_INITRD)
 
 bench: build guest-image
+	command -v crun >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq crun >/dev/null
 	$(CARGO) build --release -p husk-tests --bin husk-bench
 	$(VM_RUN) $(RELEASE)/husk-bench
 

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use husk::vm::Vm;
-use husk_tests::{guest_regions, rss, spec, vm_dir};
+use husk_tests::bundle::TestBundle;
+use husk_tests::{guest_regions, rss, spec, vm_dir, Husk};
 
 struct Row {
     name: &'static str,
@@ -97,6 +98,150 @@ fn qemu_boot(memory_mib: u32) -> anyhow::Result<(f64, f64)> {
     }
 }
 
+fn median(r: &Row) -> f64 {
+    let mut s = r.samples.clone();
+    s.sort_by(|x, y| x.total_cmp(y));
+    s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// Seconds from busybox `time`'s "real\t0m 1.23s" lines, in order.
+fn real_times(stderr: &str) -> Vec<f64> {
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("real"))
+        .filter_map(|t| {
+            let t = t.trim().trim_end_matches('s');
+            let (m, s) = t.split_once('m')?;
+            Some(m.trim().parse::<f64>().ok()? * 60.0 + s.trim().parse::<f64>().ok()?)
+        })
+        .collect()
+}
+
+// `busybox time` on both sides, so the same tool measures the guest and the host.
+const FS_SCRIPT: &str = "cd $0 && \
+    busybox time busybox sh -c 'dd if=/dev/zero of=w bs=1M count=256 2>/dev/null' && \
+    busybox time busybox sh -c 'dd if=r of=/dev/null bs=1M 2>/dev/null' && \
+    busybox time busybox sh -c 'find tree -type f | wc -l >/dev/null' && \
+    busybox time busybox sh -c 'ls -lR tree >/dev/null'";
+
+fn containers(runs: usize) -> anyhow::Result<()> {
+    let h = Husk::new("bench");
+    let bundle = TestBundle::busybox("bench-true", &["true"]);
+    let bdir = bundle.dir.to_str().context("bundle path")?.to_string();
+    let mut husk_true = Row::new("husk run /bin/true, end to end", "ms");
+    let mut crun_true = Row::new("crun run /bin/true, same bundle", "ms");
+    for i in 0..runs {
+        let t = Instant::now();
+        let o = h.run(&["run", "--bundle", &bdir, &format!("t{i}")]);
+        if !o.status.success() {
+            bail!("husk run failed: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        husk_true.samples.push(ms_since(t));
+        let t = Instant::now();
+        let st = Command::new("crun")
+            .args(["--root", "/tmp/crun-bench", "run", "--bundle", &bdir, &format!("c{i}")])
+            .stdin(Stdio::null())
+            .status()
+            .context("crun")?;
+        if !st.success() {
+            bail!("crun run failed: {st}");
+        }
+        crun_true.samples.push(ms_since(t));
+    }
+
+    // One idle container: what it costs the host.
+    let idle = TestBundle::busybox("bench-idle", &["sleep", "1000"]);
+    let o = h.run(&["run", "--detach", "--bundle", idle.dir.to_str().context("path")?, "idle"]);
+    if !o.status.success() {
+        bail!("husk run -d failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let st: serde_json::Value = serde_json::from_slice(&h.run(&["state", "idle"]).stdout)?;
+    let monitor_pid = st["pid"].as_u64().context("pid")? as u32;
+    let vmm_pid = std::fs::read_dir("/proc")?
+        .flatten()
+        .find(|e| {
+            std::fs::read_to_string(e.path().join("stat"))
+                .ok()
+                .and_then(|s| s.rsplit(')').next().map(|r| r.split(' ').nth(2) == Some(&monitor_pid.to_string())))
+                .unwrap_or(false)
+                && std::fs::read(e.path().join("cmdline")).map(|c| String::from_utf8_lossy(&c).contains("husk-vmm")).unwrap_or(false)
+        })
+        .and_then(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .context("husk-vmm of the idle container")?;
+    let vr = rss(vmm_pid, &guest_regions(128))?;
+    let mr = rss(monitor_pid, &[])?;
+    let _ = h.run(&["delete", "--force", "idle"]);
+
+    // virtio-fs inside the guest vs the same directory on the host.
+    let data = vm_dir("fsbench");
+    std::fs::create_dir_all(data.join("tree"))?;
+    std::fs::write(data.join("r"), vec![0x5au8; 256 << 20])?;
+    for d in 0..100 {
+        let dir = data.join("tree").join(d.to_string());
+        std::fs::create_dir_all(&dir)?;
+        for f in 0..100 {
+            std::fs::write(dir.join(f.to_string()), b"x")?;
+        }
+    }
+    let mut fsb = TestBundle::busybox("bench-fs", &["sh", "-c", FS_SCRIPT, "/data"]);
+    fsb.config["mounts"].as_array_mut().context("mounts")?.push(serde_json::json!({
+        "destination": "/data", "type": "bind", "source": data, "options": ["rbind", "rw"]
+    }));
+    fsb.config["annotations"] = serde_json::json!({"io.husk.vm.memory_mib": "512"});
+    fsb.write();
+    let names = ["seq write 256 MiB", "seq read 256 MiB", "find 10,000 files", "ls -lR (stat) 10,000 files"];
+    let mut guest: Vec<Row> = names.iter().map(|_| Row::new("", "s")).collect();
+    let mut host: Vec<Row> = names.iter().map(|_| Row::new("", "s")).collect();
+    for i in 0..runs {
+        let o = h.run(&["run", "--bundle", fsb.dir.to_str().context("path")?, &format!("fs{i}")]);
+        let t = real_times(&String::from_utf8_lossy(&o.stderr));
+        if t.len() != 4 {
+            bail!("fs bench in guest: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        let o = Command::new("/bin/busybox")
+            .args(["sh", "-c", FS_SCRIPT, data.to_str().context("path")?])
+            .output()?;
+        let th = real_times(&String::from_utf8_lossy(&o.stderr));
+        if th.len() != 4 {
+            bail!("fs bench on host: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        for k in 0..4 {
+            guest[k].samples.push(t[k]);
+            host[k].samples.push(th[k]);
+        }
+    }
+
+    println!();
+    println!("containers: {runs} runs each, same host; busybox bundle");
+    println!("| {:<52} | {:>9} | {:>9} | {:>9} | {:<4} |", "metric", "median", "min", "max", "unit");
+    println!("|{:-<54}|{:-<11}|{:-<11}|{:-<11}|{:-<6}|", "", "", "", "", "");
+    husk_true.print();
+    crun_true.print();
+    let mut r = Row::new("idle container: husk-vmm RSS excl. guest RAM", "MiB");
+    r.samples.push(vr.other_kib as f64 / 1024.0);
+    r.print();
+    let mut r = Row::new("idle container: guest RAM touched (of 128 MiB)", "MiB");
+    r.samples.push(vr.guest_kib as f64 / 1024.0);
+    r.print();
+    let mut r = Row::new("idle container: monitor (husk) RSS", "MiB");
+    r.samples.push(mr.other_kib as f64 / 1024.0);
+    r.print();
+    println!("husk/crun start ratio (median): {:.1}", median(&husk_true) / median(&crun_true));
+    println!();
+    println!("| {:<28} | {:>12} | {:>12} | {:>7} |", "virtio-fs vs host (median)", "guest (s)", "host (s)", "ratio");
+    println!("|{:-<30}|{:-<14}|{:-<14}|{:-<9}|", "", "", "", "");
+    for k in 0..4 {
+        let (g, hh) = (median(&guest[k]), median(&host[k]));
+        println!("| {:<28} | {:>12.3} | {:>12.3} | {:>7.1} |", names[k], g, hh, g / hh.max(1e-6));
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let runs: usize = std::env::var("HUSK_BENCH_RUNS")
         .ok()
@@ -175,5 +320,5 @@ fn main() -> anyhow::Result<()> {
         ratio(&launch, &qemu),
         ratio(&vmm_rss, &qemu_rss)
     );
-    Ok(())
+    containers(runs)
 }
