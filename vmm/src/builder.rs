@@ -17,9 +17,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::{cpuid, layout, mptable, regs};
 use crate::boot::pvh;
-use crate::config::{Console, VmConfig};
+use crate::config::{Console, FsCache, VmConfig};
 use crate::devices::legacy::{IrqTrigger, ResetRequest, Serial, I8042};
-use crate::devices::virtio::fs::{Fs, FsOptions};
+use crate::devices::virtio::fs::{CacheMode, Fs, FsOptions};
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_LEN, NOTIFY_REG_OFFSET};
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::VirtioDevice;
@@ -247,7 +247,16 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, BuildError> {
     }
     // virtio-fs does its FUSE work on its own worker thread: nothing for the event loop.
     for f in &cfg.fs {
-        let fs = Fs::new(&f.tag, f.shared_dir.clone(), FsOptions::default()).map_err(|e| {
+        let opts = FsOptions {
+            cache: match f.cache {
+                FsCache::Never => CacheMode::Never,
+                FsCache::Auto => CacheMode::Auto,
+                FsCache::Always => CacheMode::Always,
+            },
+            xattr: f.xattr,
+            ..FsOptions::default()
+        };
+        let fs = Fs::new(&f.tag, f.shared_dir.clone(), opts).map_err(|e| {
             BuildError::Device(format!(
                 "virtio-fs {} ({}): {e}",
                 f.tag,

@@ -47,18 +47,50 @@ pub struct VsockConfig {
 pub struct FsConfig {
     pub tag: String,
     pub shared_dir: PathBuf,
+    /// `never`, `auto` (default) or `always`.
+    #[serde(default)]
+    pub cache: FsCache,
+    #[serde(default)]
+    pub xattr: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FsCache {
+    Never,
+    #[default]
+    Auto,
+    Always,
 }
 
 impl FsConfig {
-    /// `TAG=DIR`, as given to `--fs`.
+    /// `TAG=DIR[,cache=never|auto|always][,xattr]`, as given to `--fs`.
     pub fn parse(arg: &str) -> Result<FsConfig, ConfigError> {
-        match arg.split_once('=') {
-            Some((tag, dir)) if !tag.is_empty() && !dir.is_empty() => Ok(FsConfig {
-                tag: tag.to_string(),
-                shared_dir: dir.into(),
-            }),
-            _ => Err(ConfigError::Fs(arg.to_string())),
+        let bad = || ConfigError::Fs(arg.to_string());
+        let mut parts = arg.split(',');
+        let (tag, dir) = parts
+            .next()
+            .and_then(|p| p.split_once('='))
+            .ok_or_else(bad)?;
+        if tag.is_empty() || dir.is_empty() {
+            return Err(bad());
         }
+        let mut cfg = FsConfig {
+            tag: tag.to_string(),
+            shared_dir: dir.into(),
+            cache: FsCache::Auto,
+            xattr: false,
+        };
+        for opt in parts {
+            match opt {
+                "cache=never" => cfg.cache = FsCache::Never,
+                "cache=auto" => cfg.cache = FsCache::Auto,
+                "cache=always" => cfg.cache = FsCache::Always,
+                "xattr" => cfg.xattr = true,
+                _ => return Err(bad()),
+            }
+        }
+        Ok(cfg)
     }
 }
 
@@ -95,7 +127,7 @@ pub enum ConfigError {
     Memory(u32),
     #[error("vsock guest CID must be 3 or more, got {0}")]
     GuestCid(u64),
-    #[error("--fs takes TAG=DIR, got {0:?}")]
+    #[error("--fs takes TAG=DIR[,cache=never|auto|always][,xattr], got {0:?}")]
     Fs(String),
     #[error("virtio-fs tag {0:?} must be 1 to 36 bytes and unique")]
     FsTag(String),
@@ -167,9 +199,14 @@ mod tests {
             FsConfig::parse("husk=/run/x").unwrap(),
             FsConfig {
                 tag: "husk".into(),
-                shared_dir: "/run/x".into()
+                shared_dir: "/run/x".into(),
+                cache: FsCache::Auto,
+                xattr: false,
             }
         );
+        let f = FsConfig::parse("t=/d,cache=never,xattr").unwrap();
+        assert_eq!((f.cache, f.xattr), (FsCache::Never, true));
+        assert!(FsConfig::parse("t=/d,cache=sometimes").is_err());
         assert!(FsConfig::parse("husk").is_err());
         assert!(FsConfig::parse("=/x").is_err());
         let c = VmConfig {

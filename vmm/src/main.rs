@@ -40,7 +40,7 @@ struct Cli {
     /// Appended to the kernel command line.
     #[arg(long, default_value = "")]
     cmdline_extra: String,
-    /// Share a host directory over virtio-fs: TAG=DIR (repeatable).
+    /// Share a host directory over virtio-fs: TAG=DIR[,cache=never|auto|always][,xattr] (repeatable).
     #[arg(long)]
     fs: Vec<String>,
 }
