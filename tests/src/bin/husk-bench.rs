@@ -126,7 +126,7 @@ const FS_SCRIPT: &str = "cd $0 && \
     busybox time busybox sh -c 'dd if=/dev/zero of=w bs=1M count=256 2>/dev/null' && \
     busybox time busybox sh -c 'dd if=r of=/dev/null bs=1M 2>/dev/null' && \
     busybox time busybox sh -c 'find tree -type f | wc -l >/dev/null' && \
-    busybox time busybox sh -c 'ls -lR tree >/dev/null'";
+    busybox time busybox sh -c 'ls -lnR tree >/dev/null'";
 
 fn containers(runs: usize) -> anyhow::Result<()> {
     let h = Husk::new("bench");
@@ -143,7 +143,14 @@ fn containers(runs: usize) -> anyhow::Result<()> {
         husk_true.samples.push(ms_since(t));
         let t = Instant::now();
         let st = Command::new("crun")
-            .args(["--root", "/tmp/crun-bench", "run", "--bundle", &bdir, &format!("c{i}")])
+            .args([
+                "--root",
+                "/tmp/crun-bench",
+                "run",
+                "--bundle",
+                &bdir,
+                &format!("c{i}"),
+            ])
             .stdin(Stdio::null())
             .status()
             .context("crun")?;
@@ -155,7 +162,13 @@ fn containers(runs: usize) -> anyhow::Result<()> {
 
     // One idle container: what it costs the host.
     let idle = TestBundle::busybox("bench-idle", &["sleep", "1000"]);
-    let o = h.run(&["run", "--detach", "--bundle", idle.dir.to_str().context("path")?, "idle"]);
+    let o = h.run(&[
+        "run",
+        "--detach",
+        "--bundle",
+        idle.dir.to_str().context("path")?,
+        "idle",
+    ]);
     if !o.status.success() {
         bail!("husk run -d failed: {}", String::from_utf8_lossy(&o.stderr));
     }
@@ -167,9 +180,15 @@ fn containers(runs: usize) -> anyhow::Result<()> {
         .find(|e| {
             std::fs::read_to_string(e.path().join("stat"))
                 .ok()
-                .and_then(|s| s.rsplit(')').next().map(|r| r.split(' ').nth(2) == Some(&monitor_pid.to_string())))
+                .and_then(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .map(|r| r.split(' ').nth(2) == Some(&monitor_pid.to_string()))
+                })
                 .unwrap_or(false)
-                && std::fs::read(e.path().join("cmdline")).map(|c| String::from_utf8_lossy(&c).contains("husk-vmm")).unwrap_or(false)
+                && std::fs::read(e.path().join("cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains("husk-vmm"))
+                    .unwrap_or(false)
         })
         .and_then(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .context("husk-vmm of the idle container")?;
@@ -189,16 +208,29 @@ fn containers(runs: usize) -> anyhow::Result<()> {
         }
     }
     let mut fsb = TestBundle::busybox("bench-fs", &["sh", "-c", FS_SCRIPT, "/data"]);
-    fsb.config["mounts"].as_array_mut().context("mounts")?.push(serde_json::json!({
-        "destination": "/data", "type": "bind", "source": data, "options": ["rbind", "rw"]
-    }));
+    fsb.config["mounts"]
+        .as_array_mut()
+        .context("mounts")?
+        .push(serde_json::json!({
+            "destination": "/data", "type": "bind", "source": data, "options": ["rbind", "rw"]
+        }));
     fsb.config["annotations"] = serde_json::json!({"io.husk.vm.memory_mib": "512"});
     fsb.write();
-    let names = ["seq write 256 MiB", "seq read 256 MiB", "find 10,000 files", "ls -lR (stat) 10,000 files"];
+    let names = [
+        "seq write 256 MiB",
+        "seq read 256 MiB",
+        "find 10,000 files",
+        "ls -lnR (stat) 10,000 files",
+    ];
     let mut guest: Vec<Row> = names.iter().map(|_| Row::new("", "s")).collect();
     let mut host: Vec<Row> = names.iter().map(|_| Row::new("", "s")).collect();
     for i in 0..runs {
-        let o = h.run(&["run", "--bundle", fsb.dir.to_str().context("path")?, &format!("fs{i}")]);
+        let o = h.run(&[
+            "run",
+            "--bundle",
+            fsb.dir.to_str().context("path")?,
+            &format!("fs{i}"),
+        ]);
         let t = real_times(&String::from_utf8_lossy(&o.stderr));
         if t.len() != 4 {
             bail!("fs bench in guest: {}", String::from_utf8_lossy(&o.stderr));
@@ -218,8 +250,14 @@ fn containers(runs: usize) -> anyhow::Result<()> {
 
     println!();
     println!("containers: {runs} runs each, same host; busybox bundle");
-    println!("| {:<52} | {:>9} | {:>9} | {:>9} | {:<4} |", "metric", "median", "min", "max", "unit");
-    println!("|{:-<54}|{:-<11}|{:-<11}|{:-<11}|{:-<6}|", "", "", "", "", "");
+    println!(
+        "| {:<52} | {:>9} | {:>9} | {:>9} | {:<4} |",
+        "metric", "median", "min", "max", "unit"
+    );
+    println!(
+        "|{:-<54}|{:-<11}|{:-<11}|{:-<11}|{:-<6}|",
+        "", "", "", "", ""
+    );
     husk_true.print();
     crun_true.print();
     let mut r = Row::new("idle container: husk-vmm RSS excl. guest RAM", "MiB");
@@ -231,13 +269,25 @@ fn containers(runs: usize) -> anyhow::Result<()> {
     let mut r = Row::new("idle container: monitor (husk) RSS", "MiB");
     r.samples.push(mr.other_kib as f64 / 1024.0);
     r.print();
-    println!("husk/crun start ratio (median): {:.1}", median(&husk_true) / median(&crun_true));
+    println!(
+        "husk/crun start ratio (median): {:.1}",
+        median(&husk_true) / median(&crun_true)
+    );
     println!();
-    println!("| {:<28} | {:>12} | {:>12} | {:>7} |", "virtio-fs vs host (median)", "guest (s)", "host (s)", "ratio");
+    println!(
+        "| {:<28} | {:>12} | {:>12} | {:>7} |",
+        "virtio-fs vs host (median)", "guest (s)", "host (s)", "ratio"
+    );
     println!("|{:-<30}|{:-<14}|{:-<14}|{:-<9}|", "", "", "", "");
     for k in 0..4 {
         let (g, hh) = (median(&guest[k]), median(&host[k]));
-        println!("| {:<28} | {:>12.3} | {:>12.3} | {:>7.1} |", names[k], g, hh, g / hh.max(1e-6));
+        println!(
+            "| {:<28} | {:>12.3} | {:>12.3} | {:>7.1} |",
+            names[k],
+            g,
+            hh,
+            g / hh.max(1e-6)
+        );
     }
     Ok(())
 }
