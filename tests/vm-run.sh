@@ -53,8 +53,8 @@ if ! command -v qemu-system-x86_64 >/dev/null && ! command -v apt-get >/dev/null
   say "FAIL: no way to run KVM guests here: $reason, and qemu-system-x86_64 is missing with no apt-get to install it"; exit 1
 fi
 # A stalled test host (exit 126: the emulator wedged, the command did not fail) is retried,
-# loudly, up to HUSK_TEST_HOST_RETRIES times (default 1). Any other status is final.
-retries=${HUSK_TEST_HOST_RETRIES:-1}
+# loudly, up to HUSK_TEST_HOST_RETRIES times (default 2). Any other status is final.
+retries=${HUSK_TEST_HOST_RETRIES:-2}
 trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; exit 130' INT TERM HUP
 while :; do
   "$here/kvm-test-host/run.sh" -- "$@" &

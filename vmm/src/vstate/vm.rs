@@ -24,6 +24,14 @@ pub struct Vm {
     pub fd: VmFd,
 }
 
+// KVM_REINJECT_CONTROL has no kvm-ioctls wrapper.
+vmm_sys_util::ioctl_iow_nr!(
+    kvm_reinject_control,
+    kvm_bindings::KVMIO,
+    0x71,
+    kvm_bindings::kvm_reinject_control
+);
+
 /// Where KVM keeps the VMX real-mode TSS; must not overlap RAM or MMIO.
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
@@ -62,6 +70,24 @@ impl Vm {
         // the guest's legacy timer paths expect one. Revisit with numbers.
         fd.create_pit2(pit)
             .map_err(|e| VmError::Ioctl("KVM_CREATE_PIT2", e))?;
+        // Lost PIT ticks are dropped, not re-injected (QEMU's default too):
+        // a descheduled VM must not come back to a burst of catch-up ticks,
+        // and the kvm-pit worker must not spin delivering them.
+        if kvm.check_extension(kvm_ioctls::Cap::ReinjectControl) {
+            let ctl = kvm_bindings::kvm_reinject_control {
+                pit_reinject: 0,
+                reserved: [0; 31],
+            };
+            // SAFETY: KVM_REINJECT_CONTROL reads a kvm_reinject_control we own.
+            let ret =
+                unsafe { vmm_sys_util::ioctl::ioctl_with_ref(&fd, kvm_reinject_control(), &ctl) };
+            if ret < 0 {
+                return Err(VmError::Ioctl(
+                    "KVM_REINJECT_CONTROL",
+                    kvm_ioctls::Error::last(),
+                ));
+            }
+        }
         Ok(Vm { kvm, fd })
     }
 
