@@ -24,13 +24,9 @@ pub struct Vm {
     pub fd: VmFd,
 }
 
-// KVM_REINJECT_CONTROL has no kvm-ioctls wrapper.
-vmm_sys_util::ioctl_iow_nr!(
-    kvm_reinject_control,
-    kvm_bindings::KVMIO,
-    0x71,
-    kvm_bindings::kvm_reinject_control
-);
+// KVM_REINJECT_CONTROL has no kvm-ioctls wrapper. It is `_IO(KVMIO, 0x71)`
+// (no size encoded) although it takes a struct kvm_reinject_control pointer.
+vmm_sys_util::ioctl_io_nr!(kvm_reinject_control, kvm_bindings::KVMIO, 0x71);
 
 /// Where KVM keeps the VMX real-mode TSS; must not overlap RAM or MMIO.
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
