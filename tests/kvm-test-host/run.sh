@@ -201,6 +201,7 @@ stall_filter() {
   local line
   while IFS= read -r line; do
     printf '%s\n' "$line"
+    : > "$out/last-output"
     if [[ $line =~ soft\ lockup\ -\ CPU#[0-9]+\ stuck\ for\ ([0-9]+)s ]] && (( BASH_REMATCH[1] >= 120 )); then
       touch "$out/stalled"
     fi
@@ -219,7 +220,16 @@ timeout -k 10 "$tmo" qemu-system-x86_64 -M q35 -accel tcg,thread=multi -cpu EPYC
 qpid=$!
 stop_qemu() { kill -TERM "$qpid" 2>/dev/null; wait "$qpid" 2>/dev/null; }
 trap 'trap "" INT TERM HUP; echo "kvm-test-host: interrupted, stopping QEMU" >&2; stop_qemu; exit 130' INT TERM HUP
-( while kill -0 "$parent" 2>/dev/null && kill -0 "$qpid" 2>/dev/null && [ ! -f "$out/stalled" ]; do sleep 2; done
+# Wedged hard enough that not even the watchdog prints: every command a VM test runs has a
+# 180 s deadline, so silence for HUSK_TEST_HOST_SILENCE seconds (default 600) is a stall too.
+silence=${HUSK_TEST_HOST_SILENCE:-600}
+: > "$out/last-output"
+( while kill -0 "$parent" 2>/dev/null && kill -0 "$qpid" 2>/dev/null && [ ! -f "$out/stalled" ]; do
+    sleep 2
+    if [ $(( $(date +%s) - $(stat -c %Y "$out/last-output" 2>/dev/null || date +%s) )) -gt "$silence" ]; then
+      echo "kvm-test-host: no output for ${silence}s" >&2; touch "$out/stalled"
+    fi
+  done
   if [ -f "$out/stalled" ]; then kill -TERM "$qpid" 2>/dev/null; exit 0; fi
   if kill -0 "$qpid" 2>/dev/null; then echo "kvm-test-host: parent process $parent is gone, stopping QEMU" >&2; touch "$out/parent-gone"; kill -TERM "$qpid"; fi
 ) </dev/null >/dev/null &
