@@ -29,8 +29,8 @@ pub fn list(store: &Store, format: ListFormat, quiet: bool) -> anyhow::Result<()
         ListFormat::Table => {
             writeln!(
                 out,
-                "{:<12} {:<12} {:<12} {:<12} {:<32} {}",
-                "ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"
+                "{:<12} {:<12} {:<12} {:<12} {:<32} OWNER",
+                "ID", "PID", "STATUS", "BUNDLE", "CREATED"
             )?;
             for s in &states {
                 let o = s.oci();
