@@ -98,6 +98,17 @@ fn qemu_boot(memory_mib: u32) -> anyhow::Result<(f64, f64)> {
     }
 }
 
+fn print_header() {
+    println!(
+        "| {:<52} | {:>9} | {:>9} | {:>9} | {:<4} |",
+        "metric", "median", "min", "max", "unit"
+    );
+    println!(
+        "|{:-<54}|{:-<11}|{:-<11}|{:-<11}|{:-<6}|",
+        "", "", "", "", ""
+    );
+}
+
 fn median(r: &Row) -> f64 {
     let mut s = r.samples.clone();
     s.sort_by(|x, y| x.total_cmp(y));
@@ -250,14 +261,7 @@ fn containers(runs: usize) -> anyhow::Result<()> {
 
     println!();
     println!("containers: {runs} runs each, same host; busybox bundle");
-    println!(
-        "| {:<52} | {:>9} | {:>9} | {:>9} | {:<4} |",
-        "metric", "median", "min", "max", "unit"
-    );
-    println!(
-        "|{:-<54}|{:-<11}|{:-<11}|{:-<11}|{:-<6}|",
-        "", "", "", "", ""
-    );
+    print_header();
     husk_true.print();
     crun_true.print();
     let mut r = Row::new("idle container: husk-vmm RSS excl. guest RAM", "MiB");
@@ -334,26 +338,12 @@ fn main() -> anyhow::Result<()> {
         eprintln!("run {}/{runs} done", i + 1);
     }
 
-    let ratio = |a: &Row, b: &Row| {
-        let med = |r: &Row| {
-            let mut s = r.samples.clone();
-            s.sort_by(|x, y| x.total_cmp(y));
-            s[s.len() / 2]
-        };
-        med(a) / med(b)
-    };
+    let ratio = |a: &Row, b: &Row| median(a) / median(b);
     println!();
     println!(
         "husk boot benchmark: {runs} runs each, interleaved, same host, 1 vCPU, {memory_mib} MiB"
     );
-    println!(
-        "| {:<52} | {:>9} | {:>9} | {:>9} | {:<4} |",
-        "metric", "median", "min", "max", "unit"
-    );
-    println!(
-        "|{:-<54}|{:-<11}|{:-<11}|{:-<11}|{:-<6}|",
-        "", "", "", "", ""
-    );
+    print_header();
     for row in [
         &launch,
         &guest_listen,
