@@ -52,6 +52,14 @@ fi
 if ! command -v qemu-system-x86_64 >/dev/null && ! command -v apt-get >/dev/null; then
   say "FAIL: no way to run KVM guests here: $reason, and qemu-system-x86_64 is missing with no apt-get to install it"; exit 1
 fi
+# One test host at a time per machine: two TCG emulators on a small host starve each other
+# into soft lockups. Later callers wait here (and say so).
+lock=${HUSK_TEST_HOST_LOCK:-/var/lock/husk-test-host.lock}
+exec 7>"$lock"
+if ! flock -n 7; then
+  say "another KVM test host is running; waiting for it ($lock)"
+  flock 7
+fi
 # A stalled test host (exit 126: the emulator wedged, the command did not fail) is retried,
 # loudly, up to HUSK_TEST_HOST_RETRIES times (default 2). Any other status is final.
 retries=${HUSK_TEST_HOST_RETRIES:-2}

@@ -202,6 +202,9 @@ fn serve(mut stream: UnixStreamLike, hello: HelloInfo, mode: Mode) {
                 }
                 Err(reply) => reply,
             },
+            other => Response::Error {
+                message: format!("request not implemented by this agent: {other:?}"),
+            },
         };
         if proto::send(&mut stream, &reply).is_err() {
             return;

@@ -11,8 +11,8 @@ mod message;
 
 pub use frame::{read_frame, recv, send, write_frame, FrameError, MAX_FRAME};
 pub use message::{
-    ContainerStatus, CreateContainer, ExitStatus, HelloInfo, Request, Response, StdioStream,
-    PROTOCOL_VERSION,
+    ContainerStats, ContainerStatus, CreateContainer, ExecProcess, ExitStatus, HelloInfo,
+    ProcessInfo, Request, Response, StdioStream, PROTOCOL_VERSION,
 };
 
 /// vsock port the agent listens on for host requests.

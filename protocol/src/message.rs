@@ -1,7 +1,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to [`Request`] or [`Response`].
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Host → agent.
 ///
@@ -52,6 +52,107 @@ pub enum Request {
         id: String,
         force: bool,
     },
+    /// Prepares an extra process in a running container (runc exec,
+    /// containerd's Exec). It joins the container's namespaces and cgroup and
+    /// gets the container's seccomp profile, but its own user, env, cwd,
+    /// capabilities and no_new_privileges from `process`. It waits for
+    /// `StartProcess`, so stdio can be attached first.
+    ExecProcess(Box<ExecProcess>),
+    StartProcess {
+        id: String,
+        exec_id: String,
+    },
+    /// Forgets an exec process that has exited (its exit status goes with it).
+    DeleteProcess {
+        id: String,
+        exec_id: String,
+    },
+    /// Sets the window size of a process's terminal.
+    ResizeTerminal {
+        id: String,
+        exec_id: Option<String>,
+        rows: u16,
+        cols: u16,
+    },
+    /// Freezes every process of the container (cgroup v2 `cgroup.freeze`).
+    PauseContainer {
+        id: String,
+    },
+    ResumeContainer {
+        id: String,
+    },
+    /// Applies new resource limits to the container's cgroup in the guest.
+    UpdateContainer {
+        id: String,
+        resources: Box<oci_spec::runtime::LinuxResources>,
+    },
+    /// Answered with `Stats`.
+    ContainerStats {
+        id: String,
+    },
+    /// Answered with `Processes`: every process in the container's cgroup.
+    ListProcesses {
+        id: String,
+    },
+}
+
+/// What the agent needs to start an extra process in a container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecProcess {
+    pub id: String,
+    /// Unique within the container; the key for every later request about it.
+    pub exec_id: String,
+    pub process: oci_spec::runtime::Process,
+    /// Allocate a pseudo-terminal instead of pipes (`process.terminal` is ignored).
+    pub terminal: bool,
+}
+
+/// Resource usage of a container's cgroup in the guest (cgroup v2 files).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerStats {
+    /// cpu.stat usage_usec / user_usec / system_usec.
+    pub cpu_usage_usec: u64,
+    pub cpu_user_usec: u64,
+    pub cpu_system_usec: u64,
+    /// memory.current, and memory.max (None when "max").
+    pub memory_usage_bytes: u64,
+    pub memory_limit_bytes: Option<u64>,
+    /// memory.swap.current (0 without swap).
+    pub swap_usage_bytes: u64,
+    /// memory.stat, name → value (anon, file, kernel_stack, ...).
+    pub memory_stat: std::collections::BTreeMap<String, u64>,
+    /// memory.events oom / oom_kill counters: OOM events are told by their increase.
+    pub oom_events: u64,
+    pub oom_kills: u64,
+    /// pids.current, and pids.max (None when "max").
+    pub pids_current: u64,
+    pub pids_limit: Option<u64>,
+    /// The guest's total and available memory (MemTotal / MemAvailable), for
+    /// engines that show a limit when the container has none.
+    pub guest_memory_total_bytes: u64,
+    pub guest_memory_available_bytes: u64,
+}
+
+/// One process of a container, as the guest sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessInfo {
+    /// pid in the guest's initial pid namespace.
+    pub pid: i32,
+    pub ppid: i32,
+    pub uid: u32,
+    /// /proc/PID/stat state letter (R, S, D, T, Z, ...).
+    pub state: String,
+    /// Start time, µs of guest CLOCK_BOOTTIME.
+    pub start_us: u64,
+    /// utime + stime, µs.
+    pub cpu_us: u64,
+    /// The exec id when the process is (the leader of) an exec, None for the init and its children.
+    pub exec_id: Option<String>,
+    /// /proc/PID/cmdline split at NULs; `[comm]` when empty.
+    pub args: Vec<String>,
 }
 
 /// What the agent needs to create a container.
@@ -129,6 +230,10 @@ pub enum Response {
         /// The process's pid inside the guest (0 once stopped).
         pid: i32,
         status: ContainerStatus,
+    },
+    Stats(Box<ContainerStats>),
+    Processes {
+        processes: Vec<ProcessInfo>,
     },
     Error {
         message: String,

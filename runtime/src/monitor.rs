@@ -100,8 +100,15 @@ fn setup(store: &Store, dir: &Path, req: &CreateRequest) -> Result<Running, Stri
     spec.vcpus = req.vcpus;
     spec.shares = vec![(SHARE_TAG.to_string(), share_dir(dir))];
     spec.die_with_parent = true;
+    // Debug aid: the guest's serial console to a file, or to DIR/<id>.log
+    // when it names a directory (several VMs at once).
     if let Some(c) = std::env::var_os("HUSK_GUEST_CONSOLE") {
-        spec.console = Some(PathBuf::from(c));
+        let c = PathBuf::from(c);
+        spec.console = Some(if c.is_dir() {
+            c.join(format!("{}.log", req.id))
+        } else {
+            c
+        });
     }
     let vm = Vm::launch(&spec, &vm_dir(dir)).map_err(|e| e.to_string())?;
     let uds = vm.vsock_path().to_path_buf();

@@ -87,7 +87,11 @@ impl Vcpu {
                     !ctx.mmio_bus.write(addr, data)
                 }
                 VcpuExit::Shutdown => {
-                    return VmExit::GuestCrash(format!("vcpu{}: triple fault", self.id))
+                    return VmExit::GuestCrash(format!(
+                        "vcpu{}: triple fault ({})",
+                        self.id,
+                        self.fault_state()
+                    ))
                 }
                 VcpuExit::Hlt => return VmExit::GuestCrash(format!("vcpu{}: halted", self.id)),
                 VcpuExit::FailEntry(reason, cpu) => {
@@ -122,6 +126,18 @@ impl Vcpu {
                     );
                 }
             }
+        }
+    }
+
+    /// Where the vCPU was when it died, for the crash message: enough to tell
+    /// an early-boot fault (no IDT yet) from a broken kernel later on.
+    fn fault_state(&self) -> String {
+        match (self.fd.get_regs(), self.fd.get_sregs()) {
+            (Ok(r), Ok(s)) => format!(
+                "rip {:#x} rsp {:#x} cs {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} idt {:#x}/{:#x}",
+                r.rip, r.rsp, s.cs.selector, s.cr0, s.cr2, s.cr3, s.cr4, s.efer, s.idt.base, s.idt.limit
+            ),
+            _ => "registers unreadable".to_string(),
         }
     }
 
