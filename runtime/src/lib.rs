@@ -3,6 +3,8 @@
 
 pub mod config;
 pub mod container;
+pub mod exec;
 pub mod monitor;
 pub mod signal;
+pub mod stdio;
 pub mod vm;

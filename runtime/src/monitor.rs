@@ -9,8 +9,8 @@
 //! signals it receives to the container's init.
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::io::Write;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::container::state::{process_start_time, State};
 use crate::container::Store;
+use crate::stdio::{self, dup_std, spawn_copy};
 use crate::vm::{AgentClient, Vm, VmSpec};
 
 /// What `husk create` hands the monitor (`<state dir>/create.json`).
@@ -54,6 +55,16 @@ pub fn vsock_path(state_dir: &Path) -> PathBuf {
     vm_dir(state_dir).join("vsock.sock")
 }
 
+/// What `husk create` recorded for the monitor (the spec with guest paths).
+pub fn load_create_request(state_dir: &Path) -> Result<CreateRequest, String> {
+    let path = state_dir.join("create.json");
+    std::fs::read(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        .and_then(|b| {
+            serde_json::from_slice(&b).map_err(|e| format!("bad {}: {e}", path.display()))
+        })
+}
+
 /// Connects to the agent of container `id`'s VM.
 pub fn agent(store: &Store, id: &str) -> Result<AgentClient, crate::vm::VmError> {
     AgentClient::connect(&vsock_path(&store.dir(id)), Duration::from_secs(10))
@@ -61,7 +72,7 @@ pub fn agent(store: &Store, id: &str) -> Result<AgentClient, crate::vm::VmError>
 
 /// Entry point of `husk __monitor`. Never returns.
 pub fn run(store: &Store, id: &str, sync: OwnedFd) -> ! {
-    let _ = forwarded_signals().thread_block();
+    let _ = monitor_signals().thread_block();
     let mut sync = File::from(sync);
     let dir = store.dir(id);
     let req: Result<CreateRequest, String> = std::fs::read(dir.join("create.json"))
@@ -136,24 +147,16 @@ fn setup(store: &Store, dir: &Path, req: &CreateRequest) -> Result<Running, Stri
         Ok(s)
     };
     let mut outputs = Vec::new();
+    let mut size_fd = None;
     if let Some(sock) = &req.console_socket {
         let conn = attach(StdioStream::Terminal)?;
-        let pty = nix::pty::openpty(None, None).map_err(|e| format!("openpty: {e}"))?;
-        // The host pty only carries bytes: line discipline happens in the guest's pty.
-        if let Ok(mut t) = nix::sys::termios::tcgetattr(pty.slave.as_fd()) {
-            nix::sys::termios::cfmakeraw(&mut t);
-            let _ = nix::sys::termios::tcsetattr(
-                pty.slave.as_fd(),
-                nix::sys::termios::SetArg::TCSANOW,
-                &t,
-            );
-        }
-        send_console(sock, &pty.master)
-            .map_err(|e| format!("console socket {}: {e}", sock.display()))?;
-        drop(pty.master);
-        let slave = File::from(pty.slave);
+        // Our own session, so the pty is our controlling terminal and resizes
+        // reach us as SIGWINCH.
+        let ctty = nix::unistd::setsid().is_ok();
+        let slave = stdio::console_pty(sock, ctty)?;
         let slave_in = slave.try_clone().map_err(|e| e.to_string())?;
         let conn_in = conn.try_clone().map_err(|e| e.to_string())?;
+        size_fd = Some(slave.try_clone().map_err(|e| e.to_string())?);
         spawn_copy(slave_in, conn_in, true);
         outputs.push(spawn_copy(conn, slave, false));
     } else {
@@ -163,6 +166,14 @@ fn setup(store: &Store, dir: &Path, req: &CreateRequest) -> Result<Running, Stri
         spawn_copy(dup_std(0)?, stdin, true);
         outputs.push(spawn_copy(stdout, dup_std(1)?, false));
         outputs.push(spawn_copy(stderr, dup_std(2)?, false));
+    }
+    if let Some((rows, cols)) = size_fd.as_ref().and_then(|f| stdio::window_size(f.as_fd())) {
+        let _ = connect()?.request(&Request::ResizeTerminal {
+            id: req.id.clone(),
+            exec_id: None,
+            rows,
+            cols,
+        });
     }
 
     let (tx, events) = mpsc::channel();
@@ -178,7 +189,7 @@ fn setup(store: &Store, dir: &Path, req: &CreateRequest) -> Result<Running, Stri
         };
         let _ = waiter.send(ev);
     });
-    forward_signals(uds.clone(), req.id.clone());
+    forward_signals(uds.clone(), req.id.clone(), size_fd);
 
     let me = std::process::id() as i32;
     let state = State {
@@ -268,71 +279,7 @@ impl Running {
     }
 }
 
-fn dup_std(fd: i32) -> Result<File, String> {
-    // SAFETY: borrowing a standard descriptor only to duplicate it.
-    let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    b.try_clone_to_owned()
-        .map(File::from)
-        .map_err(|e| format!("stdio fd {fd}: {e}"))
-}
-
-/// Copies `from` into `to` until EOF; with `half_close`, shuts down the
-/// socket's write side at EOF (EOF for the guest process's stdin).
-fn spawn_copy<R, W>(mut from: R, mut to: W, half_close: bool) -> std::thread::JoinHandle<()>
-where
-    R: Read + Send + 'static,
-    W: Write + Send + 'static + MaybeSocket,
-{
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-        let _ = to.flush();
-        if half_close {
-            to.shutdown_write();
-        }
-    })
-}
-
-trait MaybeSocket {
-    fn shutdown_write(&self) {}
-}
-impl MaybeSocket for UnixStream {
-    fn shutdown_write(&self) {
-        let _ = self.shutdown(std::net::Shutdown::Write);
-    }
-}
-impl MaybeSocket for File {}
-
-/// Sends the pty master over `--console-socket` as runc does (SCM_RIGHTS).
-fn send_console(sock: &Path, master: &OwnedFd) -> std::io::Result<()> {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    let s = UnixStream::connect(sock)?;
-    let fds = [master.as_raw_fd()];
-    let name = b"/dev/ptmx";
-    let iov = [std::io::IoSlice::new(name)];
-    sendmsg::<()>(
-        s.as_raw_fd(),
-        &iov,
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
-        None,
-    )
-    .map_err(std::io::Error::from)?;
-    Ok(())
-}
-
-fn forwarded_signals() -> nix::sys::signal::SigSet {
+pub fn forwarded_signals() -> nix::sys::signal::SigSet {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     for s in [
@@ -350,20 +297,41 @@ fn forwarded_signals() -> nix::sys::signal::SigSet {
 
 /// Signals sent to the monitor are meant for the container: forward them to
 /// its init. They are blocked before any thread starts (see [`run`]) so only
-/// this thread's sigwait ever takes them.
-fn forward_signals(uds: PathBuf, id: String) {
-    let set = forwarded_signals();
+/// this thread's sigwait ever takes them. With a console, SIGWINCH (the
+/// engine resized the pty) resizes the guest's terminal.
+fn forward_signals(uds: PathBuf, id: String, size_fd: Option<File>) {
+    let set = monitor_signals();
     std::thread::spawn(move || loop {
         let Ok(sig) = set.wait() else { continue };
-        if let Ok(mut agent) = AgentClient::connect(&uds, Duration::from_secs(5)) {
-            let _ = agent.request(&Request::Signal {
+        let req = if sig == nix::sys::signal::Signal::SIGWINCH {
+            let Some((rows, cols)) = size_fd.as_ref().and_then(|f| stdio::window_size(f.as_fd()))
+            else {
+                continue;
+            };
+            Request::ResizeTerminal {
+                id: id.clone(),
+                exec_id: None,
+                rows,
+                cols,
+            }
+        } else {
+            Request::Signal {
                 id: id.clone(),
                 exec_id: None,
                 signal: sig as i32,
                 all: false,
-            });
+            }
+        };
+        if let Ok(mut agent) = AgentClient::connect(&uds, Duration::from_secs(5)) {
+            let _ = agent.request(&req);
         }
     });
+}
+
+fn monitor_signals() -> nix::sys::signal::SigSet {
+    let mut set = forwarded_signals();
+    set.add(nix::sys::signal::Signal::SIGWINCH);
+    set
 }
 
 /// Ends this process the way the container's init ended.

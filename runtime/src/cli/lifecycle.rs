@@ -79,7 +79,7 @@ fn cleanup(dir: &Path) -> anyhow::Result<()> {
     }
 }
 
-fn write_pid_file(path: &Path, pid: u32) -> anyhow::Result<()> {
+pub(super) fn write_pid_file(path: &Path, pid: u32) -> anyhow::Result<()> {
     let tmp = path.with_extension("husk-tmp");
     std::fs::write(&tmp, pid.to_string())
         .with_context(|| format!("cannot write pid file {}", tmp.display()))?;

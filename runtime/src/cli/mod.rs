@@ -1,8 +1,10 @@
 //! Command-line surface, after runc: global flags, then one command.
 
 mod boot;
+mod exec;
 mod lifecycle;
 mod misc;
+mod ops;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -65,6 +67,33 @@ pub enum Cmd {
     },
     /// Create and start a container; without --detach, wait for it and delete it.
     Run(lifecycle::RunArgs),
+    /// Run a new process inside a running container.
+    Exec(exec::ExecArgs),
+    /// List the processes running inside a container (guest pids).
+    Ps {
+        #[arg(short, long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+        id: String,
+        /// Accepted for compatibility (ps(1) options are not supported).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        ps_args: Vec<String>,
+    },
+    /// Freeze every process of a container.
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
+    /// Print container events: resource stats every interval, and OOM kills.
+    Events {
+        /// Print the stats once and exit.
+        #[arg(long)]
+        stats: bool,
+        /// Interval between stats events.
+        #[arg(long, default_value = "5s")]
+        interval: String,
+        id: String,
+    },
+    /// Change a container's resource limits (applied to its cgroup in the guest).
+    Update(ops::UpdateArgs),
     /// List containers.
     #[command(alias = "ps-all")]
     List {
@@ -87,6 +116,8 @@ pub enum Cmd {
     Boot(boot::BootArgs),
     #[command(name = "__monitor", hide = true)]
     Monitor { id: String },
+    #[command(name = "__exec-monitor", hide = true)]
+    ExecMonitor { id: String, exec_id: String },
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -112,6 +143,21 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Spec { bundle, rootless } => misc::spec(&bundle, rootless).map(|_| ExitCode::SUCCESS),
         Cmd::Features => misc::features().map(|_| ExitCode::SUCCESS),
         Cmd::Boot(a) => boot::boot(a).map(|_| ExitCode::SUCCESS),
+        Cmd::Exec(a) => exec::exec(&store, &cli.root, &a),
+        Cmd::Ps { format, id, .. } => ops::ps(&store, &id, format).map(|_| ExitCode::SUCCESS),
+        Cmd::Pause { id } => ops::pause(&store, &id).map(|_| ExitCode::SUCCESS),
+        Cmd::Resume { id } => ops::resume(&store, &id).map(|_| ExitCode::SUCCESS),
+        Cmd::Events {
+            stats,
+            interval,
+            id,
+        } => ops::events(&store, &id, &interval, stats).map(|_| ExitCode::SUCCESS),
+        Cmd::Update(a) => ops::update(&store, &a).map(|_| ExitCode::SUCCESS),
+        Cmd::ExecMonitor { id, exec_id } => {
+            let sync = husk::monitor::sync_fd_from_env()
+                .ok_or_else(|| anyhow::anyhow!("__exec-monitor is internal to husk exec"))?;
+            husk::exec::run_monitor(&store, &id, &exec_id, sync)
+        }
         Cmd::Monitor { id } => {
             let sync = husk::monitor::sync_fd_from_env()
                 .ok_or_else(|| anyhow::anyhow!("__monitor is internal to husk create"))?;

@@ -1,0 +1,288 @@
+//! Extra processes in a running container (`husk exec`).
+//!
+//! Like the container's init, an exec'd process has a host process standing
+//! for it: `husk exec` itself in the foreground, or a detached exec monitor
+//! (`husk exec --detach`, whose pid goes to `--pid-file` for conmon). It
+//! relays stdio (pipes, a `--console-socket` pty, or our own terminal),
+//! forwards signals and window-size changes, and ends the way the guest
+//! process ended.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use husk_protocol::{ExecProcess, ExitStatus, Request, Response, StdioStream};
+use oci_spec::runtime::Process;
+use serde::{Deserialize, Serialize};
+
+use crate::container::Store;
+use crate::monitor;
+use crate::stdio::{self, RawMode};
+use crate::vm::AgentClient;
+
+const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything an exec needs; a detached exec monitor reads it from a file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub id: String,
+    pub exec_id: String,
+    pub process: Process,
+    pub terminal: bool,
+    /// Where the pty master goes (terminal only); without it a terminal exec
+    /// uses our own stdin/stdout as the terminal.
+    pub console_socket: Option<PathBuf>,
+}
+
+/// Where a detached exec's request is kept until its monitor has read it.
+pub fn request_path(state_dir: &Path, exec_id: &str) -> PathBuf {
+    state_dir.join(format!("exec-{exec_id}.json"))
+}
+
+/// A started exec process.
+pub struct Session {
+    uds: PathBuf,
+    id: String,
+    exec_id: String,
+    exited: mpsc::Receiver<Result<ExitStatus, String>>,
+    outputs: Vec<std::thread::JoinHandle<()>>,
+    _raw: Option<RawMode>,
+}
+
+enum TermHost {
+    /// No terminal: our fds 0, 1, 2 are relayed.
+    Pipes,
+    /// The slave of a pty whose master went to the console socket.
+    Console(File),
+    /// Our own terminal.
+    Own,
+}
+
+/// Signals meant for the guest process, plus SIGWINCH (a resize). They must be
+/// blocked before any thread starts so only the forwarding thread takes them.
+pub fn block_signals() {
+    let mut set = monitor::forwarded_signals();
+    set.add(nix::sys::signal::Signal::SIGWINCH);
+    let _ = set.thread_block();
+}
+
+/// Creates the process in the guest, attaches its stdio, and starts it.
+/// Signals must already be blocked ([`block_signals`]).
+pub fn start(store: &Store, req: &ExecRequest, ctty: bool) -> Result<Session, String> {
+    let uds = monitor::vsock_path(&store.dir(&req.id));
+    let connect = || AgentClient::connect(&uds, AGENT_TIMEOUT).map_err(|e| e.to_string());
+    connect()?
+        .expect_ok(&Request::ExecProcess(Box::new(ExecProcess {
+            id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
+            process: req.process.clone(),
+            terminal: req.terminal,
+        })))
+        .map_err(|e| e.to_string())?;
+    // From here on a failure must not leave the prepared process behind.
+    match attach_and_start(&uds, req, ctty) {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            if let Ok(mut a) = connect() {
+                let _ = a.request(&Request::Signal {
+                    id: req.id.clone(),
+                    exec_id: Some(req.exec_id.clone()),
+                    signal: libc::SIGKILL,
+                    all: false,
+                });
+                let _ = a.request(&Request::DeleteProcess {
+                    id: req.id.clone(),
+                    exec_id: req.exec_id.clone(),
+                });
+            }
+            Err(e)
+        }
+    }
+}
+
+fn attach_and_start(uds: &Path, req: &ExecRequest, ctty: bool) -> Result<Session, String> {
+    let connect = || AgentClient::connect(uds, AGENT_TIMEOUT).map_err(|e| e.to_string());
+    let attach = |stream: StdioStream| -> Result<UnixStream, String> {
+        let mut c = connect()?;
+        c.expect_ok(&Request::AttachStdio {
+            id: req.id.clone(),
+            exec_id: Some(req.exec_id.clone()),
+            stream,
+        })
+        .map_err(|e| e.to_string())?;
+        let s = c.into_stream();
+        s.set_read_timeout(None).map_err(|e| e.to_string())?;
+        Ok(s)
+    };
+    let host = match (&req.console_socket, req.terminal) {
+        (_, false) => TermHost::Pipes,
+        (Some(sock), true) => TermHost::Console(stdio::console_pty(sock, ctty)?),
+        (None, true) => TermHost::Own,
+    };
+    let mut outputs = Vec::new();
+    let mut raw = None;
+    let size_fd: Option<File> = match &host {
+        TermHost::Pipes => {
+            let stdin = attach(StdioStream::Stdin)?;
+            let stdout = attach(StdioStream::Stdout)?;
+            let stderr = attach(StdioStream::Stderr)?;
+            stdio::spawn_copy(stdio::dup_std(0)?, stdin, true);
+            outputs.push(stdio::spawn_copy(stdout, stdio::dup_std(1)?, false));
+            outputs.push(stdio::spawn_copy(stderr, stdio::dup_std(2)?, false));
+            None
+        }
+        TermHost::Console(slave) => {
+            let conn = attach(StdioStream::Terminal)?;
+            let conn_in = conn.try_clone().map_err(|e| e.to_string())?;
+            let slave_in = slave.try_clone().map_err(|e| e.to_string())?;
+            let slave_out = slave.try_clone().map_err(|e| e.to_string())?;
+            stdio::spawn_copy(slave_in, conn_in, true);
+            outputs.push(stdio::spawn_copy(conn, slave_out, false));
+            Some(slave.try_clone().map_err(|e| e.to_string())?)
+        }
+        TermHost::Own => {
+            let conn = attach(StdioStream::Terminal)?;
+            let conn_in = conn.try_clone().map_err(|e| e.to_string())?;
+            raw = RawMode::stdin();
+            stdio::spawn_copy(stdio::dup_std(0)?, conn_in, true);
+            outputs.push(stdio::spawn_copy(conn, stdio::dup_std(1)?, false));
+            Some(stdio::dup_std(0)?)
+        }
+    };
+
+    let (tx, exited) = mpsc::channel();
+    let mut wait_conn = connect()?;
+    let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
+    std::thread::spawn(move || {
+        let _ = wait_conn.stream().set_read_timeout(None);
+        let ev = match wait_conn.request(&Request::WaitProcess {
+            id,
+            exec_id: Some(exec_id),
+        }) {
+            Ok(Response::Exited { status }) => Ok(status),
+            Ok(other) => Err(format!("unexpected wait reply {other:?}")),
+            Err(e) => Err(e.to_string()),
+        };
+        let _ = tx.send(ev);
+    });
+
+    let mut ctl = connect()?;
+    if let Some((rows, cols)) = size_fd.as_ref().and_then(|f| stdio::window_size(f.as_fd())) {
+        let _ = ctl.request(&Request::ResizeTerminal {
+            id: req.id.clone(),
+            exec_id: Some(req.exec_id.clone()),
+            rows,
+            cols,
+        });
+    }
+    ctl.expect_ok(&Request::StartProcess {
+        id: req.id.clone(),
+        exec_id: req.exec_id.clone(),
+    })
+    .map_err(|e| e.to_string())?;
+    forward_signals(
+        uds.to_path_buf(),
+        req.id.clone(),
+        req.exec_id.clone(),
+        size_fd,
+    );
+    Ok(Session {
+        uds: uds.to_path_buf(),
+        id: req.id.clone(),
+        exec_id: req.exec_id.clone(),
+        exited,
+        outputs,
+        _raw: raw,
+    })
+}
+
+impl Session {
+    /// Waits for the process to exit (a lost VM counts as death by SIGKILL),
+    /// drains its output and forgets it in the guest.
+    pub fn wait(self) -> ExitStatus {
+        let status = match self.exited.recv() {
+            Ok(Ok(s)) => s,
+            Ok(Err(why)) => {
+                eprintln!("husk: exec {}: lost the VM: {why}", self.exec_id);
+                ExitStatus::Signal(libc::SIGKILL)
+            }
+            Err(_) => ExitStatus::Signal(libc::SIGKILL),
+        };
+        let (done_tx, done_rx) = mpsc::channel();
+        let outputs = self.outputs;
+        std::thread::spawn(move || {
+            for h in outputs {
+                let _ = h.join();
+            }
+            let _ = done_tx.send(());
+        });
+        let _ = done_rx.recv_timeout(Duration::from_secs(5));
+        if let Ok(mut a) = AgentClient::connect(&self.uds, Duration::from_secs(5)) {
+            let _ = a.request(&Request::DeleteProcess {
+                id: self.id.clone(),
+                exec_id: self.exec_id.clone(),
+            });
+        }
+        drop(self._raw);
+        status
+    }
+}
+
+/// Forwards the signals we receive to the guest process, and resizes its
+/// terminal when ours is resized (SIGWINCH).
+fn forward_signals(uds: PathBuf, id: String, exec_id: String, size_fd: Option<File>) {
+    let mut set = monitor::forwarded_signals();
+    set.add(nix::sys::signal::Signal::SIGWINCH);
+    std::thread::spawn(move || loop {
+        let Ok(sig) = set.wait() else { continue };
+        let req = if sig == nix::sys::signal::Signal::SIGWINCH {
+            let Some((rows, cols)) = size_fd.as_ref().and_then(|f| stdio::window_size(f.as_fd()))
+            else {
+                continue;
+            };
+            Request::ResizeTerminal {
+                id: id.clone(),
+                exec_id: Some(exec_id.clone()),
+                rows,
+                cols,
+            }
+        } else {
+            Request::Signal {
+                id: id.clone(),
+                exec_id: Some(exec_id.clone()),
+                signal: sig as i32,
+                all: false,
+            }
+        };
+        if let Ok(mut agent) = AgentClient::connect(&uds, Duration::from_secs(5)) {
+            let _ = agent.request(&req);
+        }
+    });
+}
+
+/// Entry point of the detached exec monitor (`husk __exec-monitor`). Never returns.
+pub fn run_monitor(store: &Store, id: &str, exec_id: &str, sync: OwnedFd) -> ! {
+    block_signals();
+    let mut sync = File::from(sync);
+    let path = request_path(&store.dir(id), exec_id);
+    let req: Result<ExecRequest, String> = std::fs::read(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()));
+    let _ = std::fs::remove_file(&path);
+    // Our own session, so a console pty can become our controlling terminal.
+    let ctty = nix::unistd::setsid().is_ok();
+    let session = match req.and_then(|req| start(store, &req, ctty)) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = writeln!(sync, "error: {e}");
+            std::process::exit(1);
+        }
+    };
+    let _ = writeln!(sync, "ok");
+    drop(sync);
+    monitor::die_like(session.wait())
+}
