@@ -8,6 +8,8 @@
 //! Hidden modes:
 //! - `husk-agent container-init`: the agent re-executed as a container's init
 //!   (see `container::init`); never started by hand.
+//! - `husk-agent container-exec`: the same for an exec process joining a
+//!   running container (see `container::exec_init`).
 //! - `husk-agent --listen-unix PATH`: serve the protocol on a unix socket, for
 //!   tests on an ordinary (root) host: own mount namespace, no base mounts,
 //!   child subreaper instead of PID 1, and `Shutdown` just exits.
@@ -23,8 +25,10 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some(container::INIT_ARG) {
-        container::init::main();
+    match args.get(1).map(String::as_str) {
+        Some(container::INIT_ARG) => container::init::main(),
+        Some(container::EXEC_ARG) => container::exec_init::main(),
+        _ => {}
     }
     let started = sysinfo::boottime_us();
     let unix_path = match args.get(1).map(String::as_str) {

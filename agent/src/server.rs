@@ -202,9 +202,20 @@ fn serve(mut stream: UnixStreamLike, hello: HelloInfo, mode: Mode) {
                 }
                 Err(reply) => reply,
             },
-            other => Response::Error {
-                message: format!("request not implemented by this agent: {other:?}"),
-            },
+            Request::ExecProcess(req) => reg.exec(&req),
+            Request::StartProcess { id, exec_id } => reg.start_process(&id, &exec_id),
+            Request::DeleteProcess { id, exec_id } => reg.delete_process(&id, &exec_id),
+            Request::ResizeTerminal {
+                id,
+                exec_id,
+                rows,
+                cols,
+            } => reg.resize(&id, &exec_id, rows, cols),
+            Request::PauseContainer { id } => reg.pause(&id),
+            Request::ResumeContainer { id } => reg.resume(&id),
+            Request::UpdateContainer { id, resources } => reg.update(&id, &resources),
+            Request::ContainerStats { id } => reg.stats(&id),
+            Request::ListProcesses { id } => reg.processes(&id),
         };
         if proto::send(&mut stream, &reply).is_err() {
             return;

@@ -28,7 +28,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use husk_protocol::{
-    self as proto, ContainerStatus, CreateContainer, ExitStatus, Request, Response, StdioStream,
+    self as proto, ContainerStats, ContainerStatus, CreateContainer, ExecProcess, ExitStatus,
+    ProcessInfo, Request, Response, StdioStream,
 };
 use serde_json::{json, Value};
 
@@ -239,27 +240,36 @@ impl Agent {
 
     /// Attaches a stream; the returned socket carries raw bytes.
     fn attach(&self, id: &str, stream: StdioStream) -> UnixStream {
+        self.attach_to(id, None, stream)
+    }
+
+    /// Attaches a stream of the init (`exec_id` None) or of an exec.
+    fn attach_to(&self, id: &str, exec_id: Option<&str>, stream: StdioStream) -> UnixStream {
         let mut s = self.conn();
         proto::send(
             &mut s,
             &Request::AttachStdio {
                 id: id.into(),
-                exec_id: None,
+                exec_id: exec_id.map(str::to_string),
                 stream,
             },
         )
         .unwrap();
         match proto::recv::<Response>(&mut s).unwrap() {
             Response::Ok => s,
-            other => panic!("attach {id} {stream:?}: {other:?}"),
+            other => panic!("attach {id} {exec_id:?} {stream:?}: {other:?}"),
         }
     }
 
     /// Attaches stdin (closed at once unless `input` is given), stdout and stderr.
     fn attach_all(&self, id: &str, input: Option<&[u8]>) -> Io {
-        let mut stdin = self.attach(id, StdioStream::Stdin);
-        let stdout = collect(self.attach(id, StdioStream::Stdout));
-        let stderr = collect(self.attach(id, StdioStream::Stderr));
+        self.attach_all_to(id, None, input)
+    }
+
+    fn attach_all_to(&self, id: &str, exec_id: Option<&str>, input: Option<&[u8]>) -> Io {
+        let mut stdin = self.attach_to(id, exec_id, StdioStream::Stdin);
+        let stdout = collect(self.attach_to(id, exec_id, StdioStream::Stdout));
+        let stderr = collect(self.attach_to(id, exec_id, StdioStream::Stderr));
         let data = input.unwrap_or_default().to_vec();
         // The container reads nothing before it starts: feed it from a thread.
         let feeder = std::thread::spawn(move || {
@@ -272,6 +282,79 @@ impl Agent {
             stdout,
             stderr,
         }
+    }
+
+    fn exec(&self, id: &str, exec_id: &str, process: Value, terminal: bool) -> Response {
+        self.req(Request::ExecProcess(Box::new(ExecProcess {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            process: serde_json::from_value(process).expect("valid OCI process"),
+            terminal,
+        })))
+    }
+
+    fn exec_ok(&self, id: &str, exec_id: &str, process: Value) {
+        match self.exec(id, exec_id, process, false) {
+            Response::Ok => {}
+            other => panic!("exec {exec_id} in {id}: {other:?}"),
+        }
+    }
+
+    fn start_exec(&self, id: &str, exec_id: &str) {
+        self.ok(Request::StartProcess {
+            id: id.into(),
+            exec_id: exec_id.into(),
+        });
+    }
+
+    fn wait_exec(&self, id: &str, exec_id: &str) -> ExitStatus {
+        match self.req(Request::WaitProcess {
+            id: id.into(),
+            exec_id: Some(exec_id.into()),
+        }) {
+            Response::Exited { status } => status,
+            other => panic!("wait {id} {exec_id}: {other:?}"),
+        }
+    }
+
+    fn delete_exec(&self, id: &str, exec_id: &str) {
+        self.ok(Request::DeleteProcess {
+            id: id.into(),
+            exec_id: exec_id.into(),
+        });
+    }
+
+    /// exec + attach + start + wait + delete: (exit status, stdout, stderr).
+    fn exec_run(&self, id: &str, exec_id: &str, process: Value) -> (ExitStatus, String, String) {
+        self.exec_ok(id, exec_id, process);
+        let io = self.attach_all_to(id, Some(exec_id), None);
+        self.start_exec(id, exec_id);
+        let status = self.wait_exec(id, exec_id);
+        let (out, err) = io.output();
+        self.delete_exec(id, exec_id);
+        (status, out, err)
+    }
+
+    fn stats(&self, id: &str) -> ContainerStats {
+        match self.req(Request::ContainerStats { id: id.into() }) {
+            Response::Stats(s) => *s,
+            other => panic!("stats {id}: {other:?}"),
+        }
+    }
+
+    fn processes(&self, id: &str) -> Vec<ProcessInfo> {
+        match self.req(Request::ListProcesses { id: id.into() }) {
+            Response::Processes { processes } => processes,
+            other => panic!("processes {id}: {other:?}"),
+        }
+    }
+
+    /// create + attach (stdin closed) + start of a long-running container.
+    fn run_detached(&self, id: &str, spec: Value) -> Io {
+        self.create_ok(id, spec);
+        let io = self.attach_all(id, None);
+        self.start_ctr(id);
+        io
     }
 
     /// create + attach + start + wait: (exit status, stdout, stderr).
@@ -427,6 +510,18 @@ fn spec(rootfs: &Path, args: &[&str]) -> Value {
             "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware", "/proc/scsi"],
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
         }
+    })
+}
+
+/// An exec's process: root with the default capabilities, like `spec`'s.
+fn process(args: &[&str]) -> Value {
+    json!({
+        "args": args,
+        "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+        "cwd": "/",
+        "user": { "uid": 0, "gid": 0 },
+        "capabilities": caps_default(),
+        "noNewPrivileges": true
     })
 }
 
@@ -887,4 +982,564 @@ fn full_root_memory_limit_kills() {
     s["linux"]["resources"] = json!({ "memory": { "limit": 16777216, "swap": 16777216 } });
     let (st, out, _) = a.run(&id("oom"), s);
     assert_eq!(st, ExitStatus::Signal(libc::SIGKILL), "stdout: {out}");
+}
+
+// ------------------------------------------------------------ protocol v3 ----
+
+/// Reads from `t` until `want` has been seen; returns everything read.
+fn read_until(t: &mut UnixStream, want: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&seen).contains(want) {
+        assert!(
+            Instant::now() < deadline,
+            "no {want:?} in {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        match t.read(&mut buf) {
+            Ok(0) => panic!("EOF before {want:?}: {:?}", String::from_utf8_lossy(&seen)),
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[test]
+#[ignore = "needs root: cargo test -p husk-agent --test containers -- --ignored --test-threads=1"]
+fn root_exec_joins_the_container() {
+    require_root();
+    let a = Agent::start("exec");
+    let rootfs = busybox_rootfs(&a);
+    let c = id("exec");
+    // /dev/shm is a tmpfs of the container's own mount namespace.
+    let _io = a.run_detached(
+        &c,
+        spec(
+            &rootfs,
+            &[
+                "sh",
+                "-c",
+                "echo from-init > /dev/shm/mark; exec sleep 1000",
+            ],
+        ),
+    );
+    let script = "while [ ! -f /dev/shm/mark ]; do usleep 20000; done; cat /dev/shm/mark; \
+                  echo host=$(hostname); echo pid=$$; \
+                  echo init=$(tr '\\0' ' ' < /proc/1/cmdline); \
+                  echo err-line >&2; exit 3";
+    let (st, out, err) = a.exec_run(&c, "e1", process(&["sh", "-c", script]));
+    assert_eq!(st, ExitStatus::Code(3), "stdout: {out}\nstderr: {err}");
+    assert_eq!(err, "err-line\n");
+    for want in ["from-init\n", "host=husk-test\n", "init=sleep 1000\n"] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    // a pid of the container's pid namespace, not of the agent's
+    let pid: i32 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("pid="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {out}"));
+    assert!(
+        (2..100).contains(&pid),
+        "pid {pid} is not in the container's pid namespace"
+    );
+    assert_eq!(a.state(&c).1, ContainerStatus::Running);
+
+    // the same exec id can be used again once deleted
+    let (st, out, _) = a.exec_run(&c, "e1", process(&["echo", "again"]));
+    assert_eq!((st, out.as_str()), (ExitStatus::Code(0), "again\n"));
+
+    // errors
+    a.exec_ok(&c, "dup", process(&["sleep", "100"]));
+    match a.exec(&c, "dup", process(&["true"]), false) {
+        Response::Error { message } => {
+            assert_eq!(
+                message,
+                format!("process dup already exists in container {c}")
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    for bad in ["a/b", "", "..", "a b"] {
+        match a.exec(&c, bad, process(&["true"]), false) {
+            Response::Error { message } => {
+                assert!(message.starts_with("invalid exec id"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    match a.exec("no-such-container", "e", process(&["true"]), false) {
+        Response::Error { message } => {
+            assert_eq!(message, "container no-such-container does not exist")
+        }
+        other => panic!("{other:?}"),
+    }
+    match a.exec(
+        &c,
+        "bad-cwd",
+        json!({ "args": ["true"], "cwd": "tmp", "user": { "uid": 0, "gid": 0 } }),
+        false,
+    ) {
+        Response::Error { message } => {
+            assert!(
+                message.contains("process.cwd must be an absolute path"),
+                "{message}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let e = a.error(Request::WaitProcess {
+        id: c.clone(),
+        exec_id: Some("nope".into()),
+    });
+    assert_eq!(e, format!("process nope of container {c} does not exist"));
+    // a created exec is deleted without ever running
+    a.delete_exec(&c, "dup");
+    // a running one is not
+    a.exec_ok(&c, "busy", process(&["sleep", "100"]));
+    let _busy = a.attach_all_to(&c, Some("busy"), None);
+    a.start_exec(&c, "busy");
+    let e = a.error(Request::StartProcess {
+        id: c.clone(),
+        exec_id: "busy".into(),
+    });
+    assert_eq!(
+        e,
+        format!("process busy of container {c} has already been started")
+    );
+    let e = a.error(Request::DeleteProcess {
+        id: c.clone(),
+        exec_id: "busy".into(),
+    });
+    assert!(e.contains("that is not stopped: running"), "{e}");
+
+    // exec into a created container, and into a stopped one
+    let c2 = id("exec-created");
+    a.create_ok(&c2, spec(&rootfs, &["true"]));
+    match a.exec(&c2, "e", process(&["true"]), false) {
+        Response::Error { message } => {
+            assert_eq!(message, format!("container {c2} is not running: created"))
+        }
+        other => panic!("{other:?}"),
+    }
+    let _io2 = a.attach_all(&c2, None);
+    a.start_ctr(&c2);
+    assert_eq!(a.wait(&c2), ExitStatus::Code(0));
+    match a.exec(&c2, "e", process(&["true"]), false) {
+        Response::Error { message } => {
+            assert_eq!(message, format!("container {c2} is not running: stopped"))
+        }
+        other => panic!("{other:?}"),
+    }
+    a.delete(&c2, false);
+
+    // deleting the container ends its execs
+    a.delete(&c, true);
+}
+
+#[test]
+#[ignore = "needs root: cargo test -p husk-agent --test containers -- --ignored --test-threads=1"]
+fn root_exec_user_env_cwd_and_seccomp() {
+    require_root();
+    let a = Agent::start("exec-user");
+    let rootfs = busybox_rootfs(&a);
+    let c = id("exec-user");
+    let mut s = spec(&rootfs, &["sleep", "1000"]);
+    // the container's seccomp profile applies to execs too
+    s["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [ { "names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1 } ]
+    });
+    let _io = a.run_detached(&c, s);
+    let script = "echo uid=$(id -u) gid=$(id -g) groups=$(id -G); echo foo=$FOO; echo cwd=$(pwd); \
+                  echo home=$HOME; grep NoNewPrivs /proc/self/status; grep CapEff /proc/self/status; \
+                  echo nofile=$(ulimit -n); umask; \
+                  mkdir /tmp/d 2>/dev/null && echo mkdir=ok || echo mkdir=denied";
+    let mut p = process(&["sh", "-c", script]);
+    p["user"] = json!({ "uid": 1000, "gid": 1000, "additionalGids": [10, 20], "umask": 63 });
+    p["env"] = json!(["PATH=/bin", "FOO=bar baz"]);
+    p["cwd"] = json!("/home/app");
+    p["capabilities"] =
+        json!({ "bounding": caps_default()["bounding"], "effective": [], "permitted": [] });
+    p["rlimits"] = json!([{ "type": "RLIMIT_NOFILE", "soft": 100, "hard": 200 }]);
+    let (st, out, err) = a.exec_run(&c, "u", p);
+    assert_eq!(st, ExitStatus::Code(0), "stdout: {out}\nstderr: {err}");
+    for want in [
+        "uid=1000 gid=1000 groups=1000 10 20\n",
+        "foo=bar baz\n",
+        "cwd=/home/app\n",
+        "home=/home/app\n",
+        "NoNewPrivs:\t1\n",
+        "CapEff:\t0000000000000000\n",
+        "nofile=100\n",
+        "0077\n",
+        "mkdir=denied\n",
+    ] {
+        assert!(
+            out.contains(want),
+            "missing {want:?} in:\n{out}\nstderr: {err}"
+        );
+    }
+    // root with the default capabilities, without no_new_privileges
+    let mut p = process(&["sh", "-c", "grep -E 'CapEff|NoNewPrivs' /proc/self/status"]);
+    p["noNewPrivileges"] = json!(false);
+    let (st, out, _) = a.exec_run(&c, "r", p);
+    assert_eq!(st, ExitStatus::Code(0));
+    assert!(out.contains("CapEff:\t00000000a80425fb"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t0"), "{out}");
+    a.delete(&c, true);
+}
+
+#[test]
+#[ignore = "needs root: cargo test -p husk-agent --test containers -- --ignored --test-threads=1"]
+fn root_exec_terminal_and_resize() {
+    require_root();
+    let a = Agent::start("exec-tty");
+    let rootfs = busybox_rootfs(&a);
+    let c = id("exec-tty");
+    let _io = a.run_detached(&c, spec(&rootfs, &["sleep", "1000"]));
+    let mut p = process(&[
+        "sh",
+        "-c",
+        "test -t 0 && test -t 1 && echo is-a-tty; stty size; read x; stty size; echo got=$x",
+    ]);
+    p["consoleSize"] = json!({ "height": 24, "width": 80 });
+    match a.exec(&c, "t", p, true) {
+        Response::Ok => {}
+        other => panic!("{other:?}"),
+    }
+    let e = a.error(Request::AttachStdio {
+        id: c.clone(),
+        exec_id: Some("t".into()),
+        stream: StdioStream::Stdout,
+    });
+    assert!(
+        e.contains(&format!("process t of container {c} has a terminal")),
+        "{e}"
+    );
+    let mut t = a.attach_to(&c, Some("t"), StdioStream::Terminal);
+    a.start_exec(&c, "t");
+    let first = read_until(&mut t, "24 80");
+    assert!(first.contains("is-a-tty"), "{first}");
+    a.ok(Request::ResizeTerminal {
+        id: c.clone(),
+        exec_id: Some("t".into()),
+        rows: 40,
+        cols: 120,
+    });
+    t.write_all(b"abc\n").unwrap();
+    let mut rest = Vec::new();
+    let _ = t.read_to_end(&mut rest);
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.contains("40 120"), "{rest}");
+    assert!(rest.contains("got=abc"), "{rest}");
+    assert_eq!(a.wait_exec(&c, "t"), ExitStatus::Code(0));
+    // no terminal: no resize
+    a.exec_ok(&c, "p", process(&["true"]));
+    let e = a.error(Request::ResizeTerminal {
+        id: c.clone(),
+        exec_id: Some("p".into()),
+        rows: 1,
+        cols: 1,
+    });
+    assert_eq!(e, format!("process p of container {c} has no terminal"));
+    let e = a.error(Request::ResizeTerminal {
+        id: c.clone(),
+        exec_id: None,
+        rows: 1,
+        cols: 1,
+    });
+    assert_eq!(e, format!("container {c} has no terminal"));
+    a.delete(&c, true);
+}
+
+#[test]
+#[ignore = "needs root: cargo test -p husk-agent --test containers -- --ignored --test-threads=1"]
+fn root_exec_failures_and_signals() {
+    require_root();
+    let a = Agent::start("exec-fail");
+    let rootfs = busybox_rootfs(&a);
+    let c = id("exec-fail");
+    let _io = a.run_detached(&c, spec(&rootfs, &["sleep", "1000"]));
+    // a missing binary: the exec is created, its start fails, it exits 127
+    a.exec_ok(&c, "missing", process(&["no-such-program"]));
+    let _m = a.attach_all_to(&c, Some("missing"), None);
+    let e = a.error(Request::StartProcess {
+        id: c.clone(),
+        exec_id: "missing".into(),
+    });
+    assert!(
+        e.contains("exec failed: exec: \"no-such-program\": executable file not found in $PATH"),
+        "{e}"
+    );
+    assert_eq!(a.wait_exec(&c, "missing"), ExitStatus::Code(127));
+    a.delete_exec(&c, "missing");
+    // a directory is found but cannot be exec'd
+    a.exec_ok(&c, "dir", process(&["/tmp"]));
+    let e = a.error(Request::StartProcess {
+        id: c.clone(),
+        exec_id: "dir".into(),
+    });
+    assert!(e.contains("exec failed: exec /tmp: EACCES"), "{e}");
+    assert_eq!(a.wait_exec(&c, "dir"), ExitStatus::Code(127));
+
+    // signals reach the exec, not the init
+    a.exec_ok(&c, "s", process(&["sleep", "1000"]));
+    let _s = a.attach_all_to(&c, Some("s"), None);
+    a.start_exec(&c, "s");
+    a.ok(Request::Signal {
+        id: c.clone(),
+        exec_id: Some("s".into()),
+        signal: libc::SIGTERM,
+        all: false,
+    });
+    assert_eq!(a.wait_exec(&c, "s"), ExitStatus::Signal(libc::SIGTERM));
+    assert_eq!(a.state(&c).1, ContainerStatus::Running);
+    let e = a.error(Request::Signal {
+        id: c.clone(),
+        exec_id: Some("s".into()),
+        signal: libc::SIGTERM,
+        all: false,
+    });
+    assert_eq!(e, format!("process s of container {c} is not running"));
+    a.delete_exec(&c, "s");
+    // the init's death ends the execs of its pid namespace
+    a.exec_ok(&c, "orphan", process(&["sleep", "1000"]));
+    let _o = a.attach_all_to(&c, Some("orphan"), None);
+    a.start_exec(&c, "orphan");
+    a.signal(&c, libc::SIGKILL, false);
+    assert_eq!(a.wait(&c), ExitStatus::Signal(libc::SIGKILL));
+    assert_eq!(a.wait_exec(&c, "orphan"), ExitStatus::Signal(libc::SIGKILL));
+    a.delete(&c, false);
+}
+
+/// The counter the pause test's container advances, as the host sees it.
+fn counter(rootfs: &Path) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(n) = std::fs::read_to_string(rootfs.join("tmp/counter"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            return n;
+        }
+        assert!(Instant::now() < deadline, "the container writes no counter");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+#[ignore = "needs root: cargo test -p husk-agent --test containers -- --ignored --test-threads=1"]
+fn root_pause_resume() {
+    require_root();
+    let a = Agent::start("pause");
+    let rootfs = busybox_rootfs(&a);
+    let c = id("pause");
+    a.create_ok(
+        &c,
+        spec(
+            &rootfs,
+            &[
+                "sh",
+                "-c",
+                "i=0; while true; do i=$((i+1)); echo $i > /tmp/c.new; mv /tmp/c.new /tmp/counter; usleep 20000; done",
+            ],
+        ),
+    );
+    let e = a.error(Request::PauseContainer { id: c.clone() });
+    assert_eq!(e, format!("container {c} is not running: created"));
+    let _io = a.attach_all(&c, None);
+    a.start_ctr(&c);
+    let e = a.error(Request::ResumeContainer { id: c.clone() });
+    assert_eq!(e, format!("container {c} is not paused: running"));
+    let start = counter(&rootfs);
+    while counter(&rootfs) < start + 3 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    a.ok(Request::PauseContainer { id: c.clone() });
+    let (pid, status) = a.state(&c);
+    assert_eq!(status, ContainerStatus::Paused);
+    assert!(pid > 0);
+    let frozen = counter(&rootfs);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        counter(&rootfs),
+        frozen,
+        "the counter advanced while paused"
+    );
+    let e = a.error(Request::PauseContainer { id: c.clone() });
+    assert_eq!(e, format!("container {c} is already paused"));
+    match a.exec(&c, "e", process(&["true"]), false) {
+        Response::Error { message } => {
+            assert_eq!(message, format!("container {c} is not running: paused"))
+        }
+        other => panic!("{other:?}"),
+    }
+    let e = a.error(Request::DeleteContainer {
+        id: c.clone(),
+        force: false,
+    });
+    assert_eq!(
+        e,
+        format!("cannot delete container {c} that is not stopped: paused")
+    );
+    a.ok(Request::ResumeContainer { id: c.clone() });
+    assert_eq!(a.state(&c).1, ContainerStatus::Running);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counter(&rootfs) <= frozen {
+        assert!(
+            Instant::now() < deadline,
+            "the counter did not advance after resume"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SIGKILL to all reaches a paused container
+    a.ok(Request::PauseContainer { id: c.clone() });
+    a.signal(&c, libc::SIGKILL, true);
+    assert_eq!(a.wait(&c), ExitStatus::Signal(libc::SIGKILL));
+    assert_eq!(a.state(&c), (0, ContainerStatus::Stopped));
+    a.delete(&c, false);
+
+    // force-delete of a paused container
+    let c = id("pause-delete");
+    let _io = a.run_detached(
+        &c,
+        spec(&rootfs, &["sh", "-c", "sleep 1000 & exec sleep 1001"]),
+    );
+    a.ok(Request::PauseContainer { id: c.clone() });
+    a.delete(&c, true);
+    assert!(a
+        .error(Request::ContainerState { id: c.clone() })
+        .contains("does not exist"));
+}
+
+#[test]
+#[ignore = "needs root: cargo test -p husk-agent --test containers -- --ignored --test-threads=1"]
+fn root_list_processes() {
+    require_root();
+    let a = Agent::start("ps");
+    let rootfs = busybox_rootfs(&a);
+    let c = id("ps");
+    let _io = a.run_detached(
+        &c,
+        spec(&rootfs, &["sh", "-c", "sleep 1000 & exec sleep 1001"]),
+    );
+    let (init_pid, _) = a.state(&c);
+    a.exec_ok(&c, "e1", process(&["sleep", "1002"]));
+    let _e = a.attach_all_to(&c, Some("e1"), None);
+    a.start_exec(&c, "e1");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ps = loop {
+        let ps = a.processes(&c);
+        let execd = |args: &[&str]| ps.iter().any(|p| p.args == args);
+        if execd(&["sleep", "1000"]) && execd(&["sleep", "1001"]) && execd(&["sleep", "1002"]) {
+            break ps;
+        }
+        assert!(Instant::now() < deadline, "processes: {ps:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(ps.len(), 3, "{ps:#?}");
+    let find = |arg: &str| ps.iter().find(|p| p.args[1] == arg).unwrap();
+    let (child, init, exec) = (find("1000"), find("1001"), find("1002"));
+    assert_eq!(init.pid, init_pid);
+    assert_eq!(init.exec_id, None);
+    assert_eq!(child.ppid, init_pid);
+    assert_eq!(child.exec_id, None);
+    assert_eq!(exec.exec_id.as_deref(), Some("e1"));
+    // SAFETY: plain getter.
+    let now_us = {
+        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+    };
+    for p in &ps {
+        assert_eq!(p.uid, 0);
+        assert_eq!(p.state, "S", "{p:?}");
+        assert!(p.start_us > 0 && p.start_us <= now_us, "{p:?} now {now_us}");
+        assert!(now_us - p.start_us < 120_000_000, "{p:?} started long ago");
+    }
+    assert!(a
+        .error(Request::ListProcesses { id: "nope".into() })
+        .contains("does not exist"));
+    a.delete(&c, true);
+}
+
+#[test]
+#[ignore = "needs full root and cgroup v2: tests/vm-run.sh target/debug/deps/containers-HASH --ignored --test-threads=1"]
+fn full_root_update_and_stats() {
+    require_full_root();
+    let a = Agent::start("stats");
+    let rootfs = busybox_rootfs(&a);
+    let c = id("stats");
+    let mut s = spec(&rootfs, &["sleep", "1000"]);
+    s["linux"]["resources"] = json!({ "memory": { "limit": 67108864 } });
+    let _io = a.run_detached(&c, s);
+    let st = a.stats(&c);
+    assert!(st.memory_usage_bytes > 0, "{st:?}");
+    assert_eq!(st.memory_limit_bytes, Some(67108864));
+    assert!(st.pids_current >= 1, "{st:?}");
+    assert_eq!(st.pids_limit, None);
+    assert!(st.memory_stat.contains_key("anon"), "{st:?}");
+    assert!(st.guest_memory_total_bytes >= st.guest_memory_available_bytes);
+    assert!(st.guest_memory_available_bytes > 0);
+    assert_eq!((st.oom_events, st.oom_kills), (0, 0));
+
+    // pids.max: the fourth process of the container cannot be forked
+    let update = |r: Value| Request::UpdateContainer {
+        id: c.clone(),
+        resources: Box::new(serde_json::from_value(r).unwrap()),
+    };
+    a.ok(update(json!({ "pids": { "limit": 4 } })));
+    assert_eq!(a.stats(&c).pids_limit, Some(4));
+    let (st, out, err) = a.exec_run(
+        &c,
+        "fork",
+        process(&[
+            "sh",
+            "-c",
+            "sleep 5 & sleep 5 & sleep 5 & echo forked; kill %1 %2 %3 2>/dev/null; wait",
+        ]),
+    );
+    assert!(
+        err.contains("can't fork"),
+        "status {st:?}\nstdout: {out}\nstderr: {err}"
+    );
+    a.ok(update(json!({ "pids": { "limit": -1 } })));
+    assert_eq!(a.stats(&c).pids_limit, None);
+    let (st, out, _) = a.exec_run(
+        &c,
+        "fork2",
+        process(&["sh", "-c", "sleep 0 & sleep 0 & sleep 0 & wait; echo ok"]),
+    );
+    assert_eq!((st, out.as_str()), (ExitStatus::Code(0), "ok\n"));
+
+    // memory.max: an exec that exceeds it is OOM-killed, and counted
+    a.ok(update(
+        json!({ "memory": { "limit": 16777216, "swap": 16777216 } }),
+    ));
+    assert_eq!(a.stats(&c).memory_limit_bytes, Some(16777216));
+    let (st, _, _) = a.exec_run(
+        &c,
+        "hog",
+        process(&[
+            "sh",
+            "-c",
+            "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo survived ${#x}",
+        ]),
+    );
+    assert_ne!(st, ExitStatus::Code(0));
+    let after = a.stats(&c);
+    assert!(after.oom_kills >= 1, "{after:?}");
+    assert!(after.oom_events >= 1, "{after:?}");
+    assert!(after.cpu_usage_usec > 0, "{after:?}");
+    assert_eq!(a.state(&c).1, ContainerStatus::Running, "the init survives");
+
+    let e = a.error(update(json!({ "blockIO": { "weight": 10 } })));
+    assert!(e.contains("linux.resources.blockIO"), "{e}");
+    assert!(a
+        .error(Request::ContainerStats { id: "nope".into() })
+        .contains("does not exist"));
+    a.delete(&c, true);
 }

@@ -269,21 +269,27 @@ impl Cgroup {
             Err(e) => return Err(format!("create cgroup {}: {e}", path.display())),
         }
         let cg = Cgroup { path };
-        let available = read_words(&cg.path.join("cgroup.controllers"));
+        if let Err(e) = cg.apply(&writes) {
+            let _ = cg.remove(Duration::ZERO);
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    /// Writes `(file, value)` pairs from [`resource_writes`], in order.
+    pub fn apply(&self, writes: &[(String, String)]) -> Result<(), String> {
+        let available = read_words(&self.path.join("cgroup.controllers"));
         for (file, value) in writes {
             let controller = file.split('.').next().unwrap_or("");
             if CONTROLLERS.contains(&controller) && !available.iter().any(|a| a == controller) {
-                let _ = cg.remove(Duration::ZERO);
                 return Err(format!(
                     "linux.resources: the {controller} cgroup controller is not available in the guest (needed for {file})"
                 ));
             }
-            if let Err(e) = fs::write(cg.path.join(&file), &value) {
-                let _ = cg.remove(Duration::ZERO);
-                return Err(format!("linux.resources: write {value:?} to {file}: {e}"));
-            }
+            fs::write(self.path.join(file), value)
+                .map_err(|e| format!("linux.resources: write {value:?} to {file}: {e}"))?;
         }
-        Ok(cg)
+        Ok(())
     }
 
     /// Pids in the cgroup (empty if it is gone).

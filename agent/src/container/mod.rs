@@ -1,38 +1,43 @@
-//! Containers: a registry keyed by id, each going created → running →
-//! stopped, several per VM.
+//! Containers: a registry keyed by id, each going created → running
+//! (⇄ paused) → stopped, several per VM, each with its exec processes.
 
 pub mod caps;
 pub mod cgroups;
+pub mod exec;
+pub mod exec_init;
+pub mod freezer;
+pub mod helper;
 pub mod init;
+pub mod launch;
 pub mod mounts;
 pub mod process;
+pub mod ps;
 pub mod rlimits;
 pub mod seccomp;
 pub mod spec;
+pub mod stats;
 pub mod user;
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::os::fd::AsFd;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use husk_protocol::{
-    self as proto, ContainerStatus, CreateContainer, ExitStatus, Response, StdioStream,
-};
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use husk_protocol::{self as proto, ContainerStatus, CreateContainer, Response, StdioStream};
+use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, LinuxSeccomp, Spec};
 
 use cgroups::Cgroup;
-use init::{AgentMsg, InitConfig, InitMsg};
+use helper::StartError;
+use init::InitConfig;
 use process::{exits, lock, Channel, ExitCell, Stdio};
 
 /// argv[1] of the agent re-executed as a container init.
 pub const INIT_ARG: &str = "container-init";
+/// argv[1] of the agent re-executed to set up an exec process.
+pub const EXEC_ARG: &str = "container-exec";
 
-/// How long the init may take to set up, and to exec after `StartContainer`.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `DeleteContainer { force }` waits for the processes to die.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -40,6 +45,7 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 enum Phase {
     Created,
     Running,
+    Paused,
 }
 
 pub struct Container {
@@ -48,10 +54,25 @@ pub struct Container {
     pid: i32,
     exit: Arc<ExitCell>,
     cgroup: Cgroup,
-    stdio: Stdio,
+    stdio: Arc<Stdio>,
     phase: Mutex<Phase>,
     /// Control channel to the init until it execs.
     ctl: Mutex<Option<Channel>>,
+    /// `linux.seccomp` of the spec: exec processes get it too (as in runc).
+    seccomp: Option<LinuxSeccomp>,
+    execs: Mutex<HashMap<String, exec::Slot>>,
+    /// Serializes exec setup and start with pause and resume: a helper
+    /// joining a frozen cgroup would freeze halfway.
+    ops: Mutex<()>,
+}
+
+/// The process a request names: the container's init or one of its execs.
+struct Target {
+    pid: i32,
+    exit: Arc<ExitCell>,
+    stdio: Arc<Stdio>,
+    /// "container ID" or "process EXEC of container ID", for messages.
+    what: String,
 }
 
 impl Container {
@@ -67,18 +88,37 @@ impl Container {
         match phase {
             Phase::Created => ContainerStatus::Created,
             Phase::Running => ContainerStatus::Running,
+            Phase::Paused => ContainerStatus::Paused,
         }
     }
 
-    /// Kills every process of the container and waits for the init to be reaped.
+    /// Kills every process of the container (thawing it if paused) and waits
+    /// for the init and the execs to be reaped.
     fn kill_all(&self) -> Result<(), String> {
         let _ = self.cgroup.signal_all(libc::SIGKILL);
+        let execs = self.exec_list();
         if self.exit.get().is_none() {
             // SAFETY: plain syscall (the pid is ours until reaped).
             unsafe { libc::kill(self.pid, libc::SIGKILL) };
         }
+        for e in &execs {
+            if e.exit.get().is_none() {
+                // SAFETY: as above.
+                unsafe { libc::kill(e.pid, libc::SIGKILL) };
+            }
+        }
+        // SIGKILL ends frozen tasks too (cgroup v2); thawing is for tidiness.
+        let _ = self.cgroup.set_frozen(false, Duration::from_secs(2));
         if self.exit.wait_timeout(KILL_TIMEOUT).is_none() {
             return Err(format!("container {} did not exit after SIGKILL", self.id));
+        }
+        for e in &execs {
+            if e.exit.wait_timeout(KILL_TIMEOUT).is_none() {
+                return Err(format!(
+                    "process {} of container {} did not exit after SIGKILL",
+                    e.exec_id, self.id
+                ));
+            }
         }
         Ok(())
     }
@@ -119,7 +159,7 @@ fn err(message: impl Into<String>) -> Response {
 pub enum Attachment {
     Output(Arc<process::OutBuf>),
     Input(std::fs::File),
-    Terminal(Arc<Container>),
+    Terminal(Arc<Stdio>),
 }
 
 impl Attachment {
@@ -132,8 +172,8 @@ impl Attachment {
                 drain_until_closed(&conn);
             }
             Attachment::Input(pipe) => process::relay_stdin(&conn, pipe),
-            Attachment::Terminal(c) => {
-                let Stdio::Pty { master, out, .. } = &c.stdio else {
+            Attachment::Terminal(stdio) => {
+                let Stdio::Pty { master, out, .. } = &*stdio else {
                     return;
                 };
                 std::thread::scope(|s| {
@@ -147,7 +187,7 @@ impl Attachment {
                     out.relay_to(&conn);
                     let _ = conn.shutdown(std::net::Shutdown::Both);
                 });
-                let Stdio::Pty { input_claimed, .. } = &c.stdio else {
+                let Stdio::Pty { input_claimed, .. } = &*stdio else {
                     return;
                 };
                 *lock(input_claimed) = false;
@@ -177,11 +217,31 @@ impl Registry {
         }
     }
 
-    fn no_exec(id: &str, exec_id: &Option<String>) -> Result<(), Response> {
-        match exec_id {
-            None => Ok(()),
-            Some(e) => Err(err(format!("process {e} of container {id} does not exist"))),
-        }
+    /// The container and the process `exec_id` names (None: the init).
+    fn target(
+        &self,
+        id: &str,
+        exec_id: &Option<String>,
+    ) -> Result<(Arc<Container>, Target), Response> {
+        let c = self.get(id)?;
+        let t = match exec_id {
+            None => Target {
+                pid: c.pid,
+                exit: c.exit.clone(),
+                stdio: c.stdio.clone(),
+                what: format!("container {id}"),
+            },
+            Some(e) => {
+                let x = c.exec(e)?;
+                Target {
+                    pid: x.pid,
+                    exit: x.exit.clone(),
+                    stdio: x.stdio.clone(),
+                    what: format!("process {e} of container {id}"),
+                }
+            }
+        };
+        Ok((c, t))
     }
 
     pub fn create(&self, req: &CreateContainer) -> Response {
@@ -239,55 +299,48 @@ impl Registry {
                 None => return err(format!("container {id} is not in created state: starting")),
             }
         };
-        if ctl.send(&AgentMsg::Start).is_err() {
-            return err(format!(
-                "container {id}: cannot start a container that has stopped"
-            ));
-        }
-        let reply = ctl.recv::<InitMsg>(Some(SETUP_TIMEOUT));
+        // Not paused meanwhile: only a running container can be paused.
+        let result = helper::release(ctl, c.pid);
         // Running from here on even if exec failed: the init exits (127) and
         // the status turns stopped once it is reaped.
         *lock(&c.phase) = Phase::Running;
-        match reply {
-            // The channel closes on a successful execve (close-on-exec).
-            Ok(None) => Response::Ok,
-            Ok(Some(InitMsg::Error(e))) => err(format!("container {id}: exec failed: {e}")),
-            Ok(Some(m)) => err(format!(
-                "container {id}: unexpected message from init: {m:?}"
+        match result {
+            Ok(()) => Response::Ok,
+            Err(StartError::Gone) => err(format!(
+                "container {id}: cannot start a container that has stopped"
             )),
-            Err(e) => {
+            Err(StartError::Exec(e)) => err(format!("container {id}: exec failed: {e}")),
+            Err(StartError::Broken(e)) => {
                 let _ = c.cgroup.signal_all(libc::SIGKILL);
-                // SAFETY: plain syscall.
-                unsafe { libc::kill(c.pid, libc::SIGKILL) };
                 err(format!("container {id}: start: {e} (container killed)"))
             }
         }
     }
 
     pub fn signal(&self, id: &str, exec_id: &Option<String>, sig: i32, all: bool) -> Response {
-        let c = match self
-            .get(id)
-            .and_then(|c| Self::no_exec(id, exec_id).map(|()| c))
-        {
-            Ok(c) => c,
+        let (c, t) = match self.target(id, exec_id) {
+            Ok(x) => x,
             Err(r) => return r,
         };
         if !(1..=64).contains(&sig) {
             return err(format!("invalid signal {sig}"));
         }
         if all {
+            // Every process of the container, whichever process was named;
+            // SIGKILL reaches frozen processes too.
             return match c.cgroup.signal_all(sig) {
                 Ok(()) => Response::Ok,
                 Err(e) => err(format!("container {id}: signal all: {e}")),
             };
         }
-        if c.exit.get().is_some() {
-            return err(format!("container {id} is not running"));
+        if t.exit.get().is_some() {
+            return err(format!("{} is not running", t.what));
         }
         // SAFETY: plain syscall; the pid cannot be reused before we reap it.
-        if unsafe { libc::kill(c.pid, sig) } != 0 {
+        if unsafe { libc::kill(t.pid, sig) } != 0 {
             return err(format!(
-                "container {id}: kill: {}",
+                "{}: kill: {}",
+                t.what,
                 std::io::Error::last_os_error()
             ));
         }
@@ -295,12 +348,9 @@ impl Registry {
     }
 
     pub fn wait(&self, id: &str, exec_id: &Option<String>) -> Response {
-        match self
-            .get(id)
-            .and_then(|c| Self::no_exec(id, exec_id).map(|()| c))
-        {
-            Ok(c) => Response::Exited {
-                status: c.exit.wait(),
+        match self.target(id, exec_id) {
+            Ok((_, t)) => Response::Exited {
+                status: t.exit.wait(),
             },
             Err(r) => r,
         }
@@ -329,10 +379,10 @@ impl Registry {
         exec_id: &Option<String>,
         stream: StdioStream,
     ) -> Result<Attachment, Response> {
-        let c = self.get(id)?;
-        Self::no_exec(id, exec_id)?;
-        let busy = |what: &str| err(format!("{what} of container {id} is already attached"));
-        match (&c.stdio, stream) {
+        let (_, t) = self.target(id, exec_id)?;
+        let what = &t.what;
+        let busy = |s: &str| err(format!("{s} of {what} is already attached"));
+        match (&*t.stdio, stream) {
             (Stdio::Pipes { stdout, .. }, StdioStream::Stdout) => {
                 if stdout.claim() {
                     Ok(Attachment::Output(stdout.clone()))
@@ -350,7 +400,7 @@ impl Registry {
             (Stdio::Pipes { stdin, .. }, StdioStream::Stdin) => match lock(stdin).take() {
                 Some(f) => Ok(Attachment::Input(f)),
                 None => Err(err(format!(
-                    "stdin of container {id} is already attached or closed"
+                    "stdin of {what} is already attached or closed"
                 ))),
             },
             (
@@ -365,14 +415,73 @@ impl Registry {
                 }
                 *claimed = true;
                 drop(claimed);
-                Ok(Attachment::Terminal(c.clone()))
+                Ok(Attachment::Terminal(t.stdio.clone()))
             }
             (Stdio::Pty { .. }, s) => Err(err(format!(
-                "container {id} has a terminal: attach stream terminal, not {s:?}"
+                "{what} has a terminal: attach stream terminal, not {s:?}"
             ))),
             (Stdio::Pipes { .. }, StdioStream::Terminal) => Err(err(format!(
-                "container {id} has no terminal: attach stdin, stdout or stderr"
+                "{what} has no terminal: attach stdin, stdout or stderr"
             ))),
+        }
+    }
+
+    pub fn resize(&self, id: &str, exec_id: &Option<String>, rows: u16, cols: u16) -> Response {
+        let t = match self.target(id, exec_id) {
+            Ok((_, t)) => t,
+            Err(r) => return r,
+        };
+        let Stdio::Pty { master, .. } = &*t.stdio else {
+            return err(format!("{} has no terminal", t.what));
+        };
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer; the
+        // kernel sends SIGWINCH to the terminal's foreground group.
+        if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } != 0 {
+            return err(format!(
+                "{}: resize terminal: {}",
+                t.what,
+                std::io::Error::last_os_error()
+            ));
+        }
+        Response::Ok
+    }
+
+    pub fn update(&self, id: &str, resources: &LinuxResources) -> Response {
+        let c = match self.get(id) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        if c.status() == ContainerStatus::Stopped {
+            return err(format!("container {id} is not running: stopped"));
+        }
+        match cgroups::resource_writes(resources).and_then(|w| c.cgroup.apply(&w)) {
+            Ok(()) => Response::Ok,
+            Err(e) => err(format!("update container {id}: {e}")),
+        }
+    }
+
+    pub fn stats(&self, id: &str) -> Response {
+        match self.get(id) {
+            Ok(c) => match stats::collect(&c.cgroup.path) {
+                Ok(s) => Response::Stats(Box::new(s)),
+                Err(e) => err(format!("container {id}: stats: {e}")),
+            },
+            Err(r) => r,
+        }
+    }
+
+    pub fn processes(&self, id: &str) -> Response {
+        match self.get(id) {
+            Ok(c) => Response::Processes {
+                processes: ps::list(&c.cgroup.path, &c.exec_pids()),
+            },
+            Err(r) => r,
         }
     }
 
@@ -401,6 +510,9 @@ impl Registry {
             }
         }
         exits().forget(c.pid);
+        for e in c.exec_list() {
+            exits().forget(e.pid);
+        }
         lock(&self.containers).remove(id);
         Response::Ok
     }
@@ -479,6 +591,16 @@ fn ensure_share(spec: &Spec) -> Result<(), String> {
 
 // ------------------------------------------------------------ create ----
 
+/// `process.consoleSize` as (rows, cols).
+fn console_size(p: &oci_spec::runtime::Process) -> Option<(u16, u16)> {
+    p.console_size().map(|b| {
+        (
+            b.height().min(u16::MAX as u64) as u16,
+            b.width().min(u16::MAX as u64) as u16,
+        )
+    })
+}
+
 fn create(req: &CreateContainer) -> Result<Container, String> {
     let spec = &req.spec;
     ensure_share(spec)?;
@@ -499,16 +621,7 @@ fn create(req: &CreateContainer) -> Result<Container, String> {
         let _ = cgroup.remove(Duration::from_secs(2));
         e
     };
-    let size = spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.console_size())
-        .map(|b| {
-            (
-                b.height().min(u16::MAX as u64) as u16,
-                b.width().min(u16::MAX as u64) as u16,
-            )
-        });
+    let size = spec.process().as_ref().and_then(console_size);
     let (stdio, child_stdio) =
         Stdio::new(req.terminal, size).map_err(|e| cleanup_cgroup(format!("stdio: {e}")))?;
     let config = InitConfig {
@@ -518,105 +631,26 @@ fn create(req: &CreateContainer) -> Result<Container, String> {
         cgroup: Some(cgroup.path.clone()),
         console: child_stdio.console.clone(),
     };
-    let (ctl, ctl_child) =
-        Channel::pair().map_err(|e| cleanup_cgroup(format!("socketpair: {e}")))?;
-    let (cfg_r, cfg_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| cleanup_cgroup(format!("pipe: {e}")))?;
-    let [s0, s1, s2] = &child_stdio.fds;
-    let (init_pid, init_exit) = process::spawn_init([
-        s0.as_fd(),
-        s1.as_fd(),
-        s2.as_fd(),
-        ctl_child.0.as_fd(),
-        cfg_r.as_fd(),
-    ])
-    .map_err(|e| cleanup_cgroup(format!("spawn container init: {e}")))?;
-    drop(child_stdio);
-    drop(ctl_child);
-    drop(cfg_r);
-
-    let fail = |e: String, pids: &[i32]| {
-        for p in pids {
-            // SAFETY: plain syscall.
-            unsafe { libc::kill(*p, libc::SIGKILL) };
-        }
-        let _ = init_exit.wait_timeout(Duration::from_secs(5));
-        for p in pids {
-            exits().forget(*p);
-        }
-        cleanup_cgroup(e)
-    };
-
-    // The config goes through a pipe (it can exceed a socket packet); the
-    // init reads it at once, so this write does not block for long.
-    let written = serde_json::to_vec(&config)
-        .map_err(|e| e.to_string())
-        .and_then(|buf| {
-            std::fs::File::from(cfg_w)
-                .write_all(&buf)
-                .map_err(|e| e.to_string())
-        });
-    if let Err(e) = written {
-        return Err(fail(
-            format!("send config to the container init: {e}"),
-            &[init_pid],
-        ));
-    }
-
     let pid_ns = spec::has_namespace(spec, LinuxNamespaceType::Pid);
-    let mut pid = init_pid;
-    let mut exit = init_exit.clone();
-    loop {
-        match ctl.recv::<InitMsg>(Some(SETUP_TIMEOUT)) {
-            Ok(Some(InitMsg::Pid(p))) if pid_ns && pid == init_pid => {
-                // Watched before the intermediate exits: only then can the
-                // container process become our child.
-                exit = exits().watch(p);
-                pid = p;
-                if let Err(e) = ctl.send(&AgentMsg::Ack) {
-                    return Err(fail(format!("ack the container init: {e}"), &[init_pid, p]));
-                }
-            }
-            Ok(Some(InitMsg::Ready)) => break,
-            Ok(Some(InitMsg::Error(e))) => return Err(fail(e, &[init_pid, pid])),
-            Ok(Some(m)) => {
-                return Err(fail(
-                    format!("unexpected message from the container init: {m:?}"),
-                    &[init_pid, pid],
-                ))
-            }
-            Ok(None) => {
-                let how = init_exit
-                    .wait_timeout(Duration::from_secs(2))
-                    .map(|s| match s {
-                        ExitStatus::Code(c) => format!(" (exit code {c})"),
-                        ExitStatus::Signal(s) => format!(" (killed by signal {s})"),
-                    })
-                    .unwrap_or_default();
-                return Err(fail(
-                    format!("the container init exited during setup{how}"),
-                    &[init_pid, pid],
-                ));
-            }
-            Err(e) => {
-                return Err(fail(
-                    format!("waiting for the container init: {e}"),
-                    &[init_pid, pid],
-                ))
-            }
-        }
-    }
-    if pid != init_pid {
-        // The intermediate exits on its own; nobody waits for it.
-        exits().forget(init_pid);
-    }
+    let parked = helper::start(
+        INIT_ARG,
+        "the container init",
+        &config,
+        child_stdio,
+        &[],
+        pid_ns,
+    )
+    .map_err(cleanup_cgroup)?;
     Ok(Container {
         id: req.id.clone(),
-        pid,
-        exit,
+        pid: parked.pid,
+        exit: parked.exit,
         cgroup,
-        stdio,
+        stdio: Arc::new(stdio),
         phase: Mutex::new(Phase::Created),
-        ctl: Mutex::new(Some(ctl)),
+        ctl: Mutex::new(Some(parked.ctl)),
+        seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
+        execs: Mutex::new(HashMap::new()),
+        ops: Mutex::new(()),
     })
 }

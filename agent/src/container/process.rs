@@ -171,25 +171,32 @@ impl Channel {
 
 // ---------------------------------------------------------------- spawn ----
 
-/// fds of the container init: 0-2 stdio, 3 control channel, 4 config pipe.
+/// fds of a helper (container init or exec): 0-2 stdio, 3 control channel,
+/// 4 config pipe, then any extra ones.
 pub const CTL_FD: RawFd = 3;
 pub const CONFIG_FD: RawFd = 4;
 
-/// Re-executes the agent binary as `container-init` with the given fds.
-/// Returns its pid, watched in the exit table.
-pub fn spawn_init(fds: [BorrowedFd<'_>; 5]) -> io::Result<(i32, Arc<ExitCell>)> {
+/// Where the fds handed to a helper are copied before fork: above any
+/// target number, so dup2 onto 0..n never clobbers a source.
+const HIGH_FD: RawFd = 64;
+
+/// Re-executes the agent binary as `husk-agent <mode>` with `fds` as its
+/// descriptors 0, 1, 2, ... Returns its pid, watched in the exit table.
+pub fn spawn_helper(mode: &str, fds: &[BorrowedFd<'_>]) -> io::Result<(i32, Arc<ExitCell>)> {
+    if fds.len() > HIGH_FD as usize {
+        return Err(io::Error::other("too many descriptors for a helper"));
+    }
     // Everything the child touches is prepared before fork: after fork in a
     // multi-threaded process only async-signal-safe calls are allowed.
     let exe = CString::new("/proc/self/exe").map_err(io::Error::other)?;
     let arg0 = CString::new("husk-agent").map_err(io::Error::other)?;
-    let arg1 = CString::new(crate::container::INIT_ARG).map_err(io::Error::other)?;
+    let arg1 = CString::new(mode).map_err(io::Error::other)?;
     let argv = [arg0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
     let envp = [std::ptr::null()];
-    // Copies above any target number, so dup2 onto 0..5 never clobbers a source.
-    let mut high: Vec<OwnedFd> = Vec::with_capacity(5);
+    let mut high: Vec<OwnedFd> = Vec::with_capacity(fds.len());
     for fd in fds {
         // SAFETY: F_DUPFD_CLOEXEC on a valid descriptor returns a new one.
-        let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 16) };
+        let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, HIGH_FD) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }

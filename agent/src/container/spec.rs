@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 
 use super::{caps, rlimits, seccomp};
 
@@ -128,12 +128,9 @@ fn absolute(p: &Path, field: &str) -> Result<(), String> {
     }
 }
 
-/// Checks the spec; `Ok` means the agent knows how to run it.
-pub fn validate(spec: &Spec) -> Result<(), String> {
-    let root = spec.root().as_ref().ok_or("root: missing")?;
-    absolute(root.path(), "root.path")?;
-
-    let process = spec.process().as_ref().ok_or("process: missing")?;
+/// Checks a process (a container's, or an exec's); errors name the field
+/// as `process.<field>`.
+pub fn validate_process(process: &Process) -> Result<(), String> {
     let args = process.args().clone().unwrap_or_default();
     if args.is_empty() || args[0].is_empty() {
         return Err("process.args must not be empty".into());
@@ -171,6 +168,16 @@ pub fn validate(spec: &Spec) -> Result<(), String> {
     }
     // apparmorProfile / selinuxLabel: the guest kernel has no LSM for them;
     // ignored like runc does on a host without AppArmor/SELinux.
+    Ok(())
+}
+
+/// Checks the spec; `Ok` means the agent knows how to run it.
+pub fn validate(spec: &Spec) -> Result<(), String> {
+    let root = spec.root().as_ref().ok_or("root: missing")?;
+    absolute(root.path(), "root.path")?;
+
+    let process = spec.process().as_ref().ok_or("process: missing")?;
+    validate_process(process)?;
 
     let mut seen = HashSet::new();
     for (t, path) in namespaces(spec) {

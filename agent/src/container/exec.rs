@@ -1,0 +1,259 @@
+//! Exec processes: extra processes in a running container (runc exec,
+//! containerd's Exec), each with its own stdio, exit and control channel,
+//! keyed by exec id within their container.
+//!
+//! The agent opens the container init's namespaces (`/proc/PID/ns/*`, the
+//! ones that differ from its own) and hands them to a helper, `husk-agent
+//! container-exec` (see `exec_init`), which joins the container's cgroup
+//! and those namespaces and parks before `execve` until `StartProcess`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::ErrorKind;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, Mutex};
+
+use husk_protocol::{ContainerStatus, ExecProcess, Response};
+
+use super::exec_init::{ExecConfig, NsFd};
+use super::helper::{self, StartError};
+use super::process::{exits, lock, Channel, ExitCell, Stdio, CONFIG_FD};
+use super::{console_size, err, spec, status_name, Container, Registry, EXEC_ARG, KILL_TIMEOUT};
+
+pub struct Exec {
+    pub exec_id: String,
+    /// The process (in the container's pid namespace if it has one).
+    pub pid: i32,
+    pub exit: Arc<ExitCell>,
+    pub stdio: Arc<Stdio>,
+    /// Control channel to the helper until it execs.
+    ctl: Mutex<Option<Channel>>,
+}
+
+/// An exec id is taken (`Creating`) before its helper starts, so a second
+/// request with the same id fails at once.
+pub enum Slot {
+    Creating,
+    Ready(Arc<Exec>),
+}
+
+/// Namespaces an exec joins, in order: the mount namespace last, so the
+/// others are joined from the agent's view. User and time namespaces are
+/// never created for a container (see `spec::validate`).
+const NAMESPACES: [(&str, libc::c_int); 8] = [
+    ("user", libc::CLONE_NEWUSER),
+    ("time", libc::CLONE_NEWTIME),
+    ("ipc", libc::CLONE_NEWIPC),
+    ("uts", libc::CLONE_NEWUTS),
+    ("net", libc::CLONE_NEWNET),
+    ("pid", libc::CLONE_NEWPID),
+    ("cgroup", libc::CLONE_NEWCGROUP),
+    ("mnt", libc::CLONE_NEWNS),
+];
+
+/// An opened namespace: its fd, CLONE_NEW* type and /proc name.
+type Namespace = (OwnedFd, libc::c_int, &'static str);
+
+/// The namespaces of `pid` that differ from the agent's, opened.
+/// `Ok(None)` when the process is gone.
+fn open_namespaces(pid: i32) -> Result<Option<Vec<Namespace>>, String> {
+    let mut out = Vec::new();
+    for (name, flag) in NAMESPACES {
+        let mine = std::fs::metadata(format!("/proc/self/ns/{name}"));
+        let theirs = match File::open(format!("/proc/{pid}/ns/{name}")) {
+            Ok(f) => f,
+            // A kernel without this namespace type has no file for anyone.
+            Err(e) if e.kind() == ErrorKind::NotFound && mine.is_err() => continue,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("open /proc/{pid}/ns/{name}: {e}")),
+        };
+        let t = theirs
+            .metadata()
+            .map_err(|e| format!("stat /proc/{pid}/ns/{name}: {e}"))?;
+        if let Ok(m) = mine {
+            if m.dev() == t.dev() && m.ino() == t.ino() {
+                continue;
+            }
+        }
+        if flag == libc::CLONE_NEWUSER || flag == libc::CLONE_NEWTIME {
+            return Err(format!(
+                "the container has its own {name} namespace: not supported"
+            ));
+        }
+        out.push((OwnedFd::from(theirs), flag, name));
+    }
+    Ok(Some(out))
+}
+
+impl Container {
+    pub(super) fn exec(&self, exec_id: &str) -> Result<Arc<Exec>, Response> {
+        match lock(&self.execs).get(exec_id) {
+            Some(Slot::Ready(e)) => Ok(e.clone()),
+            Some(Slot::Creating) => Err(err(format!(
+                "process {exec_id} of container {} is being created",
+                self.id
+            ))),
+            None => Err(err(format!(
+                "process {exec_id} of container {} does not exist",
+                self.id
+            ))),
+        }
+    }
+
+    pub(super) fn exec_list(&self) -> Vec<Arc<Exec>> {
+        lock(&self.execs)
+            .values()
+            .filter_map(|s| match s {
+                Slot::Ready(e) => Some(e.clone()),
+                Slot::Creating => None,
+            })
+            .collect()
+    }
+
+    /// pid → exec id of every exec (exited ones included).
+    pub(super) fn exec_pids(&self) -> HashMap<i32, String> {
+        self.exec_list()
+            .into_iter()
+            .map(|e| (e.pid, e.exec_id.clone()))
+            .collect()
+    }
+
+    fn spawn_exec(&self, req: &ExecProcess) -> Result<Exec, String> {
+        let gone = || format!("container {} is not running", self.id);
+        let namespaces = open_namespaces(self.pid)?.ok_or_else(gone)?;
+        // Opened before this check: had the init been reaped (and its pid
+        // reused) first, the exit would be recorded by now.
+        if self.exit.get().is_some() {
+            return Err(gone());
+        }
+        let (stdio, child_stdio) = Stdio::new(req.terminal, console_size(&req.process))
+            .map_err(|e| format!("stdio: {e}"))?;
+        let config = ExecConfig {
+            process: req.process.clone(),
+            terminal: req.terminal,
+            cgroup: self.cgroup.path.clone(),
+            seccomp: self.seccomp.clone(),
+            namespaces: namespaces
+                .iter()
+                .enumerate()
+                .map(|(i, (_, flag, name))| NsFd {
+                    fd: CONFIG_FD + 1 + i as i32,
+                    flag: *flag,
+                    name: name.to_string(),
+                })
+                .collect(),
+        };
+        let fds: Vec<BorrowedFd<'_>> = namespaces.iter().map(|(f, _, _)| f.as_fd()).collect();
+        let pid_ns = namespaces
+            .iter()
+            .any(|(_, flag, _)| *flag == libc::CLONE_NEWPID);
+        let parked = helper::start(
+            EXEC_ARG,
+            "the exec process",
+            &config,
+            child_stdio,
+            &fds,
+            pid_ns,
+        )?;
+        Ok(Exec {
+            exec_id: req.exec_id.clone(),
+            pid: parked.pid,
+            exit: parked.exit,
+            stdio: Arc::new(stdio),
+            ctl: Mutex::new(Some(parked.ctl)),
+        })
+    }
+}
+
+impl Registry {
+    pub fn exec(&self, req: &ExecProcess) -> Response {
+        let (id, exec_id) = (&req.id, &req.exec_id);
+        if !husk_protocol::valid_container_id(exec_id) {
+            return err(format!(
+                "invalid exec id {exec_id:?}: only [A-Za-z0-9_+.-] allowed"
+            ));
+        }
+        if let Err(e) = spec::validate_process(&req.process) {
+            return err(format!(
+                "exec {exec_id} in container {id}: invalid process: {e}"
+            ));
+        }
+        let c = match self.get(id) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        let _ops = lock(&c.ops);
+        match c.status() {
+            ContainerStatus::Running => {}
+            s => return err(format!("container {id} is not running: {}", status_name(s))),
+        }
+        {
+            let mut execs = lock(&c.execs);
+            if execs.contains_key(exec_id) {
+                return err(format!(
+                    "process {exec_id} already exists in container {id}"
+                ));
+            }
+            execs.insert(exec_id.clone(), Slot::Creating);
+        }
+        match c.spawn_exec(req) {
+            Ok(e) => {
+                lock(&c.execs).insert(exec_id.clone(), Slot::Ready(Arc::new(e)));
+                Response::Ok
+            }
+            Err(e) => {
+                lock(&c.execs).remove(exec_id);
+                err(format!("exec {exec_id} in container {id}: {e}"))
+            }
+        }
+    }
+
+    pub fn start_process(&self, id: &str, exec_id: &str) -> Response {
+        let (c, e) = match self.get(id).and_then(|c| c.exec(exec_id).map(|e| (c, e))) {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+        let what = format!("process {exec_id} of container {id}");
+        // A frozen helper could not exec: no pause while it does.
+        let _ops = lock(&c.ops);
+        if c.status() == ContainerStatus::Paused {
+            return err(format!("{what}: cannot start in a paused container"));
+        }
+        let Some(ctl) = lock(&e.ctl).take() else {
+            return err(format!("{what} has already been started"));
+        };
+        match helper::release(ctl, e.pid) {
+            Ok(()) => Response::Ok,
+            Err(StartError::Gone) => err(format!("{what} has exited")),
+            Err(StartError::Exec(m)) => err(format!("{what}: exec failed: {m}")),
+            Err(StartError::Broken(m)) => err(format!("{what}: start: {m} (process killed)")),
+        }
+    }
+
+    pub fn delete_process(&self, id: &str, exec_id: &str) -> Response {
+        let (c, e) = match self.get(id).and_then(|c| c.exec(exec_id).map(|e| (c, e))) {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+        if e.exit.get().is_none() {
+            // Never started: it is parked, and goes (like a created container).
+            let Some(ctl) = lock(&e.ctl).take() else {
+                return err(format!(
+                    "cannot delete process {exec_id} of container {id} that is not stopped: running"
+                ));
+            };
+            drop(ctl);
+            // SAFETY: plain syscall (the pid is ours until reaped).
+            unsafe { libc::kill(e.pid, libc::SIGKILL) };
+            if e.exit.wait_timeout(KILL_TIMEOUT).is_none() {
+                return err(format!(
+                    "process {exec_id} of container {id} did not exit after SIGKILL"
+                ));
+            }
+        }
+        exits().forget(e.pid);
+        lock(&c.execs).remove(exec_id);
+        Response::Ok
+    }
+}

@@ -1,0 +1,115 @@
+//! An exec process's setup: the agent binary re-executed as `container-exec`.
+//!
+//! fds on entry: 0-2 the process's stdio, 3 the control channel, 4 a pipe
+//! carrying the [`ExecConfig`], 5.. the container init's namespaces (opened
+//! by the agent, listed in the config).
+//!
+//! Sequence (runc exec's): join the container's cgroup, oom_score_adj, join
+//! the namespaces (the pid namespace applies to children, so one more fork,
+//! reported to the agent like the init's), setsid (+ controlling tty), then
+//! the process's own settings and the container's seccomp profile
+//! (`launch`), `Ready`, and on `Start` execve. A missing executable is
+//! reported on `Start`, and the process exits 127.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+
+use oci_spec::runtime::{LinuxSeccomp, Process};
+use serde::{Deserialize, Serialize};
+
+use super::init::{self, InitMsg};
+use super::launch;
+use super::process::{Channel, CONFIG_FD, CTL_FD};
+
+/// One namespace to join: an inherited fd and its CLONE_NEW* type.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NsFd {
+    pub fd: i32,
+    pub flag: i32,
+    pub name: String,
+}
+
+/// What the agent sends the exec helper (over the config pipe).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ExecConfig {
+    pub process: Process,
+    pub terminal: bool,
+    /// The container's cgroup directory (in the agent's view).
+    pub cgroup: PathBuf,
+    /// The container's `linux.seccomp`.
+    pub seccomp: Option<LinuxSeccomp>,
+    /// In the order to join them.
+    pub namespaces: Vec<NsFd>,
+}
+
+fn exit(code: i32) -> ! {
+    // SAFETY: no cleanup wanted (this is a throwaway process).
+    unsafe { libc::_exit(code) }
+}
+
+/// Entry point of `husk-agent container-exec`. Never returns.
+pub fn main() -> ! {
+    // SAFETY: fd 3 was set up by the agent for us; it must close on the
+    // final execve, which is how the agent learns that execve succeeded.
+    let ctl = Channel(unsafe { super::process::own_fd(CTL_FD) });
+    // SAFETY: fcntl on our own fd.
+    unsafe { libc::fcntl(CTL_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+    match run(&ctl) {
+        Ok(never) => match never {},
+        Err(e) => {
+            let _ = ctl.send(&InitMsg::Error(e));
+            exit(1)
+        }
+    }
+}
+
+fn run(ctl: &Channel) -> Result<Infallible, String> {
+    let cfg: ExecConfig = init::read_config()?;
+    let first_unused = CONFIG_FD + 1 + cfg.namespaces.len() as i32;
+    // SAFETY: closes descriptors this process does not own; nothing uses them.
+    unsafe { libc::syscall(libc::SYS_close_range, first_unused, u32::MAX, 0) };
+    if let Some(n) = cfg
+        .namespaces
+        .iter()
+        .find(|n| n.fd <= CONFIG_FD || n.fd >= first_unused)
+    {
+        return Err(format!("namespace {} on unexpected fd {}", n.name, n.fd));
+    }
+
+    init::write_file(
+        &cfg.cgroup.join("cgroup.procs").to_string_lossy(),
+        "0",
+        "join the container's cgroup",
+    )?;
+    // Before the namespaces: /proc/self is not this process in the
+    // container's /proc.
+    if let Some(adj) = cfg.process.oom_score_adj() {
+        init::write_file(
+            "/proc/self/oom_score_adj",
+            &adj.to_string(),
+            "process.oomScoreAdj",
+        )?;
+    }
+    let mut pid_ns = false;
+    for n in &cfg.namespaces {
+        // SAFETY: plain syscalls on an fd the agent gave us.
+        unsafe {
+            if libc::setns(n.fd, n.flag) != 0 {
+                return Err(format!(
+                    "join the container's {} namespace: {}",
+                    n.name,
+                    std::io::Error::last_os_error()
+                ));
+            }
+            libc::close(n.fd);
+        }
+        pid_ns |= n.flag == libc::CLONE_NEWPID;
+    }
+    if pid_ns {
+        init::fork_into_pid_ns(ctl)?;
+    }
+    // From here on this is the exec process, inside the container.
+    init::new_session(cfg.terminal)?;
+    let launch = launch::prepare(&cfg.process, cfg.seccomp.as_ref())?;
+    launch.exec(ctl)
+}
