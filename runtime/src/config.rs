@@ -6,6 +6,8 @@
 //! vmm = "/usr/local/bin/husk-vmm"
 //! memory_mib = 256
 //! vcpus = 1
+//! # Debugging only: run husk-vmm without its jail (loudly logged by husk-vmm).
+//! no_jail = false
 //! ```
 //! Every key is optional; built-in defaults point at `make install`'s layout
 //! next to the `husk` binary (`../share/husk/`).
@@ -31,6 +33,9 @@ pub struct HuskConfig {
     pub memory_mib: u32,
     #[serde(default = "default_vcpus")]
     pub vcpus: u8,
+    /// Start husk-vmm with `--no-jail`. Off by default; never in production.
+    #[serde(default)]
+    pub no_jail: bool,
 }
 
 fn default_memory() -> u32 {
@@ -48,6 +53,7 @@ impl Default for HuskConfig {
             vmm: None,
             memory_mib: DEFAULT_MEMORY_MIB,
             vcpus: DEFAULT_VCPUS,
+            no_jail: false,
         }
     }
 }
@@ -68,6 +74,7 @@ pub struct Resolved {
     pub vmm: PathBuf,
     pub memory_mib: u32,
     pub vcpus: u8,
+    pub no_jail: bool,
 }
 
 impl HuskConfig {
@@ -97,6 +104,7 @@ impl HuskConfig {
             vmm: self.vmm.clone().unwrap_or_else(|| bin.join("husk-vmm")),
             memory_mib: self.memory_mib,
             vcpus: self.vcpus,
+            no_jail: self.no_jail,
         }
     }
 }
@@ -110,6 +118,7 @@ mod tests {
         let c: HuskConfig = toml::from_str("memory_mib = 512\nkernel = \"/k\"").unwrap();
         assert_eq!(c.memory_mib, 512);
         assert_eq!(c.vcpus, 1);
+        assert!(!c.no_jail, "jailed unless asked");
         let r = c.resolve(Path::new("/opt/husk/bin/husk"));
         assert_eq!(r.kernel, PathBuf::from("/k"));
         assert_eq!(r.initrd, PathBuf::from("/opt/husk/share/husk/initrd.img"));

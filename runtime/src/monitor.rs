@@ -40,6 +40,9 @@ pub struct CreateRequest {
     pub memory_mib: u32,
     pub vcpus: u8,
     pub console_socket: Option<PathBuf>,
+    /// Start husk-vmm without its jail (config.toml `no_jail`, debugging only).
+    #[serde(default)]
+    pub no_jail: bool,
 }
 
 const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -106,7 +109,10 @@ enum Event {
 }
 
 fn setup(store: &Store, dir: &Path, req: &CreateRequest) -> Result<Running, String> {
+    crate::cgroups::enter(dir, &req.spec, &req.id, req.memory_mib, req.vcpus)
+        .map_err(|e| e.to_string())?;
     let mut spec = VmSpec::new(req.vmm.clone(), req.kernel.clone(), req.initrd.clone());
+    spec.jail = !req.no_jail;
     spec.memory_mib = req.memory_mib;
     spec.vcpus = req.vcpus;
     spec.shares = vec![(SHARE_TAG.to_string(), share_dir(dir))];

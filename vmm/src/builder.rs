@@ -84,7 +84,7 @@ fn open(what: &'static str, path: &Path) -> Result<(File, u64), BuildError> {
     Ok((f, meta.len()))
 }
 
-type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 /// Stops the event loop when a vCPU reports the end of the VM.
 struct ExitWatcher {
@@ -151,12 +151,28 @@ impl<'a> VirtioSlots<'a> {
     }
 }
 
+/// The kinds of husk-vmm threads; each gets its own seccomp filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// The main thread: event loop (vsock device and exit watcher).
+    Vmm,
+    /// One per vCPU: `KVM_RUN` and the device emulation it dispatches.
+    Vcpu,
+    /// One per virtio-fs device: all FUSE work.
+    FsWorker,
+}
+
+/// Run by each thread before it does any work (the jail installs the
+/// thread's seccomp filter here). An error stops the VM before the guest runs.
+pub type ThreadHook = Arc<dyn Fn(ThreadKind) -> std::io::Result<()> + Send + Sync>;
+
 /// A built VM, ready to run.
 pub struct Machine {
     event_manager: EventManager<Subscriber>,
     exit: Arc<ExitSignal>,
     watcher: Arc<Mutex<ExitWatcher>>,
     vcpus: Vec<Vcpu>,
+    fs_devices: Vec<Arc<Mutex<Fs>>>,
     vsock_path: Option<std::path::PathBuf>,
 }
 
@@ -246,6 +262,7 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, BuildError> {
         event_manager.add_subscriber(vsock);
     }
     // virtio-fs does its FUSE work on its own worker thread: nothing for the event loop.
+    let mut fs_devices = Vec::new();
     for f in &cfg.fs {
         let opts = FsOptions {
             cache: match f.cache {
@@ -263,7 +280,9 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, BuildError> {
                 f.shared_dir.display()
             ))
         })?;
-        let arg = virtio.attach(Arc::new(Mutex::new(fs)), &mut mmio_bus)?;
+        let fs = Arc::new(Mutex::new(fs));
+        fs_devices.push(fs.clone());
+        let arg = virtio.attach(fs, &mut mmio_bus)?;
         cmdline.insert_str(arg).map_err(cmd_err)?;
     }
     if !cfg.cmdline_extra.trim().is_empty() {
@@ -329,18 +348,63 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, BuildError> {
         exit,
         watcher,
         vcpus,
+        fs_devices,
         vsock_path,
     })
 }
 
 impl Machine {
     /// Starts the vCPUs and serves devices until the guest ends.
-    pub fn run(mut self) -> VmExit {
-        for vcpu in std::mem::take(&mut self.vcpus) {
-            if let Err(e) = vcpu.spawn() {
+    pub fn run(self) -> VmExit {
+        self.run_with(None)
+    }
+
+    /// Adds an event-loop subscriber (e.g. a test hook) before the VM runs.
+    pub fn add_subscriber(&mut self, s: Subscriber) {
+        self.event_manager.add_subscriber(s);
+    }
+
+    /// Like [`Machine::run`], with `hook` run first on every thread. Every
+    /// thread the VMM will ever have is started here, before the guest runs:
+    /// the fs workers (parked until their device is activated), then the
+    /// vCPUs, which wait until every thread's hook succeeded; the main
+    /// thread's hook runs last, so it may forbid creating threads.
+    pub fn run_with(mut self, hook: Option<ThreadHook>) -> VmExit {
+        for fs in &self.fs_devices {
+            let on_start = hook.clone().map(|h| {
+                Box::new(move || h(ThreadKind::FsWorker)) as crate::devices::virtio::fs::ThreadStart
+            });
+            let started = fs
+                .lock()
+                .map_err(|_| std::io::Error::other("virtio-fs device lock poisoned"))
+                .and_then(|mut f| f.start_worker_thread(on_start));
+            if let Err(e) = started {
+                return self.finish(VmExit::VmmError(format!("cannot start fs-worker: {e}")));
+            }
+        }
+        let vcpus = std::mem::take(&mut self.vcpus);
+        let go = Arc::new(std::sync::Barrier::new(vcpus.len() + 1));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let count = vcpus.len();
+        for vcpu in vcpus {
+            if let Err(e) = vcpu.spawn(hook.clone(), ready_tx.clone(), go.clone()) {
                 return self.finish(VmExit::VmmError(format!("cannot start vCPU thread: {e}")));
             }
         }
+        for _ in 0..count {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                // The vCPUs wait on `go` forever; the process ends with the VM.
+                Ok(Err(e)) => return self.finish(VmExit::VmmError(format!("vCPU thread: {e}"))),
+                Err(_) => return self.finish(VmExit::VmmError("vCPU thread died".into())),
+            }
+        }
+        if let Some(h) = &hook {
+            if let Err(e) = h(ThreadKind::Vmm) {
+                return self.finish(VmExit::VmmError(format!("main thread: {e}")));
+            }
+        }
+        go.wait();
         loop {
             if let Err(e) = self.event_manager.run() {
                 return self.finish(VmExit::VmmError(format!("event loop: {e}")));

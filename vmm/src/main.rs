@@ -5,14 +5,18 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use husk_vmm::builder;
+use std::sync::{Arc, Mutex};
+
+use husk_vmm::builder::{self, ThreadHook};
 use husk_vmm::config::{Console, FsConfig, VmConfig, VsockConfig, DEFAULT_GUEST_CID};
+use husk_vmm::jail::{self, mount::Jail, seccomp, testhook::Forbidden, testhook::Trigger};
 use husk_vmm::vstate::exit::VmExit;
 
 /// Run one husk microVM until the guest shuts down.
 ///
 /// Exit status: 0 when the guest shut down cleanly, 1 on a husk-vmm error or bad
-/// input, 2 when the guest crashed (kernel panic, triple fault).
+/// input, 2 when the guest crashed (kernel panic, triple fault). Runs jailed
+/// (see `husk_vmm::jail` and docs/security.md) unless --no-jail.
 #[derive(Parser, Debug)]
 #[command(name = "husk-vmm", version)]
 struct Cli {
@@ -43,6 +47,19 @@ struct Cli {
     /// Share a host directory over virtio-fs: TAG=DIR[,cache=never|auto|always][,xattr] (repeatable).
     #[arg(long)]
     fs: Vec<String>,
+    /// DEBUGGING ONLY: run without the jail (namespaces, pivot_root, seccomp,
+    /// capability and rlimit limits). The guest is then one VMM bug away from the host.
+    #[arg(long)]
+    no_jail: bool,
+    /// Directory the jail root is mounted on (default: `jail` next to the
+    /// --vsock-uds socket). Seen empty from the host.
+    #[arg(long)]
+    jail_dir: Option<PathBuf>,
+    /// Test hook (see husk_vmm::jail::testhook): on SIGUSR2, attempt a
+    /// forbidden syscall (execve|open). Passed only by the runtime, only when
+    /// its environment has HUSK_VMM_TEST_TRIGGER.
+    #[arg(long, hide = true)]
+    test_forbidden_syscall: Option<Forbidden>,
 }
 
 fn config(cli: Cli) -> anyhow::Result<VmConfig> {
@@ -77,21 +94,100 @@ fn config(cli: Cli) -> anyhow::Result<VmConfig> {
 
 fn main() -> ExitCode {
     init_log();
-    let result = config(Cli::parse()).and_then(|cfg| Ok(builder::build(&cfg)?));
-    let machine = match result {
-        Ok(m) => m,
+    match run(Cli::parse()) {
+        Ok(why) => {
+            match &why {
+                VmExit::GuestShutdown => log::info!("guest shut down"),
+                VmExit::GuestCrash(m) => eprintln!("husk-vmm: guest crashed: {m}"),
+                VmExit::VmmError(m) => eprintln!("husk-vmm: {m}"),
+            }
+            ExitCode::from(why.status())
+        }
         Err(e) => {
             eprintln!("husk-vmm: {e:#}");
-            return ExitCode::from(1);
+            ExitCode::from(1)
         }
-    };
-    let why = machine.run();
-    match &why {
-        VmExit::GuestShutdown => log::info!("guest shut down"),
-        VmExit::GuestCrash(m) => eprintln!("husk-vmm: guest crashed: {m}"),
-        VmExit::VmmError(m) => eprintln!("husk-vmm: {m}"),
     }
-    ExitCode::from(why.status())
+}
+
+fn run(cli: Cli) -> anyhow::Result<VmExit> {
+    let (no_jail, jail_dir, trigger) = (
+        cli.no_jail,
+        cli.jail_dir.clone(),
+        cli.test_forbidden_syscall,
+    );
+    let mut cfg = config(cli)?;
+    if no_jail {
+        for _ in 0..3 {
+            eprintln!(
+                "husk-vmm: WARNING: --no-jail: running WITHOUT the jail (no namespaces, no \
+                 pivot_root, no seccomp, all capabilities). Debugging only: a guest that escapes \
+                 its kernel owns this host."
+            );
+        }
+        return Ok(builder::build(&cfg)?.run());
+    }
+    let started = std::time::Instant::now();
+    // Before anything is opened: no inherited descriptor, no environment.
+    jail::fds::close_inherited()?;
+    jail::clear_env();
+    // From here on we are PID 1 of a new pid namespace (the waiter stays behind).
+    jail::pidns::split(trigger.map(|_| jail::testhook::TRIGGER_SIGNAL))?;
+    cfg.validate()?;
+    // The vsock socket directory is bound into the jail at its host path;
+    // the socket path must be absolute, since the cwd changes.
+    let mut binds = Vec::new();
+    if let Some(v) = cfg.vsock.as_mut() {
+        let name = v
+            .uds_path
+            .file_name()
+            .context("--vsock-uds has no file name")?
+            .to_owned();
+        let parent = match v.uds_path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let dir = std::fs::canonicalize(&parent)
+            .with_context(|| format!("vsock socket directory {}", parent.display()))?;
+        v.uds_path = dir.join(name);
+        binds.push(dir);
+    }
+    let jail_dir = jail_dir
+        .or_else(|| binds.first().map(|d| d.join("jail")))
+        .context("the jail needs --jail-dir or --vsock-uds (or --no-jail to debug)")?;
+    let jail = Jail::prepare(&mut cfg, &jail_dir, &binds)?;
+    let trigger = trigger.map(Trigger::new).transpose()?;
+    let mut machine = builder::build(&cfg)?;
+    // Namespaces and capabilities are per thread: nothing may run yet.
+    let threads = jail::thread_count().context("cannot count threads")?;
+    anyhow::ensure!(
+        threads == 1,
+        "jail: {threads} threads before the jail, expected 1"
+    );
+    let filters = seccomp::Filters::new(&cfg)?;
+    let keep = if cfg.fs.is_empty() {
+        caps::CapsHashSet::new()
+    } else {
+        jail::caps::fs_caps(cfg.fs.iter().any(|f| f.xattr))
+    };
+    jail.enter()?;
+    let vmm_threads = 1 + u64::from(cfg.vcpus) + cfg.fs.len() as u64;
+    jail::rlimits::apply(jail::rlimits::Limits::for_vmm(vmm_threads))?;
+    jail::no_new_privs()?;
+    jail::not_dumpable()?;
+    jail::caps::keep_only(&keep)?;
+    if let Some(t) = trigger {
+        machine.add_subscriber(Arc::new(Mutex::new(t)));
+    }
+    log::info!(
+        "jailed in {:?}: pid namespace, mount/ipc/uts/net namespaces, pivot_root {}, \
+         capabilities {:#x}, seccomp per thread",
+        started.elapsed(),
+        jail_dir.display(),
+        jail::caps::mask(&keep)
+    );
+    let hook: ThreadHook = Arc::new(move |kind| filters.install(kind));
+    Ok(machine.run_with(Some(hook)))
 }
 
 /// Minimal stderr logger; `HUSK_LOG=debug|info|warn|error` (default warn).

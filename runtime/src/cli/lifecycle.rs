@@ -71,6 +71,7 @@ fn husk_config() -> anyhow::Result<husk::config::Resolved> {
 
 /// Removes a container's state directory and everything staged in it.
 fn cleanup(dir: &Path) -> anyhow::Result<()> {
+    husk::cgroups::remove(dir)?;
     share::teardown(&monitor::share_dir(dir))?;
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
@@ -143,6 +144,7 @@ fn create_in(
             .console_socket
             .as_ref()
             .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
+        no_jail: cfg.no_jail,
     };
     std::fs::write(dir.join("create.json"), serde_json::to_vec(&req)?)?;
 

@@ -19,6 +19,9 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 /// Host port the agent connects to once it listens (see `husk.notify_port`).
 pub const NOTIFY_PORT: u32 = 1025;
 
+/// Environment variable that arms husk-vmm's test hook (`execve` or `open`).
+pub const TEST_TRIGGER_ENV: &str = "HUSK_VMM_TEST_TRIGGER";
+
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     #[error("cannot prepare VM directory {0}: {1}")]
@@ -53,6 +56,9 @@ pub struct VmSpec {
     pub shares: Vec<(String, PathBuf)>,
     /// Kill husk-vmm when the thread that launched it exits.
     pub die_with_parent: bool,
+    /// Run husk-vmm in its jail (the default). Off only through the
+    /// `no_jail` debugging option of config.toml.
+    pub jail: bool,
 }
 
 impl VmSpec {
@@ -68,6 +74,7 @@ impl VmSpec {
             ready_timeout: Duration::from_secs(60),
             shares: Vec::new(),
             die_with_parent: false,
+            jail: true,
         }
     }
 }
@@ -122,7 +129,22 @@ impl Vm {
             ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(stderr);
+            .stderr(stderr)
+            // Nothing of our environment reaches the VMM but its log level.
+            .env_clear();
+        if let Some(level) = std::env::var_os("HUSK_LOG") {
+            cmd.env("HUSK_LOG", level);
+        }
+        if !spec.jail {
+            cmd.arg("--no-jail");
+        }
+        // Test hook (tests/tests/jail.rs): the VMM attempts a forbidden
+        // syscall on SIGUSR2. Host-side only; see husk_vmm::jail::testhook.
+        if let Some(t) = std::env::var_os(TEST_TRIGGER_ENV) {
+            let mut arg = std::ffi::OsString::from("--test-forbidden-syscall=");
+            arg.push(t);
+            cmd.arg(arg);
+        }
         if let Some(c) = &spec.console {
             cmd.arg("--console").arg(c);
         }
@@ -226,8 +248,16 @@ impl Vm {
         }
     }
 
+    /// The pid of the husk-vmm process we started (the jail's waiter when
+    /// jailed: its exit mirrors the VMM's).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The pid of the process that runs the VM: the waiter's only child when
+    /// jailed (PID 1 of the VMM's pid namespace), else [`Vm::pid`].
+    pub fn vmm_pid(&self) -> u32 {
+        jailed_vmm_pid(self.child.id()).unwrap_or(self.child.id())
     }
 
     /// The hybrid vsock socket of this VM.
@@ -264,6 +294,27 @@ impl Vm {
         self.agent()?.shutdown()?;
         self.wait(timeout)
     }
+}
+
+/// The child of husk-vmm process `pid` (the jailed VMM), if it has one.
+pub fn jailed_vmm_pid(pid: u32) -> Option<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok();
+    if let Some(c) = children {
+        return c.split_whitespace().next().and_then(|p| p.parse().ok());
+    }
+    // Kernels without CONFIG_PROC_CHILDREN: scan for the parent pid.
+    std::fs::read_dir("/proc").ok()?.find_map(|e| {
+        let name = e.ok()?.file_name();
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", name.to_str()?)).ok()?;
+        let ppid: u32 = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        (ppid == pid).then(|| name.to_str()?.parse().ok())?
+    })
 }
 
 impl Drop for Vm {

@@ -1,6 +1,6 @@
 //! A vCPU thread: runs the guest and routes its port/MMIO exits to the buses.
 
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Barrier};
 use std::thread::JoinHandle;
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -8,6 +8,7 @@ use log::{error, warn};
 
 use super::exit::{ExitSignal, VmExit};
 use crate::arch::regs;
+use crate::builder::{ThreadHook, ThreadKind};
 use crate::devices::legacy::ResetRequest;
 use crate::devices::Bus;
 
@@ -37,10 +38,26 @@ impl Vcpu {
         }
     }
 
-    pub fn spawn(mut self) -> std::io::Result<JoinHandle<()>> {
+    /// Starts the vCPU thread. It runs `hook` (its seccomp filter) first,
+    /// reports the result on `ready`, then waits on `go` before it enters
+    /// the guest, so no guest instruction runs before every thread is caged.
+    pub fn spawn(
+        mut self,
+        hook: Option<ThreadHook>,
+        ready: mpsc::Sender<std::io::Result<()>>,
+        go: Arc<Barrier>,
+    ) -> std::io::Result<JoinHandle<()>> {
         std::thread::Builder::new()
             .name(format!("vcpu{}", self.id))
             .spawn(move || {
+                let started = hook.map_or(Ok(()), |h| h(ThreadKind::Vcpu));
+                let ok = started.is_ok();
+                let _ = ready.send(started);
+                drop(ready);
+                if !ok {
+                    return;
+                }
+                go.wait();
                 let why = self.run();
                 self.ctx.exit.signal(why);
             })

@@ -10,7 +10,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::confined::ConfinedFs;
 use super::metrics::{Counters, FsMetrics};
 use super::request::RequestHandler;
-use super::worker::{Worker, WorkerHandle};
+use super::worker::{ThreadStart, Worker, WorkerThread};
 use super::{FsError, FsOptions, NUM_QUEUES, QUEUE_MAX_SIZE, TAG_LEN};
 use crate::devices::virtio::{
     check_activation, ActivateError, ActivatedQueue, Interrupt, VirtioDevice, TYPE_FS,
@@ -28,8 +28,9 @@ pub(crate) static UMASK_LOCK: Mutex<()> = Mutex::new(());
 ///
 /// Shared as `Arc<Mutex<Fs>>` with the virtio-mmio transport, which calls the
 /// [`VirtioDevice`] methods from vCPU threads. Requests are served by a
-/// worker thread (`fs-worker`) started on activation and stopped on reset or
-/// drop; the device does not need the VMM's event loop.
+/// worker thread (`fs-worker`), started by [`Fs::start_worker_thread`] before
+/// the guest runs (or else on the first activation); a reset stops the work,
+/// not the thread. The device does not need the VMM's event loop.
 pub struct Fs {
     tag: String,
     shared_dir: PathBuf,
@@ -38,7 +39,7 @@ pub struct Fs {
     acked_features: u64,
     server: Arc<Server<ConfinedFs>>,
     counters: Arc<Counters>,
-    worker: Option<WorkerHandle>,
+    worker: Option<WorkerThread>,
 }
 
 impl Fs {
@@ -107,9 +108,19 @@ impl Fs {
         &self.shared_dir
     }
 
-    /// Whether the worker thread is running.
+    /// Whether the worker thread is serving the queues.
     pub fn is_activated(&self) -> bool {
-        self.worker.is_some()
+        self.worker.as_ref().is_some_and(WorkerThread::is_running)
+    }
+
+    /// Starts the `fs-worker` thread now, running `on_start` there first
+    /// (the VMM installs the thread's seccomp filter): after this, activation
+    /// spawns no thread.
+    pub fn start_worker_thread(&mut self, on_start: Option<ThreadStart>) -> std::io::Result<()> {
+        if self.worker.is_none() {
+            self.worker = Some(WorkerThread::spawn(on_start)?);
+        }
+        Ok(())
     }
 
     pub fn acked_features(&self) -> u64 {
@@ -181,7 +192,7 @@ impl VirtioDevice for Fs {
         interrupt: Arc<dyn Interrupt>,
         queues: Vec<ActivatedQueue>,
     ) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
+        if self.is_activated() {
             return Err(ActivateError::Device("virtio-fs is already active".into()));
         }
         check_activation("virtio-fs", NUM_QUEUES, &queues, &mem)?;
@@ -194,7 +205,12 @@ impl VirtioDevice for Fs {
             kicks,
             stop: EventFd::new(EFD_NONBLOCK)?,
         };
-        self.worker = Some(worker.spawn()?);
+        if self.worker.is_none() {
+            self.worker = Some(WorkerThread::spawn(None)?);
+        }
+        if let Some(thread) = self.worker.as_mut() {
+            thread.start(worker)?;
+        }
         log::info!("virtio-fs: tag {:?} activated", self.tag);
         Ok(())
     }
@@ -203,8 +219,8 @@ impl VirtioDevice for Fs {
     /// session state (looked-up inodes, open handles) is kept: a new driver
     /// starts with FUSE_INIT and fresh lookups from the same root.
     fn reset(&mut self) -> bool {
-        if let Some(worker) = self.worker.take() {
-            worker.stop();
+        if let Some(thread) = self.worker.as_mut().filter(|t| t.is_running()) {
+            thread.stop();
             log::info!("virtio-fs: tag {:?} reset", self.tag);
         }
         self.acked_features = 0;

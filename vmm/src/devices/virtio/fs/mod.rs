@@ -97,6 +97,7 @@ use std::path::PathBuf;
 
 pub use device::Fs;
 pub use metrics::FsMetrics;
+pub use worker::ThreadStart;
 
 /// Queue indices.
 pub const HIPRIO_QUEUE: usize = 0;

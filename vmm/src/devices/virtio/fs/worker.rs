@@ -7,7 +7,7 @@
 //! this thread, so a dedicated seccomp filter can be applied to it.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 
 use virtio_queue::{Queue, QueueT};
@@ -31,54 +31,117 @@ pub(crate) struct Worker {
     pub stop: EventFd,
 }
 
-/// A running worker, as the device keeps it.
-pub(crate) struct WorkerHandle {
-    stop: EventFd,
+/// Run at the start of the worker thread, before it serves anything (the
+/// VMM installs the thread's seccomp filter there). An error ends the thread.
+pub type ThreadStart = Box<dyn FnOnce() -> io::Result<()> + Send>;
+
+/// The `fs-worker` thread. It is started once (by the VMM before the guest
+/// runs, or lazily on the first activation) and then serves one activation
+/// after another: a reset stops the current [`Worker`] but not the thread, so
+/// no thread is ever spawned once the guest runs (the VMM's seccomp filters
+/// allow no `clone` after start).
+pub(crate) struct WorkerThread {
+    jobs: Option<mpsc::Sender<Worker>>,
+    /// One message per finished [`Worker::run`].
+    finished: mpsc::Receiver<()>,
+    /// The stop eventfd of the worker being served, if any.
+    running: Option<EventFd>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl WorkerHandle {
-    /// Tell the worker to exit and wait for it. It finishes the request it is
-    /// in (FUSE calls are not interruptible) and leaves queued ones alone.
-    pub fn stop(mut self) {
-        self.stop_and_join();
-    }
-
-    fn stop_and_join(&mut self) {
-        let Some(thread) = self.thread.take() else {
-            return;
-        };
-        if let Err(e) = self.stop.write(1) {
-            // Without the wakeup the join would hang; leave the thread be.
-            log::error!("virtio-fs: cannot signal the worker to stop: {e}");
-            return;
-        }
-        if thread.join().is_err() {
-            log::error!("virtio-fs: worker thread panicked");
-        }
-    }
-}
-
-impl Drop for WorkerHandle {
-    fn drop(&mut self) {
-        self.stop_and_join();
-    }
-}
-
-impl Worker {
-    pub fn spawn(self) -> io::Result<WorkerHandle> {
-        let stop = self.stop.try_clone()?;
+impl WorkerThread {
+    /// Starts the thread; returns once `on_start` ran there, with its error.
+    pub fn spawn(on_start: Option<ThreadStart>) -> io::Result<WorkerThread> {
+        let (jobs, job_rx) = mpsc::channel::<Worker>();
+        let (done_tx, finished) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
         let thread = thread::Builder::new()
             .name(THREAD_NAME.into())
-            .spawn(move || self.run())?;
-        Ok(WorkerHandle {
-            stop,
+            .spawn(move || {
+                own_fs_state();
+                let started = on_start.map_or(Ok(()), |f| f());
+                let ok = started.is_ok();
+                let _ = ready_tx.send(started);
+                if !ok {
+                    return;
+                }
+                while let Ok(worker) = job_rx.recv() {
+                    worker.run();
+                    if done_tx.send(()).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(io::Error::other("fs-worker thread ended while starting"));
+            }
+        }
+        Ok(WorkerThread {
+            jobs: Some(jobs),
+            finished,
+            running: None,
             thread: Some(thread),
         })
     }
 
+    /// Hands an activated device's queues to the thread.
+    pub fn start(&mut self, worker: Worker) -> io::Result<()> {
+        if self.running.is_some() {
+            return Err(io::Error::other("virtio-fs worker already running"));
+        }
+        let stop = worker.stop.try_clone()?;
+        self.jobs
+            .as_ref()
+            .ok_or_else(|| io::Error::other("fs-worker thread is gone"))?
+            .send(worker)
+            .map_err(|_| io::Error::other("fs-worker thread is gone"))?;
+        self.running = Some(stop);
+        Ok(())
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Tells the current worker to stop and waits until it did. It finishes
+    /// the request it is in (FUSE calls are not interruptible) and leaves
+    /// queued ones alone.
+    pub fn stop(&mut self) {
+        let Some(stop) = self.running.take() else {
+            return;
+        };
+        if let Err(e) = stop.write(1) {
+            // Without the wakeup the wait would hang; leave the worker be.
+            log::error!("virtio-fs: cannot signal the worker to stop: {e}");
+            return;
+        }
+        // Err: the thread is gone (it panicked); nothing to wait for.
+        let _ = self.finished.recv();
+    }
+}
+
+impl Drop for WorkerThread {
+    fn drop(&mut self) {
+        self.stop();
+        // Closing the job channel ends the thread's loop.
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                log::error!("virtio-fs: worker thread panicked");
+            }
+        }
+    }
+}
+
+impl Worker {
     fn run(mut self) {
-        own_fs_state();
         let epoll = match self.setup_epoll() {
             Ok(e) => e,
             Err(e) => {

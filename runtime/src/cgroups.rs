@@ -1,0 +1,348 @@
+//! The container's cgroup on the host: the one the spec names in
+//! `linux.cgroupsPath`, so the engine's accounting (`podman stats`), its
+//! limits and ours cover the whole sandbox: the monitor and husk-vmm with
+//! all its threads (the VM's memory is the VMM's memory).
+//!
+//! The monitor joins it first thing ([`enter`]); husk-vmm, its child,
+//! inherits it. The limits come from the VM size, so a runaway VMM cannot
+//! take the host down: `memory.max` = guest memory + [`VMM_OVERHEAD_MIB`],
+//! `pids.max` = [`PIDS_BASE`] + vCPUs. `husk delete` removes it ([`remove`]).
+//! The limits the spec itself sets (`linux.resources`) are applied inside
+//! the guest by the agent; the VM size already follows them.
+//!
+//! Paths: cgroupfs style (`/libpod_parent/libpod-<id>`, or relative) and
+//! systemd style (`slice:prefix:name` → `<slice path>/<prefix>-<name>.scope`,
+//! e.g. `machine-libpod.slice` → `machine.slice/machine-libpod.slice`),
+//! created directly in the cgroup file system: no systemd needed. Without a
+//! path: `/husk/<id>`. Layouts: cgroup v2 (unified at `/sys/fs/cgroup`) and
+//! v1 (every mounted hierarchy, plus the v2 "unified" one of hybrid hosts).
+
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use oci_spec::runtime::Spec;
+
+/// Host memory the sandbox may use beyond the guest's RAM: husk-vmm
+/// (code, heap, vsock buffers, virtio-fs inode table), KVM's page tables and
+/// structures for the guest, and the monitor. Measured idle total ~15 MiB.
+pub const VMM_OVERHEAD_MIB: u64 = 64;
+/// Tasks besides the vCPUs: monitor threads (stdio relays, exec sessions),
+/// husk-vmm's main thread, fs worker and jail waiter.
+pub const PIDS_BASE: u64 = 128;
+
+/// Where `enter` records the cgroup, for `remove`.
+const RECORD: &str = "cgroup";
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("invalid cgroupsPath {0:?}: {1}")]
+    Path(String, &'static str),
+    #[error("cgroup {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    #[error("no cgroup file system mounted at /sys/fs/cgroup")]
+    NoCgroupFs,
+}
+
+/// The limits for a VM of `memory_mib` and `vcpus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    pub pids: u64,
+}
+
+pub fn limits(memory_mib: u32, vcpus: u8) -> Limits {
+    Limits {
+        memory_bytes: (u64::from(memory_mib) + VMM_OVERHEAD_MIB) << 20,
+        pids: PIDS_BASE + u64::from(vcpus),
+    }
+}
+
+/// The cgroup path relative to the hierarchy root, from `linux.cgroupsPath`.
+pub fn relative_path(cgroups_path: Option<&str>, id: &str) -> Result<PathBuf, CgroupError> {
+    let raw = match cgroups_path {
+        Some(p) if !p.is_empty() => p,
+        _ => return Ok(PathBuf::from("husk").join(id)),
+    };
+    let bad = |why| CgroupError::Path(raw.to_string(), why);
+    let rel = if !raw.starts_with('/') && raw.matches(':').count() == 2 {
+        let mut parts = raw.splitn(3, ':');
+        let (slice, prefix, name) = (
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
+        if name.is_empty() {
+            return Err(bad("systemd path without a unit name"));
+        }
+        let mut p = expand_slice(slice).ok_or_else(|| bad("invalid slice"))?;
+        p.push(if prefix.is_empty() {
+            format!("{name}.scope")
+        } else {
+            format!("{prefix}-{name}.scope")
+        });
+        p
+    } else {
+        PathBuf::from(raw.trim_start_matches('/'))
+    };
+    let mut out = PathBuf::new();
+    for c in rel.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir => {}
+            _ => return Err(bad("must not contain ..")),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err(bad("names the root cgroup"));
+    }
+    Ok(out)
+}
+
+/// `a-b.slice` → `a.slice/a-b.slice`; `-.slice` or empty → root.
+fn expand_slice(slice: &str) -> Option<PathBuf> {
+    if slice.is_empty() || slice == "-.slice" {
+        return Some(PathBuf::new());
+    }
+    let base = slice.strip_suffix(".slice")?;
+    if base.is_empty() || base.contains('/') || base.starts_with('-') || base.ends_with('-') {
+        return None;
+    }
+    let mut p = PathBuf::new();
+    let mut acc = String::new();
+    for part in base.split('-') {
+        if part.is_empty() {
+            return None;
+        }
+        if !acc.is_empty() {
+            acc.push('-');
+        }
+        acc.push_str(part);
+        p.push(format!("{acc}.slice"));
+    }
+    Some(p)
+}
+
+/// Mounted cgroup hierarchies: (mount point, is v2, v1 controllers).
+fn hierarchies() -> Result<Vec<(PathBuf, bool, Vec<String>)>, CgroupError> {
+    let root = Path::new("/sys/fs/cgroup");
+    if statfs_type(root) == Some(CGROUP2_SUPER_MAGIC) {
+        return Ok(vec![(root.to_path_buf(), true, Vec::new())]);
+    }
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| CgroupError::Io("/proc/self/mountinfo".into(), e))?;
+    let mut out = Vec::new();
+    for line in info.lines() {
+        // ... mount point (field 5) ... " - " fstype source super-options
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mnt = left.split_whitespace().nth(4).unwrap_or("");
+        let mut r = right.split_whitespace();
+        let fstype = r.next().unwrap_or("");
+        let opts = r.nth(1).unwrap_or("");
+        if !mnt.starts_with("/sys/fs/cgroup") {
+            continue;
+        }
+        match fstype {
+            "cgroup2" => out.push((PathBuf::from(mnt), true, Vec::new())),
+            "cgroup" => {
+                let ctrls = opts
+                    .split(',')
+                    .filter(|o| !matches!(*o, "rw" | "ro") && !o.contains('='))
+                    .map(String::from)
+                    .collect();
+                out.push((PathBuf::from(mnt), false, ctrls));
+            }
+            _ => {}
+        }
+    }
+    if out.is_empty() {
+        return Err(CgroupError::NoCgroupFs);
+    }
+    Ok(out)
+}
+
+fn statfs_type(p: &Path) -> Option<i64> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: valid path and a zeroed statfs buffer.
+    unsafe {
+        let mut s: libc::statfs = std::mem::zeroed();
+        (libc::statfs(c.as_ptr(), &mut s) == 0).then_some(s.f_type)
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    std::fs::write(path, value).map_err(|e| CgroupError::Io(path.into(), e))
+}
+
+/// Creates the container's cgroup, sets the limits for the VM size and moves
+/// the calling process (the monitor) into it; records it in `state_dir`.
+pub fn enter(
+    state_dir: &Path,
+    spec: &Spec,
+    id: &str,
+    memory_mib: u32,
+    vcpus: u8,
+) -> Result<(), CgroupError> {
+    let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+    let rel = relative_path(cgroups_path.as_ref().and_then(|p| p.to_str()), id)?;
+    let lim = limits(memory_mib, vcpus);
+    let pid = std::process::id().to_string();
+    for (mnt, v2, ctrls) in hierarchies()? {
+        let dir = mnt.join(&rel);
+        if v2 {
+            enable_v2_controllers(&mnt, &rel);
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| CgroupError::Io(dir.clone(), e))?;
+        if v2 {
+            // Absent when the controller is not enabled here: v2 hosts that
+            // keep memory/pids from us, the "unified" tree of hybrid hosts.
+            let mem = dir.join("memory.max");
+            if mem.exists() {
+                write(&mem, &lim.memory_bytes.to_string())?;
+            }
+            let pids = dir.join("pids.max");
+            if pids.exists() {
+                write(&pids, &lim.pids.to_string())?;
+            }
+        } else {
+            let has = |c: &str| ctrls.iter().any(|x| x == c);
+            if has("cpuset") {
+                inherit_cpuset(&mnt, &rel);
+            }
+            if has("memory") {
+                write(
+                    &dir.join("memory.limit_in_bytes"),
+                    &lim.memory_bytes.to_string(),
+                )?;
+            }
+            if has("pids") {
+                write(&dir.join("pids.max"), &lim.pids.to_string())?;
+            }
+        }
+        write(&dir.join("cgroup.procs"), &pid)?;
+    }
+    let record = state_dir.join(RECORD);
+    std::fs::write(&record, rel.as_os_str().as_encoded_bytes())
+        .map_err(|e| CgroupError::Io(record, e))
+}
+
+/// v2: a controller works in a cgroup only if every ancestor enables it
+/// for its children. Best effort: a parent that has processes of its own
+/// (or a host that withholds a controller) refuses, and the limit is then
+/// simply not there.
+fn enable_v2_controllers(root: &Path, rel: &Path) {
+    let mut dir = root.to_path_buf();
+    let parents: Vec<_> = rel.components().collect();
+    for (i, c) in parents.iter().enumerate() {
+        let available = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+        for ctrl in ["memory", "pids", "cpu", "io"] {
+            if available.split_whitespace().any(|a| a == ctrl) {
+                let _ = std::fs::write(dir.join("cgroup.subtree_control"), format!("+{ctrl}"));
+            }
+        }
+        if i + 1 == parents.len() {
+            break;
+        }
+        dir.push(c);
+        let _ = std::fs::create_dir(&dir);
+    }
+}
+
+/// v1 cpuset: a new cgroup has no CPUs or memory nodes, and joining it
+/// fails until they are set; copy them down from the parent.
+fn inherit_cpuset(root: &Path, rel: &Path) {
+    let mut dir = root.to_path_buf();
+    for c in rel.components() {
+        let parent = dir.clone();
+        dir.push(c);
+        let _ = std::fs::create_dir(&dir);
+        for f in ["cpuset.cpus", "cpuset.mems"] {
+            let mine = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+            if mine.trim().is_empty() {
+                if let Ok(v) = std::fs::read_to_string(parent.join(f)) {
+                    let _ = std::fs::write(dir.join(f), v.trim());
+                }
+            }
+        }
+    }
+}
+
+/// Removes the cgroup recorded in `state_dir` (if any) from every
+/// hierarchy. Its processes are gone by then; the kernel may need a moment
+/// to notice, so an EBUSY is retried for up to a second.
+pub fn remove(state_dir: &Path) -> Result<(), CgroupError> {
+    let record = state_dir.join(RECORD);
+    let rel = match std::fs::read(&record) {
+        Ok(b) => PathBuf::from(String::from_utf8_lossy(&b).into_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(CgroupError::Io(record, e)),
+    };
+    // Only a path `enter` could have written.
+    if rel.is_absolute() || rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return Ok(());
+    }
+    for (mnt, _, _) in hierarchies()? {
+        let dir = mnt.join(&rel);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(CgroupError::Io(dir, e)),
+            }
+        }
+    }
+    let _ = std::fs::remove_file(record);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroupfs_and_systemd_paths() {
+        let p = |s| relative_path(Some(s), "c1");
+        assert_eq!(
+            p("/libpod_parent/libpod-abc").unwrap(),
+            PathBuf::from("libpod_parent/libpod-abc")
+        );
+        assert_eq!(p("rel/x").unwrap(), PathBuf::from("rel/x"));
+        assert_eq!(
+            p("machine-libpod.slice:libpod:abc").unwrap(),
+            PathBuf::from("machine.slice/machine-libpod.slice/libpod-abc.scope")
+        );
+        assert_eq!(
+            p("system.slice:docker:1").unwrap(),
+            PathBuf::from("system.slice/docker-1.scope")
+        );
+        assert_eq!(p("-.slice:husk:1").unwrap(), PathBuf::from("husk-1.scope"));
+        assert_eq!(p(":husk:1").unwrap(), PathBuf::from("husk-1.scope"));
+        assert_eq!(relative_path(None, "c1").unwrap(), PathBuf::from("husk/c1"));
+        assert_eq!(
+            relative_path(Some(""), "c1").unwrap(),
+            PathBuf::from("husk/c1")
+        );
+        assert!(p("/a/../../etc").is_err());
+        assert!(p("/").is_err());
+        assert!(p("bad:husk:").is_err());
+        assert!(p("nota-slice:husk:1").is_err());
+        assert!(p("a--b.slice:x:1").is_err());
+    }
+
+    #[test]
+    fn limits_follow_the_vm_size() {
+        assert_eq!(
+            limits(256, 2),
+            Limits {
+                memory_bytes: (256 + VMM_OVERHEAD_MIB) << 20,
+                pids: PIDS_BASE + 2
+            }
+        );
+    }
+}
