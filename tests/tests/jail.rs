@@ -1,0 +1,283 @@
+//! husk-vmm's jail, seen from the host while real containers run: the
+//! kernel's own view of the VMM (`/proc/PID/status`, `/proc/PID/root`,
+//! namespaces, cgroup) and a VMM made to attempt forbidden syscalls.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use husk::vm::{jailed_vmm_pid, Vm};
+use husk_tests::bundle::TestBundle;
+use husk_tests::{spec, vm_dir, Husk};
+use serde_json::Value;
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn state(h: &Husk, id: &str) -> Value {
+    let o = h.run(&["state", id]);
+    assert!(o.status.success(), "state {id}: {}", err(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn wait_status(h: &Husk, id: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while state(h, id)["status"] != want {
+        assert!(Instant::now() < deadline, "{id} never became {want}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `Key:\tvalue` from a /proc status file.
+fn field(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {key} in status"))
+        .trim()
+        .to_string()
+}
+
+fn hex(v: &str) -> u64 {
+    u64::from_str_radix(v, 16).unwrap()
+}
+
+/// The VMM's threads by name, with their status.
+fn threads(pid: u32) -> Vec<(String, String)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap();
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap();
+            (comm.trim().to_string(), status)
+        })
+        .collect()
+}
+
+/// The inner (jailed) VMM of container `id`: the only child of the pid
+/// `husk state` reports for the VMM.
+fn jailed_vmm(h: &Husk, id: &str) -> (u32, u32) {
+    let st: Value =
+        serde_json::from_slice(&std::fs::read(h.root.join(id).join("state.json")).unwrap())
+            .unwrap();
+    let outer = st["vmm_pid"].as_u64().expect("vmm_pid in state.json") as u32;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(inner) = jailed_vmm_pid(outer) {
+            return (outer, inner);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "husk-vmm {outer} has no jailed child"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Capabilities the fs worker keeps (docs/security.md): CHOWN,
+/// DAC_OVERRIDE, FOWNER, FSETID, SETGID, SETUID, MKNOD.
+const FS_CAPS: u64 = (1 << 0) | (1 << 1) | (1 << 3) | (1 << 4) | (1 << 6) | (1 << 7) | (1 << 27);
+
+fn cgroup_dir(rel: &str) -> PathBuf {
+    Path::new("/sys/fs/cgroup").join(rel.trim_start_matches('/'))
+}
+
+#[test]
+fn running_vmm_is_caged() {
+    let h = Husk::new("jail");
+    let mut b = TestBundle::busybox("jail", &["sleep", "1000"]);
+    let cg = format!("/husk_test_parent/husk-jail-{}", std::process::id());
+    b.config["linux"]["cgroupsPath"] = cg.clone().into();
+    b.write();
+    let o = h.run(&["run", "--detach", "--bundle", b.dir.to_str().unwrap(), "j1"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let (outer, vmm) = jailed_vmm(&h, "j1");
+
+    // Every thread: no_new_privs, a seccomp filter; only the fs worker has
+    // capabilities, and only the ones virtio-fs needs.
+    let ts = threads(vmm);
+    for kind in ["husk-vmm", "vcpu0", "fs-worker"] {
+        assert!(
+            ts.iter().any(|(n, _)| n == kind),
+            "no {kind} thread in {ts:?}"
+        );
+    }
+    for (name, st) in &ts {
+        assert_eq!(field(st, "NoNewPrivs"), "1", "{name}");
+        assert_eq!(field(st, "Seccomp"), "2", "{name}");
+        assert_eq!(hex(&field(st, "CapBnd")), FS_CAPS, "{name}: bounding set");
+        assert_eq!(hex(&field(st, "CapInh")), 0, "{name}");
+        assert_eq!(hex(&field(st, "CapAmb")), 0, "{name}");
+        let want = if name == "fs-worker" { FS_CAPS } else { 0 };
+        assert_eq!(hex(&field(st, "CapEff")), want, "{name}: effective");
+        assert_eq!(hex(&field(st, "CapPrm")), want, "{name}: permitted");
+    }
+    let status = std::fs::read_to_string(format!("/proc/{vmm}/status")).unwrap();
+    // PID 1 of its own pid namespace.
+    let nspid = field(&status, "NSpid");
+    assert_eq!(nspid.split_whitespace().last(), Some("1"), "NSpid {nspid}");
+    let limits = std::fs::read_to_string(format!("/proc/{vmm}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert!(core.split_whitespace().nth(4) == Some("0"), "{core}");
+
+    // Its root is the jail: the state directory's vm/ (vsock sockets) and
+    // the share, nothing of the host.
+    let root = PathBuf::from(format!("/proc/{vmm}/root"));
+    for host_path in ["etc/passwd", "bin", "usr", "proc/self", "dev/kvm", "sys/fs"] {
+        assert!(
+            !root.join(host_path).exists(),
+            "{host_path} visible in the jail"
+        );
+    }
+    let state_dir = h.root.join("j1");
+    let in_jail = |p: &Path| root.join(p.strip_prefix("/").unwrap());
+    assert!(in_jail(&state_dir.join("vm/vsock.sock")).exists());
+    assert!(in_jail(&state_dir.join("share/j1/rootfs/bin/busybox")).exists());
+    assert!(
+        !in_jail(&state_dir.join("state.json")).exists(),
+        "only vm/ and share/ are bound"
+    );
+    assert!(!in_jail(Path::new(env!("CARGO_MANIFEST_DIR"))).exists());
+    let top: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let first = state_dir
+        .components()
+        .nth(1)
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(top, vec![first], "jail root");
+    // From the host the jail directory is an empty directory.
+    assert_eq!(
+        std::fs::read_dir(state_dir.join("vm/jail"))
+            .unwrap()
+            .count(),
+        0
+    );
+
+    // Own namespaces (the waiter keeps the host's; it is what the runtime tracks).
+    for ns in ["pid", "mnt", "net", "ipc", "uts"] {
+        let mine = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        let its = std::fs::read_link(format!("/proc/{vmm}/ns/{ns}")).unwrap();
+        assert_ne!(mine, its, "{ns} namespace shared with the host");
+    }
+    let outer_ns = std::fs::read_link(format!("/proc/{outer}/ns/pid")).unwrap();
+    assert_eq!(outer_ns, std::fs::read_link("/proc/self/ns/pid").unwrap());
+
+    // The monitor and the VMM are in the spec's cgroup, with limits from the
+    // VM size (config.toml of the tests: 128 MiB).
+    let monitor = state(&h, "j1")["pid"].as_u64().unwrap();
+    for pid in [monitor as u32, outer, vmm] {
+        let c = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert!(c.lines().any(|l| l == format!("0::{cg}")), "{pid}: {c}");
+    }
+    let dir = cgroup_dir(&cg);
+    let max = std::fs::read_to_string(dir.join("memory.max")).unwrap();
+    assert_eq!(
+        max.trim(),
+        ((128u64 + husk::cgroups::VMM_OVERHEAD_MIB) << 20).to_string()
+    );
+    let pids = std::fs::read_to_string(dir.join("pids.max")).unwrap();
+    assert_eq!(pids.trim(), (husk::cgroups::PIDS_BASE + 1).to_string());
+    let current: u64 = std::fs::read_to_string(dir.join("memory.current"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        current > 8 << 20,
+        "memory.current {current}: guest memory not accounted"
+    );
+
+    // The container works through the jail (virtio-fs, vsock).
+    let o = h.run(&["kill", "j1", "KILL"]);
+    assert!(o.status.success(), "{}", err(&o));
+    wait_status(&h, "j1", "stopped");
+    let o = h.run(&["delete", "j1"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(!dir.exists(), "cgroup {} left after delete", dir.display());
+    let _ = std::fs::remove_dir(cgroup_dir("/husk_test_parent"));
+}
+
+/// The test hook (husk_vmm::jail::testhook) makes the main thread attempt
+/// `open`; the filter kills the VMM, the container is reported stopped and
+/// `delete` leaves nothing behind.
+#[test]
+fn forbidden_open_kills_the_vmm_and_the_container_stops() {
+    let h = Husk::new("jail-open");
+    let b = TestBundle::busybox("jail-open", &["sleep", "1000"]);
+    let mut c = h.cmd();
+    c.args(["run", "--detach", "--bundle", b.dir.to_str().unwrap(), "j2"])
+        .env(husk::vm::TEST_TRIGGER_ENV, "open")
+        .stdin(std::process::Stdio::null());
+    let o = husk_tests::output_within(c, husk_tests::COMMAND_TIMEOUT);
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(state(&h, "j2")["status"], "running");
+    let (outer, vmm) = jailed_vmm(&h, "j2");
+    let stderr = h.root.join("j2/vm/vmm.stderr");
+    unsafe { libc::kill(outer as i32, libc::SIGUSR2) };
+    wait_status(&h, "j2", "stopped");
+    let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert!(log.contains("attempting forbidden Open"), "{log}");
+    assert!(!log.contains("was not stopped"), "{log}");
+    assert!(
+        !Path::new(&format!("/proc/{vmm}")).exists(),
+        "VMM still there"
+    );
+    let o = h.run(&["delete", "j2"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(!h.root.join("j2").exists());
+    assert!(!Path::new(&format!("/proc/{outer}")).exists());
+    assert!(!cgroup_dir("/husk/j2").exists());
+}
+
+/// The same hook with `execve`, on a bare VM: husk-vmm (the waiter mirrors
+/// the jailed VMM) dies by SIGSYS.
+#[test]
+fn forbidden_execve_is_killed_by_sigsys() {
+    use std::os::unix::process::ExitStatusExt;
+    std::env::set_var(husk::vm::TEST_TRIGGER_ENV, "execve");
+    let launched = Vm::launch(&spec(), &vm_dir("jail-execve"));
+    std::env::remove_var(husk::vm::TEST_TRIGGER_ENV);
+    let mut vm = launched.expect("VM boots jailed");
+    let log = vm.stderr_tail();
+    unsafe { libc::kill(vm.pid() as i32, libc::SIGUSR2) };
+    let status = vm.wait(Duration::from_secs(60)).expect("VMM ends");
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGSYS),
+        "{status:?}{log}{}",
+        vm.stderr_tail()
+    );
+}
+
+/// `no_jail = true` in config.toml (debugging) runs the VMM as before,
+/// loudly: no filter, no namespaces.
+#[test]
+fn no_jail_option_is_loud_and_unjailed() {
+    let h = Husk::new("nojail");
+    let cfg = std::fs::read_to_string(&h.config).unwrap();
+    std::fs::write(&h.config, format!("{cfg}no_jail = true\n")).unwrap();
+    let b = TestBundle::busybox("nojail", &["sleep", "1000"]);
+    let o = h.run(&["run", "--detach", "--bundle", b.dir.to_str().unwrap(), "j3"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let st: Value =
+        serde_json::from_slice(&std::fs::read(h.root.join("j3/state.json")).unwrap()).unwrap();
+    let vmm = st["vmm_pid"].as_u64().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{vmm}/status")).unwrap();
+    assert_eq!(field(&status, "Seccomp"), "0");
+    assert!(jailed_vmm_pid(vmm as u32).is_none());
+    let log = std::fs::read_to_string(h.root.join("j3/vm/vmm.stderr")).unwrap();
+    assert!(log.contains("WARNING: --no-jail"), "{log}");
+    let o = h.run(&["delete", "--force", "j3"]);
+    assert!(o.status.success(), "{}", err(&o));
+}
