@@ -131,9 +131,6 @@ fn run(cli: Cli) -> anyhow::Result<VmExit> {
     // Before anything is opened: no inherited descriptor, no environment.
     jail::fds::close_inherited()?;
     jail::clear_env();
-    // From here on we are PID 1 of a new pid namespace (the waiter stays behind).
-    jail::pidns::split(trigger.map(|_| jail::testhook::TRIGGER_SIGNAL))?;
-    cfg.validate()?;
     // The vsock socket directory is bound into the jail at its host path;
     // the socket path must be absolute, since the cwd changes.
     let mut binds = Vec::new();
@@ -152,9 +149,17 @@ fn run(cli: Cli) -> anyhow::Result<VmExit> {
         v.uds_path = dir.join(name);
         binds.push(dir);
     }
+    // Without a socket directory or --jail-dir: a directory of our own in
+    // /tmp, which the waiter removes at the end.
+    let own_dir = (jail_dir.is_none() && binds.is_empty())
+        .then(|| PathBuf::from(format!("/tmp/husk-vmm-jail.{}", std::process::id())));
     let jail_dir = jail_dir
         .or_else(|| binds.first().map(|d| d.join("jail")))
-        .context("the jail needs --jail-dir or --vsock-uds (or --no-jail to debug)")?;
+        .or_else(|| own_dir.clone())
+        .context("no jail directory")?;
+    // From here on we are PID 1 of a new pid namespace (the waiter stays behind).
+    jail::pidns::split(trigger.map(|_| jail::testhook::TRIGGER_SIGNAL), own_dir)?;
+    cfg.validate()?;
     let jail = Jail::prepare(&mut cfg, &jail_dir, &binds)?;
     let trigger = trigger.map(Trigger::new).transpose()?;
     let mut machine = builder::build(&cfg)?;

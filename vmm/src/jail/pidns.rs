@@ -17,6 +17,7 @@
 //! The waiter holds no descriptor but stdio and never touches guest data.
 
 use std::io;
+use std::path::PathBuf;
 
 use super::{check, JailError};
 
@@ -48,8 +49,9 @@ fn sigset(sigs: &[libc::c_int]) -> libc::sigset_t {
 /// Splits into waiter and VMM; returns only in the VMM (PID 1 of a new pid
 /// namespace). `forward` is a signal the waiter passes on as it is (the
 /// test hook's trigger) instead of treating it as fatal. Call while
-/// single-threaded.
-pub fn split(forward: Option<libc::c_int>) -> Result<(), JailError> {
+/// single-threaded. `cleanup` is a directory the waiter removes once the
+/// VMM is gone (a jail directory made just for this run).
+pub fn split(forward: Option<libc::c_int>, cleanup: Option<PathBuf>) -> Result<(), JailError> {
     let set = sigset(&HANDLED);
     // SAFETY: plain libc calls on local, initialised data. Blocking first:
     // no signal is lost between fork and the waiter's sigwaitinfo.
@@ -88,14 +90,25 @@ pub fn split(forward: Option<libc::c_int>) -> Result<(), JailError> {
             }
             child => {
                 libc::close(pipe[0]);
-                wait(child, &set, forward)
+                wait(child, &set, forward, cleanup)
             }
         }
     }
 }
 
 /// The waiter's loop; never returns.
-fn wait(child: libc::pid_t, set: &libc::sigset_t, forward: Option<libc::c_int>) -> ! {
+fn wait(
+    child: libc::pid_t,
+    set: &libc::sigset_t,
+    forward: Option<libc::c_int>,
+    cleanup: Option<PathBuf>,
+) -> ! {
+    let done = |status: libc::c_int| -> ! {
+        if let Some(dir) = &cleanup {
+            let _ = std::fs::remove_dir(dir);
+        }
+        mirror(status)
+    };
     loop {
         // SAFETY: sigwaitinfo with a valid set; the info struct is not read.
         let sig = unsafe { libc::sigwaitinfo(set, std::ptr::null_mut()) };
@@ -104,12 +117,12 @@ fn wait(child: libc::pid_t, set: &libc::sigset_t, forward: Option<libc::c_int>) 
                 continue;
             }
             // Cannot wait for signals: fall back to waiting for the child.
-            mirror(reap(child, 0).unwrap_or(1 << 8));
+            done(reap(child, 0).unwrap_or(1 << 8));
         }
         match sig {
             libc::SIGCHLD => {
                 if let Some(status) = reap(child, libc::WNOHANG) {
-                    mirror(status);
+                    done(status);
                 }
             }
             s if Some(s) == forward => {
@@ -120,6 +133,9 @@ fn wait(child: libc::pid_t, set: &libc::sigset_t, forward: Option<libc::c_int>) 
                 // SAFETY: as above; then wait for it to be gone.
                 unsafe { libc::kill(child, libc::SIGKILL) };
                 let _ = reap(child, 0);
+                if let Some(dir) = &cleanup {
+                    let _ = std::fs::remove_dir(dir);
+                }
                 die_by(s);
             }
         }
