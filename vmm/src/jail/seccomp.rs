@@ -97,6 +97,9 @@ fn common(r: &mut Rules) -> Result<(), JailError> {
             libc::SYS_sched_yield,
             // std's HashMap seeds (once per thread); harmless.
             libc::SYS_getrandom,
+            // glibc malloc sizes its arena limit from the CPU mask the first
+            // time a thread needs a new arena.
+            libc::SYS_sched_getaffinity,
             // Timers and timeouts (vDSO normally; the syscall as fallback).
             libc::SYS_clock_gettime,
             libc::SYS_clock_nanosleep,
