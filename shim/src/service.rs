@@ -1,0 +1,1012 @@
+//! containerd's Task service over the sandbox VM.
+//!
+//! Every container of the sandbox lives in the one VM this shim owns; its
+//! processes are the agent's (keyed by container id and exec id). The init's
+//! pid, as containerd sees it, is husk-vmm's: the host process that runs it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, SystemTime};
+
+use containerd_shim::api::{
+    CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
+    DeleteRequest, DeleteResponse, Empty, ExecProcessRequest, KillRequest, PauseRequest,
+    PidsRequest, PidsResponse, ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest,
+    StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, Status as TaskStatus,
+    UpdateTaskRequest, WaitRequest, WaitResponse,
+};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
+};
+use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::protos::topics;
+use containerd_shim::protos::types::task::ProcessInfo;
+use containerd_shim::{publisher::RemotePublisher, ExitSignal, Task, TtrpcContext, TtrpcResult};
+use husk::config::HuskConfig;
+use husk::container::bundle::Bundle;
+use husk::container::share;
+use husk::container::sizing::{vm_size, VmSize};
+use husk::vm::VmSpec;
+use husk_protocol::{CreateContainer, ExecProcess, Request, Response, SHARE_TAG};
+use log::{info, warn};
+
+use crate::error::{Error, Result};
+use crate::events::Events;
+use crate::io::{Io, StdioPaths};
+use crate::process::{exit_code, timestamp, Exit, Process, Status};
+use crate::rootfs;
+use crate::sandbox::{self, Sandbox};
+
+/// How long an exited process's output may take to reach its FIFOs.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often running containers are asked about OOM kills.
+const OOM_POLL: Duration = Duration::from_secs(2);
+/// Exit status of every process of a VM that went away.
+const LOST_EXIT: u32 = 128 + libc::SIGKILL as u32;
+
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+struct Container {
+    bundle: String,
+    rootfs: PathBuf,
+    rootfs_mounted: bool,
+    init: Arc<Process>,
+    execs: HashMap<String, Arc<Process>>,
+    paused: bool,
+    /// oom_kill count last seen in the container's cgroup.
+    oom_kills: u64,
+}
+
+struct Inner {
+    namespace: String,
+    address: String,
+    events: Events,
+    exit: Arc<ExitSignal>,
+    /// Serialises create and delete: the VM comes and goes with them.
+    lifecycle: Mutex<()>,
+    sandbox: Mutex<Option<Arc<Sandbox>>>,
+    containers: Mutex<HashMap<String, Container>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn opt(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+impl Service {
+    pub fn new(
+        namespace: &str,
+        address: &str,
+        publisher: RemotePublisher,
+        exit: Arc<ExitSignal>,
+    ) -> Service {
+        Service {
+            inner: Arc::new(Inner {
+                namespace: namespace.to_string(),
+                address: address.to_string(),
+                events: Events::start(publisher, namespace.to_string()),
+                exit,
+                lifecycle: Mutex::new(()),
+                sandbox: Mutex::new(None),
+                containers: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+/// The husk artifacts: `HUSK_CONFIG` (default /etc/husk/config.toml), with
+/// unset paths next to this binary, as for the `husk` CLI.
+fn husk_config() -> Result<husk::config::Resolved> {
+    let path = std::env::var_os("HUSK_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(husk::config::DEFAULT_CONFIG_PATH));
+    let cfg = HuskConfig::load(&path).map_err(|e| Error::Internal(e.to_string()))?;
+    let exe =
+        std::env::current_exe().map_err(|e| Error::internal("cannot find own executable", e))?;
+    let r = cfg.resolve(&exe);
+    for (what, p) in [
+        ("guest kernel", &r.kernel),
+        ("guest initrd", &r.initrd),
+        ("husk-vmm", &r.vmm),
+    ] {
+        if !p.exists() {
+            return Err(Error::Internal(format!(
+                "{what} {} does not exist (set it in {})",
+                p.display(),
+                path.display()
+            )));
+        }
+    }
+    Ok(r)
+}
+
+impl Inner {
+    fn sandbox(&self) -> Result<Arc<Sandbox>> {
+        lock(&self.sandbox)
+            .clone()
+            .ok_or_else(|| Error::FailedPrecondition("the sandbox has no VM".into()))
+    }
+
+    fn container<R>(&self, id: &str, f: impl FnOnce(&mut Container) -> Result<R>) -> Result<R> {
+        let mut cs = lock(&self.containers);
+        let c = cs
+            .get_mut(id)
+            .ok_or_else(|| Error::NotFound(format!("container {id}: not found")))?;
+        f(c)
+    }
+
+    fn process(&self, id: &str, exec_id: &str) -> Result<Arc<Process>> {
+        self.container(id, |c| match opt(exec_id) {
+            None => Ok(c.init.clone()),
+            Some(e) => c.execs.get(e).cloned().ok_or_else(|| {
+                Error::NotFound(format!("process {e} of container {id}: not found"))
+            }),
+        })
+    }
+
+    /// This shim's VM, booted for the first container.
+    fn sandbox_for(
+        self: &Arc<Self>,
+        sandbox_id: &str,
+        spec: &oci_spec::runtime::Spec,
+    ) -> Result<(Arc<Sandbox>, bool)> {
+        let mut guard = lock(&self.sandbox);
+        if let Some(sb) = guard.as_ref() {
+            if sb.id != sandbox_id {
+                return Err(Error::FailedPrecondition(format!(
+                    "this shim runs sandbox {}, not {sandbox_id}",
+                    sb.id
+                )));
+            }
+            if let Some(why) = sb.lost() {
+                return Err(Error::FailedPrecondition(format!(
+                    "the sandbox VM is gone: {why}"
+                )));
+            }
+            return Ok((sb.clone(), false));
+        }
+        let cfg = husk_config()?;
+        let size = vm_size(
+            spec,
+            VmSize {
+                memory_mib: cfg.memory_mib,
+                vcpus: cfg.vcpus,
+            },
+        )
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let dir = sandbox::sandbox_dir(&self.address, &self.namespace, sandbox_id);
+        if dir.exists() {
+            warn!("removing {} left by an earlier shim", dir.display());
+            sandbox::remove(&dir);
+        }
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::internal(&format!("cannot create {}", dir.display()), e))?;
+        let launched = (|| {
+            share::prepare(&sandbox::share_dir(&dir))?;
+            let mut vs = VmSpec::new(cfg.vmm, cfg.kernel, cfg.initrd);
+            vs.memory_mib = size.memory_mib;
+            vs.vcpus = size.vcpus;
+            vs.shares = vec![(SHARE_TAG.to_string(), sandbox::share_dir(&dir))];
+            vs.die_with_parent = true;
+            // Debug aid, as for `husk`: the guest console to a file, or to
+            // DIR/<sandbox id>.log when it names a directory.
+            if let Some(c) = std::env::var_os("HUSK_GUEST_CONSOLE") {
+                let c = PathBuf::from(c);
+                vs.console = Some(if c.is_dir() {
+                    c.join(format!("{sandbox_id}.log"))
+                } else {
+                    c
+                });
+            }
+            let weak: Weak<Inner> = Arc::downgrade(self);
+            Sandbox::launch(
+                sandbox_id,
+                &dir,
+                vs,
+                Box::new(move |why| {
+                    if let Some(inner) = weak.upgrade() {
+                        inner.vm_lost(&why);
+                    }
+                }),
+            )
+        })();
+        match launched {
+            Ok(sb) => {
+                *guard = Some(sb.clone());
+                drop(guard);
+                self.start_oom_watch();
+                Ok((sb, true))
+            }
+            Err(e) => {
+                sandbox::remove(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// Shuts the VM down and removes the sandbox directory.
+    fn end_sandbox(&self) {
+        let sb = lock(&self.sandbox).take();
+        if let Some(sb) = sb {
+            info!("sandbox {}: shutting the VM down", sb.id);
+            sb.shutdown();
+            sandbox::remove(&sb.dir);
+        }
+    }
+
+    /// husk-vmm went away: every process still alive has exited, as if killed.
+    fn vm_lost(&self, why: &str) {
+        warn!("the sandbox VM is gone ({why}): every live task exits with {LOST_EXIT}");
+        let now = SystemTime::now();
+        let procs: Vec<Arc<Process>> = lock(&self.containers)
+            .values()
+            .flat_map(|c| std::iter::once(c.init.clone()).chain(c.execs.values().cloned()))
+            .collect();
+        for p in procs {
+            if let Some(io) = p.io().as_mut() {
+                io.drain(Duration::ZERO);
+            }
+            if p.set_exited(LOST_EXIT, now) {
+                self.publish_exit(&p);
+            }
+        }
+    }
+
+    fn publish_exit(&self, p: &Process) {
+        let st = p.snapshot();
+        let Some(exit) = st.exit else { return };
+        self.events.publish(
+            topics::TASK_EXIT_EVENT_TOPIC,
+            TaskExit {
+                container_id: p.container_id.clone(),
+                id: p.id().to_string(),
+                pid: st.pid,
+                exit_status: exit.status,
+                exited_at: timestamp(exit.at),
+                ..Default::default()
+            },
+        );
+    }
+
+    /// Waits for the process's exit in the guest (or the VM's end), lets its
+    /// output drain, records the exit and tells containerd.
+    fn watch(self: &Arc<Self>, p: Arc<Process>, sb: Arc<Sandbox>) {
+        let inner = self.clone();
+        std::thread::spawn(move || {
+            let waited = sb.agent().and_then(|mut c| {
+                let _ = c.stream().set_read_timeout(None);
+                Ok(c.request(&Request::WaitProcess {
+                    id: p.container_id.clone(),
+                    exec_id: p.exec_id.clone(),
+                })?)
+            });
+            let at = SystemTime::now();
+            let status = match waited {
+                Ok(Response::Exited { status }) => exit_code(status),
+                other => {
+                    // The agent's connection broke: the VM is going or gone.
+                    for _ in 0..50 {
+                        if sb.lost().is_some() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    let why = sb.lost().unwrap_or_else(|| match other {
+                        Err(e) => e.to_string(),
+                        Ok(r) => format!("unexpected wait reply {r:?}"),
+                    });
+                    warn!(
+                        "{} {}: lost the VM ({why}): reporting exit {LOST_EXIT}",
+                        p.container_id,
+                        p.id()
+                    );
+                    LOST_EXIT
+                }
+            };
+            if status == LOST_EXIT && p.exec_id.is_none() && sb.lost().is_none() {
+                inner.check_oom(&sb, &p.container_id);
+            }
+            if let Some(io) = p.io().as_mut() {
+                io.drain(DRAIN_TIMEOUT);
+            }
+            if p.set_exited(status, at) {
+                inner.publish_exit(&p);
+            }
+        });
+    }
+
+    /// Publishes TaskOOM if the container's cgroup counted new OOM kills.
+    /// False if the agent cannot tell.
+    fn check_oom(&self, sb: &Sandbox, id: &str) -> bool {
+        let kills = match sb.request(&Request::ContainerStats { id: id.to_string() }) {
+            Ok(Response::Stats(s)) => s.oom_kills,
+            _ => return false,
+        };
+        let new = self
+            .container(id, |c| {
+                let new = kills > c.oom_kills;
+                c.oom_kills = c.oom_kills.max(kills);
+                Ok(new)
+            })
+            .unwrap_or(false);
+        if new {
+            info!("container {id}: OOM kill in the guest");
+            self.events.publish(
+                topics::TASK_OOM_EVENT_TOPIC,
+                TaskOOM {
+                    container_id: id.to_string(),
+                    ..Default::default()
+                },
+            );
+        }
+        true
+    }
+
+    /// OOM kills of processes other than the init do not end the task: poll.
+    fn start_oom_watch(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(OOM_POLL);
+            let Some(inner) = weak.upgrade() else { return };
+            let Some(sb) = lock(&inner.sandbox).clone() else {
+                return;
+            };
+            if sb.lost().is_some() {
+                return;
+            }
+            let running: Vec<String> = lock(&inner.containers)
+                .iter()
+                .filter(|(_, c)| c.init.snapshot().status == Status::Running)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in running {
+                if !inner.check_oom(&sb, &id) {
+                    break;
+                }
+            }
+        });
+    }
+
+    fn create(self: &Arc<Self>, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
+        let id = req.id.clone();
+        husk::container::validate_id(&id)
+            .map_err(|e| Error::InvalidArgument(format!("{e}: {id:?}")))?;
+        if !req.checkpoint.is_empty() {
+            return Err(Error::Unimplemented(
+                "husk cannot restore checkpoints".into(),
+            ));
+        }
+        let _l = lock(&self.lifecycle);
+        if lock(&self.containers).contains_key(&id) {
+            return Err(Error::AlreadyExists(format!(
+                "container {id}: already exists"
+            )));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let target = bundle.join("rootfs");
+        let mounted = rootfs::mount_all(&req.rootfs, &target)?;
+        match self.create_in(&req, &bundle, &target, mounted) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                if mounted {
+                    rootfs::unmount(&target);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn create_in(
+        self: &Arc<Self>,
+        req: &CreateTaskRequest,
+        bundle: &Path,
+        target: &Path,
+        mounted: bool,
+    ) -> Result<CreateTaskResponse> {
+        let id = &req.id;
+        let b = Bundle::load(bundle).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let sandbox_id = sandbox::sandbox_id(id, b.spec.annotations().as_ref())
+            .map_err(Error::InvalidArgument)?;
+        let (sb, launched) = self.sandbox_for(&sandbox_id, &b.spec)?;
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let io = (|| {
+            let mut guest_spec = b.spec.clone();
+            share::stage(&sb.share, id, &b.dir, &b.rootfs, &mut guest_spec)?;
+            sb.expect_ok(&Request::CreateContainer(Box::new(CreateContainer {
+                id: id.clone(),
+                spec: guest_spec,
+                terminal: req.terminal,
+            })))?;
+            Io::attach(&sb, id, None, &stdio).inspect_err(|_| {
+                let _ = sb.expect_ok(&Request::DeleteContainer {
+                    id: id.clone(),
+                    force: true,
+                });
+            })
+        })();
+        let io = match io {
+            Ok(io) => io,
+            Err(e) => {
+                rootfs::unstage(&sb.share, id);
+                if launched {
+                    self.end_sandbox();
+                }
+                return Err(e);
+            }
+        };
+        let init = Arc::new(Process::new(id, None, stdio.clone(), sb.vmm_pid, io));
+        lock(&self.containers).insert(
+            id.clone(),
+            Container {
+                bundle: req.bundle.clone(),
+                rootfs: target.to_path_buf(),
+                rootfs_mounted: mounted,
+                init: init.clone(),
+                execs: HashMap::new(),
+                paused: false,
+                oom_kills: 0,
+            },
+        );
+        self.events.publish(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            TaskCreate {
+                container_id: id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: MessageField::some(TaskIO {
+                    stdin: stdio.stdin,
+                    stdout: stdio.stdout,
+                    stderr: stdio.stderr,
+                    terminal: stdio.terminal,
+                    ..Default::default()
+                }),
+                checkpoint: req.checkpoint.clone(),
+                pid: sb.vmm_pid,
+                ..Default::default()
+            },
+        );
+        self.watch(init, sb.clone());
+        info!("container {id} created in sandbox {}", sb.id);
+        Ok(CreateTaskResponse {
+            pid: sb.vmm_pid,
+            ..Default::default()
+        })
+    }
+
+    fn start(&self, req: StartRequest) -> Result<StartResponse> {
+        let p = self.process(&req.id, &req.exec_id)?;
+        let sb = self.sandbox()?;
+        // Held across the request so the watcher cannot report the exit
+        // before containerd heard of the start.
+        let mut st = p.lock();
+        match st.status {
+            Status::Created => {}
+            Status::Running => {
+                return Err(Error::FailedPrecondition(format!(
+                    "process {} is already running",
+                    p.id()
+                )))
+            }
+            Status::Stopped => {
+                return Err(Error::FailedPrecondition(format!(
+                    "process {} has already exited",
+                    p.id()
+                )))
+            }
+        }
+        match &p.exec_id {
+            None => {
+                sb.expect_ok(&Request::StartContainer { id: req.id.clone() })?;
+                st.status = Status::Running;
+                self.events.publish(
+                    topics::TASK_START_EVENT_TOPIC,
+                    TaskStart {
+                        container_id: req.id.clone(),
+                        pid: st.pid,
+                        ..Default::default()
+                    },
+                );
+            }
+            Some(exec_id) => {
+                sb.expect_ok(&Request::StartProcess {
+                    id: req.id.clone(),
+                    exec_id: exec_id.clone(),
+                })?;
+                st.status = Status::Running;
+                if let Some(pid) = guest_pid(&sb, &req.id, exec_id) {
+                    st.pid = pid;
+                }
+                self.events.publish(
+                    topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+                    TaskExecStarted {
+                        container_id: req.id.clone(),
+                        exec_id: exec_id.clone(),
+                        pid: st.pid,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+        Ok(StartResponse {
+            pid: st.pid,
+            ..Default::default()
+        })
+    }
+
+    fn delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
+        let _l = lock(&self.lifecycle);
+        match opt(&req.exec_id) {
+            Some(exec_id) => self.delete_exec(&req.id, exec_id),
+            None => self.delete_container(&req.id),
+        }
+    }
+
+    fn delete_exec(&self, id: &str, exec_id: &str) -> Result<DeleteResponse> {
+        let p = self.process(id, exec_id)?;
+        let st = p.snapshot();
+        if st.status == Status::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "cannot delete process {exec_id}: it is running"
+            )));
+        }
+        if let Ok(sb) = self.sandbox() {
+            if sb.lost().is_none() {
+                if let Err(e) = sb.expect_ok(&Request::DeleteProcess {
+                    id: id.to_string(),
+                    exec_id: exec_id.to_string(),
+                }) {
+                    warn!("{id} {exec_id}: delete in the guest: {e}");
+                }
+            }
+        }
+        if let Some(io) = p.io().as_mut() {
+            io.release();
+        }
+        self.container(id, |c| {
+            c.execs.remove(exec_id);
+            Ok(())
+        })?;
+        let exit = st.exit.unwrap_or(Exit {
+            status: 0,
+            at: SystemTime::now(),
+        });
+        Ok(DeleteResponse {
+            pid: st.pid,
+            exit_status: exit.status,
+            exited_at: timestamp(exit.at),
+            ..Default::default()
+        })
+    }
+
+    fn delete_container(&self, id: &str) -> Result<DeleteResponse> {
+        let (init, execs, paused) =
+            self.container(id, |c| Ok((c.init.clone(), c.execs.clone(), c.paused)))?;
+        let st = init.snapshot();
+        if st.status == Status::Running || (paused && st.exit.is_none()) {
+            return Err(Error::FailedPrecondition(format!(
+                "cannot delete container {id}: it is running"
+            )));
+        }
+        let sb = self.sandbox().ok();
+        if let Some(sb) = sb.as_ref().filter(|sb| sb.lost().is_none()) {
+            // force: a created init, or execs still running, go too.
+            if let Err(e) = sb.expect_ok(&Request::DeleteContainer {
+                id: id.to_string(),
+                force: true,
+            }) {
+                warn!("{id}: delete in the guest: {e}");
+            }
+        }
+        // A created init killed by the delete: its watcher records how it ended.
+        let exit = init
+            .wait_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|| {
+                let e = Exit {
+                    status: LOST_EXIT,
+                    at: SystemTime::now(),
+                };
+                init.set_exited(e.status, e.at);
+                e
+            });
+        for p in std::iter::once(&init).chain(execs.values()) {
+            if let Some(io) = p.io().as_mut() {
+                io.release();
+            }
+        }
+        let c = lock(&self.containers).remove(id);
+        if let Some(sb) = &sb {
+            rootfs::unstage(&sb.share, id);
+        }
+        if let Some(c) = &c {
+            if c.rootfs_mounted {
+                rootfs::unmount(&c.rootfs);
+            }
+        }
+        self.events.publish(
+            topics::TASK_DELETE_EVENT_TOPIC,
+            TaskDelete {
+                container_id: id.to_string(),
+                id: id.to_string(),
+                pid: st.pid,
+                exit_status: exit.status,
+                exited_at: timestamp(exit.at),
+                ..Default::default()
+            },
+        );
+        if lock(&self.containers).is_empty() {
+            self.end_sandbox();
+        }
+        info!("container {id} deleted");
+        Ok(DeleteResponse {
+            pid: st.pid,
+            exit_status: exit.status,
+            exited_at: timestamp(exit.at),
+            ..Default::default()
+        })
+    }
+
+    fn exec(self: &Arc<Self>, req: ExecProcessRequest) -> Result<()> {
+        let id = &req.id;
+        let exec_id = &req.exec_id;
+        if exec_id.is_empty() {
+            return Err(Error::InvalidArgument("exec id is required".into()));
+        }
+        let (init, exists) =
+            self.container(id, |c| Ok((c.init.clone(), c.execs.contains_key(exec_id))))?;
+        if exists {
+            return Err(Error::AlreadyExists(format!(
+                "id {exec_id}: already exists"
+            )));
+        }
+        if init.snapshot().status != Status::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "cannot exec in container {id}: it is not running"
+            )));
+        }
+        let spec = req
+            .spec
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("exec without a process spec".into()))?;
+        let process: oci_spec::runtime::Process = serde_json::from_slice(&spec.value)
+            .map_err(|e| Error::InvalidArgument(format!("invalid exec process spec: {e}")))?;
+        let sb = self.sandbox()?;
+        sb.expect_ok(&Request::ExecProcess(Box::new(ExecProcess {
+            id: id.clone(),
+            exec_id: exec_id.clone(),
+            process,
+            terminal: req.terminal,
+        })))?;
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let io = Io::attach(&sb, id, Some(exec_id), &stdio).inspect_err(|_| {
+            let _ = sb.expect_ok(&Request::DeleteProcess {
+                id: id.clone(),
+                exec_id: exec_id.clone(),
+            });
+        })?;
+        let p = Arc::new(Process::new(id, Some(exec_id), stdio, sb.vmm_pid, io));
+        self.container(id, |c| {
+            c.execs.insert(exec_id.clone(), p.clone());
+            Ok(())
+        })?;
+        self.events.publish(
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            TaskExecAdded {
+                container_id: id.clone(),
+                exec_id: exec_id.clone(),
+                ..Default::default()
+            },
+        );
+        self.watch(p, sb);
+        Ok(())
+    }
+
+    fn state(&self, req: StateRequest) -> Result<StateResponse> {
+        let p = self.process(&req.id, &req.exec_id)?;
+        let (bundle, paused) = self.container(&req.id, |c| Ok((c.bundle.clone(), c.paused)))?;
+        let st = p.snapshot();
+        let status = match st.status {
+            Status::Stopped => TaskStatus::STOPPED,
+            Status::Running if paused => TaskStatus::PAUSED,
+            Status::Running => TaskStatus::RUNNING,
+            Status::Created => TaskStatus::CREATED,
+        };
+        let mut r = StateResponse {
+            id: p.id().to_string(),
+            bundle,
+            pid: st.pid,
+            stdin: p.stdio.stdin.clone(),
+            stdout: p.stdio.stdout.clone(),
+            stderr: p.stdio.stderr.clone(),
+            terminal: p.stdio.terminal,
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        };
+        r.status = status.into();
+        if let Some(e) = st.exit {
+            r.exit_status = e.status;
+            r.exited_at = timestamp(e.at);
+        }
+        Ok(r)
+    }
+
+    fn kill(&self, req: KillRequest) -> Result<()> {
+        let p = self.process(&req.id, &req.exec_id)?;
+        if p.snapshot().exit.is_some() {
+            return Err(Error::NotFound(format!(
+                "process {}: process already finished",
+                p.id()
+            )));
+        }
+        let signal = i32::try_from(req.signal)
+            .ok()
+            .filter(|s| (1..=64).contains(s))
+            .ok_or_else(|| Error::InvalidArgument(format!("invalid signal {}", req.signal)))?;
+        self.sandbox()?.expect_ok(&Request::Signal {
+            id: req.id.clone(),
+            exec_id: opt(&req.exec_id).map(str::to_string),
+            signal,
+            all: req.all,
+        })
+    }
+
+    fn pause_resume(&self, id: &str, pause: bool) -> Result<()> {
+        let init = self.container(id, |c| Ok(c.init.clone()))?;
+        if init.snapshot().status != Status::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {id} is not running"
+            )));
+        }
+        let sb = self.sandbox()?;
+        let req = if pause {
+            Request::PauseContainer { id: id.to_string() }
+        } else {
+            Request::ResumeContainer { id: id.to_string() }
+        };
+        sb.expect_ok(&req)?;
+        self.container(id, |c| {
+            c.paused = pause;
+            Ok(())
+        })?;
+        if pause {
+            self.events.publish(
+                topics::TASK_PAUSED_EVENT_TOPIC,
+                TaskPaused {
+                    container_id: id.to_string(),
+                    ..Default::default()
+                },
+            );
+        } else {
+            self.events.publish(
+                topics::TASK_RESUMED_EVENT_TOPIC,
+                TaskResumed {
+                    container_id: id.to_string(),
+                    ..Default::default()
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn pids(&self, req: PidsRequest) -> Result<PidsResponse> {
+        self.container(&req.id, |_| Ok(()))?;
+        let sb = self.sandbox()?;
+        if sb.lost().is_some() {
+            return Ok(PidsResponse::default());
+        }
+        let processes = match sb.request(&Request::ListProcesses { id: req.id.clone() })? {
+            Response::Processes { processes } => processes,
+            other => return Err(Error::Internal(format!("unexpected reply {other:?}"))),
+        };
+        Ok(PidsResponse {
+            processes: processes
+                .into_iter()
+                .filter_map(|p| {
+                    Some(ProcessInfo {
+                        pid: u32::try_from(p.pid).ok()?,
+                        ..Default::default()
+                    })
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    fn stats(&self, req: StatsRequest) -> Result<StatsResponse> {
+        self.container(&req.id, |_| Ok(()))?;
+        let s = match self
+            .sandbox()?
+            .request(&Request::ContainerStats { id: req.id.clone() })?
+        {
+            Response::Stats(s) => s,
+            other => return Err(Error::Internal(format!("unexpected reply {other:?}"))),
+        };
+        Ok(StatsResponse {
+            stats: MessageField::some(crate::stats::to_any(&crate::stats::metrics(&s))?),
+            ..Default::default()
+        })
+    }
+
+    fn update(&self, req: UpdateTaskRequest) -> Result<()> {
+        self.container(&req.id, |_| Ok(()))?;
+        let any = req
+            .resources
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("update without resources".into()))?;
+        let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&any.value)
+            .map_err(|e| Error::InvalidArgument(format!("invalid resources: {e}")))?;
+        self.sandbox()?.expect_ok(&Request::UpdateContainer {
+            id: req.id.clone(),
+            resources: Box::new(resources),
+        })
+    }
+
+    fn resize_pty(&self, req: ResizePtyRequest) -> Result<()> {
+        let p = self.process(&req.id, &req.exec_id)?;
+        if !p.stdio.terminal {
+            return Err(Error::FailedPrecondition(format!(
+                "process {} has no terminal",
+                p.id()
+            )));
+        }
+        let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+        self.sandbox()?.expect_ok(&Request::ResizeTerminal {
+            id: req.id.clone(),
+            exec_id: opt(&req.exec_id).map(str::to_string),
+            rows: clamp(req.height),
+            cols: clamp(req.width),
+        })
+    }
+
+    fn close_io(&self, req: CloseIORequest) -> Result<()> {
+        let p = self.process(&req.id, &req.exec_id)?;
+        if req.stdin {
+            if let Some(io) = p.io().as_ref() {
+                io.close_stdin();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The guest pid of a just-started exec (None if the agent cannot tell,
+/// or it is already gone).
+fn guest_pid(sb: &Sandbox, id: &str, exec_id: &str) -> Option<u32> {
+    match sb.request(&Request::ListProcesses { id: id.to_string() }) {
+        Ok(Response::Processes { processes }) => processes
+            .iter()
+            .find(|p| p.exec_id.as_deref() == Some(exec_id))
+            .and_then(|p| u32::try_from(p.pid).ok()),
+        _ => None,
+    }
+}
+
+fn done<T>(r: Result<T>) -> TtrpcResult<T> {
+    r.map_err(|e| {
+        warn!("{e}");
+        e.into()
+    })
+}
+
+impl Task for Service {
+    fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateTaskRequest,
+    ) -> TtrpcResult<CreateTaskResponse> {
+        done(self.inner.create(req))
+    }
+
+    fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
+        done(self.inner.start(req))
+    }
+
+    fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
+        done(self.inner.delete(req))
+    }
+
+    fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
+        done(self.inner.state(req))
+    }
+
+    fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
+        done(self.inner.kill(req).map(|_| Empty::new()))
+    }
+
+    fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
+        let p = done(self.inner.process(&req.id, &req.exec_id))?;
+        let e = p.wait();
+        Ok(WaitResponse {
+            exit_status: e.status,
+            exited_at: timestamp(e.at),
+            ..Default::default()
+        })
+    }
+
+    fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
+        done(self.inner.exec(req).map(|_| Empty::new()))
+    }
+
+    fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
+        done(self.inner.resize_pty(req).map(|_| Empty::new()))
+    }
+
+    fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
+        done(self.inner.close_io(req).map(|_| Empty::new()))
+    }
+
+    fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
+        done(self.inner.pids(req))
+    }
+
+    fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
+        done(self.inner.pause_resume(&req.id, true).map(|_| Empty::new()))
+    }
+
+    fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
+        done(
+            self.inner
+                .pause_resume(&req.id, false)
+                .map(|_| Empty::new()),
+        )
+    }
+
+    fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
+        done(self.inner.stats(req))
+    }
+
+    fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
+        done(self.inner.update(req).map(|_| Empty::new()))
+    }
+
+    fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: containerd_shim::api::CheckpointTaskRequest,
+    ) -> TtrpcResult<Empty> {
+        done(Err(Error::Unimplemented(
+            "husk cannot checkpoint tasks".into(),
+        )))
+    }
+
+    fn connect(&self, _ctx: &TtrpcContext, _req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
+        let task_pid = lock(&self.inner.sandbox)
+            .as_ref()
+            .map(|s| s.vmm_pid)
+            .unwrap_or(0);
+        Ok(ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        })
+    }
+
+    fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
+        let _l = lock(&self.inner.lifecycle);
+        if !lock(&self.inner.containers).is_empty() {
+            return Ok(Empty::new());
+        }
+        self.inner.end_sandbox();
+        self.inner.events.flush(Duration::from_secs(2));
+        info!("no containers left: shim exits");
+        self.inner.exit.signal();
+        Ok(Empty::new())
+    }
+}
