@@ -14,46 +14,51 @@ pub struct TestBundle {
 
 const BUSYBOX: &str = "/bin/busybox";
 
+/// A busybox root filesystem at `rootfs`: the static busybox with relative
+/// applet links, and /etc/passwd and /etc/group with a root and a user.
+pub fn busybox_rootfs(rootfs: &Path) {
+    for d in [
+        "bin",
+        "etc",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "root",
+        "home/user",
+    ] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    assert!(
+        Path::new(BUSYBOX).exists(),
+        "{BUSYBOX} missing: install Debian's busybox-static"
+    );
+    std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
+    // Relative links: `busybox --install -s` would point them at this host path.
+    let list = Command::new(BUSYBOX).arg("--list").output().unwrap();
+    assert!(list.status.success());
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+    }
+    std::fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:User:/home/user:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(
+        rootfs.join("etc/group"),
+        "root:x:0:\nuser:x:1000:\nextra:x:2000:user\n",
+    )
+    .unwrap();
+}
+
 impl TestBundle {
     /// `args` is the container's process.
     pub fn busybox(tag: &str, args: &[&str]) -> TestBundle {
         let dir = crate::vm_dir(&format!("bundle-{tag}"));
-        let rootfs = dir.join("rootfs");
-        for d in [
-            "bin",
-            "etc",
-            "proc",
-            "sys",
-            "dev",
-            "tmp",
-            "root",
-            "home/user",
-        ] {
-            std::fs::create_dir_all(rootfs.join(d)).unwrap();
-        }
-        assert!(
-            Path::new(BUSYBOX).exists(),
-            "{BUSYBOX} missing: install Debian's busybox-static"
-        );
-        std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
-        // Relative links: `busybox --install -s` would point them at this host path.
-        let list = Command::new(BUSYBOX).arg("--list").output().unwrap();
-        assert!(list.status.success());
-        for applet in String::from_utf8_lossy(&list.stdout).lines() {
-            if applet != "busybox" {
-                std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-            }
-        }
-        std::fs::write(
-            rootfs.join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:User:/home/user:/bin/sh\n",
-        )
-        .unwrap();
-        std::fs::write(
-            rootfs.join("etc/group"),
-            "root:x:0:\nuser:x:1000:\nextra:x:2000:user\n",
-        )
-        .unwrap();
+        busybox_rootfs(&dir.join("rootfs"));
         let config = default_config(args);
         let b = TestBundle { dir, config };
         b.write();

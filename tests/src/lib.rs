@@ -5,6 +5,8 @@
 //! test with the reason.
 
 pub mod bundle;
+pub mod containerd;
+pub mod podman;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,0 +1,159 @@
+//! Real podman (and conmon) driving `husk` through `--runtime`, with their own
+//! configuration, storage and run directories, and an image imported offline.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use crate::{artifact, output_within, require_kvm, vm_dir, COMMAND_TIMEOUT};
+
+/// The image every podman test runs: busybox, imported from a tarball.
+pub const IMAGE: &str = "localhost/husk-busybox:latest";
+
+pub struct Podman {
+    pub base: PathBuf,
+    pub husk_root: PathBuf,
+    conf: PathBuf,
+    storage: PathBuf,
+    husk_config: PathBuf,
+}
+
+static SHARED: OnceLock<Podman> = OnceLock::new();
+
+fn must_exist(cmd: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{cmd} not found on PATH: install Debian's podman and conmon (.ci/run does)"
+    );
+}
+
+impl Podman {
+    /// One podman setup per test executable, with the image imported once.
+    pub fn shared() -> &'static Podman {
+        SHARED.get_or_init(Podman::setup)
+    }
+
+    fn setup() -> Podman {
+        require_kvm();
+        must_exist("podman");
+        must_exist("conmon");
+        let base = vm_dir("podman");
+        let _ = std::fs::remove_dir_all(&base);
+        for d in ["storage", "runroot", "tmp", "husk", "image", "networks"] {
+            std::fs::create_dir_all(base.join(d)).unwrap();
+        }
+        let husk = artifact("HUSK_BIN_DIR").join("husk");
+        let husk_root = base.join("husk");
+        let husk_config = base.join("husk.toml");
+        std::fs::write(
+            &husk_config,
+            format!(
+                "kernel = {:?}\ninitrd = {:?}\nvmm = {:?}\nmemory_mib = 128\n",
+                artifact("HUSK_KERNEL"),
+                artifact("HUSK_INITRD"),
+                artifact("HUSK_VMM")
+            ),
+        )
+        .unwrap();
+        let conf = base.join("containers.conf");
+        // The runtime entry is what README's podman section documents. No
+        // network stack in the test host: containers default to --network=none.
+        std::fs::write(
+            &conf,
+            format!(
+                "[containers]\nnetns = \"none\"\nlog_driver = \"k8s-file\"\n\n\
+                 [network]\nnetwork_config_dir = {:?}\n\n\
+                 [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+                 runtime = \"husk\"\ntmp_dir = {:?}\nimage_copy_tmp_dir = {:?}\n\n\
+                 [engine.runtimes]\nhusk = [{:?}]\n",
+                base.join("networks"),
+                base.join("tmp"),
+                base.join("tmp"),
+                husk
+            ),
+        )
+        .unwrap();
+        let storage = base.join("storage.conf");
+        std::fs::write(
+            &storage,
+            format!(
+                "[storage]\ndriver = \"overlay\"\ngraphroot = {:?}\nrunroot = {:?}\n",
+                base.join("storage"),
+                base.join("runroot")
+            ),
+        )
+        .unwrap();
+        let p = Podman {
+            base,
+            husk_root,
+            conf,
+            storage,
+            husk_config,
+        };
+        p.import_busybox();
+        p
+    }
+
+    /// `podman ...` with our configuration (and `--runtime` naming husk's binary,
+    /// as a user would).
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new("podman");
+        c.env("CONTAINERS_CONF", &self.conf)
+            .env("CONTAINERS_STORAGE_CONF", &self.storage)
+            .env("HUSK_CONFIG", &self.husk_config)
+            // /var/tmp is read-only in the test host; podman stages images in TMPDIR.
+            .env("TMPDIR", self.base.join("tmp"))
+            .arg("--runtime")
+            .arg(artifact("HUSK_BIN_DIR").join("husk"))
+            .arg("--runtime-flag")
+            .arg(format!("root={}", self.husk_root.display()));
+        c
+    }
+
+    /// Runs `podman ARGS` (stdin /dev/null) within the command timeout.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut c = self.cmd();
+        c.args(args).stdin(Stdio::null());
+        output_within(c, COMMAND_TIMEOUT)
+    }
+
+    /// Like [`run`](Self::run) but fails the test unless podman succeeded;
+    /// returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "podman {args:?}: {:?}\nstdout: {}\nstderr: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Builds a busybox root filesystem tarball and `podman import`s it.
+    fn import_busybox(&self) {
+        let rootfs = self.base.join("image");
+        crate::bundle::busybox_rootfs(&rootfs);
+        let tar = self.base.join("busybox.tar");
+        let st = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(st.success(), "tar of the busybox rootfs failed");
+        self.ok(&[
+            "import",
+            "--change",
+            "CMD=[\"/bin/sh\"]",
+            tar.to_str().unwrap(),
+            IMAGE,
+        ]);
+    }
+}
