@@ -15,6 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex};
 
 use husk_protocol::{ContainerStatus, ExecProcess, Response};
+use oci_spec::runtime::Process;
 
 use super::exec_init::{ExecConfig, NsFd};
 use super::helper::{self, StartError};
@@ -86,6 +87,23 @@ fn open_namespaces(pid: i32) -> Result<Option<Vec<Namespace>>, String> {
     Ok(Some(out))
 }
 
+/// runc's defaults for an exec: what its process does not set comes from
+/// the container's process (capabilities, no_new_privileges, rlimits), so
+/// a bare exec is not more privileged than the container.
+fn with_defaults(exec: &Process, init: &Process) -> Process {
+    let mut p = exec.clone();
+    if p.capabilities().is_none() {
+        p.set_capabilities(init.capabilities().clone());
+    }
+    if p.no_new_privileges().is_none() {
+        p.set_no_new_privileges(init.no_new_privileges());
+    }
+    if p.rlimits().as_ref().is_none_or(|r| r.is_empty()) {
+        p.set_rlimits(init.rlimits().clone());
+    }
+    p
+}
+
 impl Container {
     pub(super) fn exec(&self, exec_id: &str) -> Result<Arc<Exec>, Response> {
         match lock(&self.execs).get(exec_id) {
@@ -122,6 +140,14 @@ impl Container {
     fn spawn_exec(&self, req: &ExecProcess) -> Result<Exec, String> {
         let gone = || format!("container {} is not running", self.id);
         let namespaces = open_namespaces(self.pid)?.ok_or_else(gone)?;
+        // The init's root, which the exec chroots into after joining the
+        // mount namespace: the namespace's own root is only the container's
+        // when the agent's root is the namespace's (not so in a chroot).
+        let root = match File::open(format!("/proc/{}/root/", self.pid)) {
+            Ok(f) => OwnedFd::from(f),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(gone()),
+            Err(e) => return Err(format!("open /proc/{}/root: {e}", self.pid)),
+        };
         // Opened before this check: had the init been reaped (and its pid
         // reused) first, the exit would be recorded by now.
         if self.exit.get().is_some() {
@@ -130,7 +156,7 @@ impl Container {
         let (stdio, child_stdio) = Stdio::new(req.terminal, console_size(&req.process))
             .map_err(|e| format!("stdio: {e}"))?;
         let config = ExecConfig {
-            process: req.process.clone(),
+            process: with_defaults(&req.process, &self.process),
             terminal: req.terminal,
             cgroup: self.cgroup.path.clone(),
             seccomp: self.seccomp.clone(),
@@ -143,8 +169,10 @@ impl Container {
                     name: name.to_string(),
                 })
                 .collect(),
+            root_fd: CONFIG_FD + 1 + namespaces.len() as i32,
         };
-        let fds: Vec<BorrowedFd<'_>> = namespaces.iter().map(|(f, _, _)| f.as_fd()).collect();
+        let mut fds: Vec<BorrowedFd<'_>> = namespaces.iter().map(|(f, _, _)| f.as_fd()).collect();
+        fds.push(root.as_fd());
         let pid_ns = namespaces
             .iter()
             .any(|(_, flag, _)| *flag == libc::CLONE_NEWPID);
@@ -255,5 +283,42 @@ impl Registry {
         exits().forget(e.pid);
         lock(&c.execs).remove(exec_id);
         Response::Ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn process(mut v: serde_json::Value) -> Process {
+        v["user"] = json!({ "uid": 0, "gid": 0 });
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn exec_defaults_from_the_container() {
+        let init = process(json!({
+            "args": ["sleep"], "cwd": "/",
+            "capabilities": { "bounding": ["CAP_KILL"], "effective": ["CAP_KILL"] },
+            "noNewPrivileges": true,
+            "rlimits": [{ "type": "RLIMIT_NOFILE", "soft": 10, "hard": 10 }]
+        }));
+        let bare = with_defaults(&process(json!({ "args": ["sh"], "cwd": "/tmp" })), &init);
+        assert_eq!(bare.capabilities(), init.capabilities());
+        assert_eq!(bare.no_new_privileges(), Some(true));
+        assert_eq!(bare.rlimits(), init.rlimits());
+        assert_eq!(bare.args().as_deref(), Some(&["sh".to_string()][..]));
+        assert_eq!(bare.cwd().to_str(), Some("/tmp"));
+        let own = process(json!({
+            "args": ["sh"], "cwd": "/",
+            "capabilities": { "bounding": [] },
+            "noNewPrivileges": false,
+            "rlimits": [{ "type": "RLIMIT_CORE", "soft": 0, "hard": 0 }]
+        }));
+        let p = with_defaults(&own, &init);
+        assert_eq!(p.capabilities(), own.capabilities());
+        assert_eq!(p.no_new_privileges(), Some(false));
+        assert_eq!(p.rlimits(), own.rlimits());
     }
 }

@@ -2,10 +2,11 @@
 //!
 //! fds on entry: 0-2 the process's stdio, 3 the control channel, 4 a pipe
 //! carrying the [`ExecConfig`], 5.. the container init's namespaces (opened
-//! by the agent, listed in the config).
+//! by the agent, listed in the config), then the init's root directory.
 //!
 //! Sequence (runc exec's): join the container's cgroup, oom_score_adj, join
-//! the namespaces (the pid namespace applies to children, so one more fork,
+//! the namespaces, chroot into the init's root (fd after the namespaces),
+//! fork once more (the pid namespace applies to children; the child is
 //! reported to the agent like the init's), setsid (+ controlling tty), then
 //! the process's own settings and the container's seccomp profile
 //! (`launch`), `Ready`, and on `Start` execve. A missing executable is
@@ -40,6 +41,8 @@ pub struct ExecConfig {
     pub seccomp: Option<LinuxSeccomp>,
     /// In the order to join them.
     pub namespaces: Vec<NsFd>,
+    /// The container init's root directory (an inherited fd).
+    pub root_fd: i32,
 }
 
 fn exit(code: i32) -> ! {
@@ -65,13 +68,16 @@ pub fn main() -> ! {
 
 fn run(ctl: &Channel) -> Result<Infallible, String> {
     let cfg: ExecConfig = init::read_config()?;
-    let first_unused = CONFIG_FD + 1 + cfg.namespaces.len() as i32;
+    let first_unused = CONFIG_FD + 2 + cfg.namespaces.len() as i32;
+    if cfg.root_fd != first_unused - 1 {
+        return Err(format!("root directory on unexpected fd {}", cfg.root_fd));
+    }
     // SAFETY: closes descriptors this process does not own; nothing uses them.
     unsafe { libc::syscall(libc::SYS_close_range, first_unused, u32::MAX, 0) };
     if let Some(n) = cfg
         .namespaces
         .iter()
-        .find(|n| n.fd <= CONFIG_FD || n.fd >= first_unused)
+        .find(|n| n.fd <= CONFIG_FD || n.fd >= cfg.root_fd)
     {
         return Err(format!("namespace {} on unexpected fd {}", n.name, n.fd));
     }
@@ -105,6 +111,17 @@ fn run(ctl: &Channel) -> Result<Infallible, String> {
         }
         pid_ns |= n.flag == libc::CLONE_NEWPID;
     }
+    // SAFETY: plain syscalls on an fd the agent gave us.
+    unsafe {
+        if libc::fchdir(cfg.root_fd) != 0 || libc::chroot(c".".as_ptr()) != 0 {
+            return Err(format!(
+                "enter the container's root: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        libc::close(cfg.root_fd);
+    }
+    nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
     if pid_ns {
         init::fork_into_pid_ns(ctl)?;
     }

@@ -60,6 +60,8 @@ pub struct Container {
     ctl: Mutex<Option<Channel>>,
     /// `linux.seccomp` of the spec: exec processes get it too (as in runc).
     seccomp: Option<LinuxSeccomp>,
+    /// The spec's process, for what an exec's process leaves unset.
+    process: oci_spec::runtime::Process,
     execs: Mutex<HashMap<String, exec::Slot>>,
     /// Serializes exec setup and start with pause and resume: a helper
     /// joining a frozen cgroup would freeze halfway.
@@ -650,6 +652,7 @@ fn create(req: &CreateContainer) -> Result<Container, String> {
         phase: Mutex::new(Phase::Created),
         ctl: Mutex::new(Some(parked.ctl)),
         seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
+        process: spec.process().clone().unwrap_or_default(),
         execs: Mutex::new(HashMap::new()),
         ops: Mutex::new(()),
     })
