@@ -158,11 +158,7 @@ fn vmm(r: &mut Rules) -> Result<(), JailError> {
         ],
     );
     // UnixStream::set_nonblocking on accepted and connected sockets.
-    allow_if(
-        r,
-        libc::SYS_ioctl,
-        vec![rule(vec![eq(1, libc::FIONBIO)?])?],
-    );
+    allow_if(r, libc::SYS_ioctl, vec![rule(vec![eq(1, libc::FIONBIO)?])?]);
     // Only unix stream sockets (for `<uds>_<port>`): no network, no netlink.
     allow_if(
         r,
