@@ -345,4 +345,73 @@ mod tests {
             }
         );
     }
+
+    /// Needs root and a writable cgroup file system (v1, hybrid or v2):
+    /// `cargo test -p husk --lib cgroups -- --ignored`. Moves the test
+    /// process into a new cgroup and back.
+    #[test]
+    #[ignore]
+    fn enter_and_remove_on_this_host() {
+        let before = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let dir = std::env::temp_dir().join(format!("husk-cg-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rel = format!("/husk-unit-{}", std::process::id());
+        let spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": {"cgroupsPath": rel}
+        }))
+        .unwrap();
+        enter(&dir, &spec, "x", 64, 2).unwrap();
+        let now = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let lim = limits(64, 2);
+        for (mnt, v2, ctrls) in hierarchies().unwrap() {
+            let d = mnt.join(rel.trim_start_matches('/'));
+            let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap();
+            assert!(
+                procs.lines().any(|p| p == std::process::id().to_string()),
+                "{d:?}"
+            );
+            let read = |f: &str| {
+                std::fs::read_to_string(d.join(f))
+                    .unwrap()
+                    .trim()
+                    .to_string()
+            };
+            if v2 && d.join("memory.max").exists() {
+                assert_eq!(read("memory.max"), lim.memory_bytes.to_string());
+                assert_eq!(read("pids.max"), lim.pids.to_string());
+            }
+            if ctrls.iter().any(|c| c == "memory") {
+                assert_eq!(read("memory.limit_in_bytes"), lim.memory_bytes.to_string());
+            }
+            if ctrls.iter().any(|c| c == "pids") {
+                assert_eq!(read("pids.max"), lim.pids.to_string());
+            }
+        }
+        assert!(now.contains(&rel), "{now}");
+        // Back where we were, so the cgroup can go.
+        for line in before.lines() {
+            let mut f = line.splitn(3, ':');
+            let (_, ctrls, path) = (f.next(), f.next().unwrap(), f.next().unwrap());
+            for (mnt, v2, c) in hierarchies().unwrap() {
+                let same = if ctrls.is_empty() {
+                    v2
+                } else {
+                    let name = ctrls.trim_start_matches("name=");
+                    c.iter().any(|x| ctrls.split(',').any(|y| y == x))
+                        || c.iter().any(|x| x == name)
+                        || (!v2 && mnt.ends_with(name))
+                };
+                if same {
+                    let back = mnt.join(path.trim_start_matches('/')).join("cgroup.procs");
+                    let _ = std::fs::write(back, std::process::id().to_string());
+                }
+            }
+        }
+        remove(&dir).unwrap();
+        for (mnt, _, _) in hierarchies().unwrap() {
+            assert!(!mnt.join(rel.trim_start_matches('/')).exists(), "{mnt:?}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
