@@ -263,6 +263,8 @@ fn fs_worker(r: &mut Rules, xattr: bool) -> Result<(), JailError> {
             libc::SYS_setresgid,
             libc::SYS_geteuid,
             libc::SYS_getegid,
+            libc::SYS_getuid,
+            libc::SYS_getgid,
         ],
     );
     allow_if(
