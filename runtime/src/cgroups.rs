@@ -285,6 +285,7 @@ pub fn remove(state_dir: &Path) -> Result<(), CgroupError> {
     }
     for (mnt, _, _) in hierarchies()? {
         let dir = mnt.join(&rel);
+        kill_all(&dir);
         let deadline = Instant::now() + Duration::from_secs(1);
         loop {
             match std::fs::remove_dir(&dir) {
@@ -299,6 +300,20 @@ pub fn remove(state_dir: &Path) -> Result<(), CgroupError> {
     }
     let _ = std::fs::remove_file(record);
     Ok(())
+}
+
+/// SIGKILLs whatever is still in cgroup `dir` (a VMM that outlived its
+/// waiter, say): only the sandbox's own processes are ever in there.
+fn kill_all(dir: &Path) {
+    let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
+        return;
+    };
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        if pid > 1 && pid != std::process::id() as i32 {
+            // SAFETY: kill with a pid read from the container's own cgroup.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
 }
 
 #[cfg(test)]
