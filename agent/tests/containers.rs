@@ -6,7 +6,9 @@
 //! test fails and says what is missing.
 //!
 //! - `root_*`: root with mount/pid/uts/ipc/net namespaces and /bin/busybox
-//!   (Debian's busybox-static). They pass on an ordinary root host:
+//!   (Debian's busybox-static); pause/resume also needs the cgroup v2
+//!   hierarchy (the agent mounts it in its own mount namespace, controllers
+//!   or not). They pass on an ordinary root host:
 //!   `cargo test -p husk-agent --test containers -- --ignored --test-threads=1 root_`
 //! - `full_root_*`: additionally full capabilities (CAP_SYS_RESOURCE in the
 //!   bounding set, a raisable RLIMIT_NOFILE) and cgroup v2 with the memory and
@@ -1516,10 +1518,12 @@ fn full_root_update_and_stats() {
     assert_eq!((st, out.as_str()), (ExitStatus::Code(0), "ok\n"));
 
     // memory.max: an exec that exceeds it is OOM-killed, and counted
-    a.ok(update(
-        json!({ "memory": { "limit": 16777216, "swap": 16777216 } }),
-    ));
+    a.ok(update(json!({ "memory": { "limit": 16777216 } })));
     assert_eq!(a.stats(&c).memory_limit_bytes, Some(16777216));
+    // swap alone is memory+swap against the current limit
+    a.ok(update(json!({ "memory": { "swap": 33554432 } })));
+    let swap_max = std::fs::read_to_string(format!("/sys/fs/cgroup/husk/{c}/memory.swap.max"));
+    assert_eq!(swap_max.ok().as_deref().map(str::trim), Some("16777216"));
     let (st, _, _) = a.exec_run(
         &c,
         "hog",

@@ -462,7 +462,21 @@ impl Registry {
         if c.status() == ContainerStatus::Stopped {
             return err(format!("container {id} is not running: stopped"));
         }
-        match cgroups::resource_writes(resources).and_then(|w| c.cgroup.apply(&w)) {
+        // A swap limit is memory+swap: without a new memory limit it is
+        // taken against the current one (as runc does).
+        let mut resources = resources.clone();
+        if let Some(m) = *resources.memory() {
+            if m.swap().is_some() && m.limit().is_none() {
+                let current = std::fs::read_to_string(c.cgroup.path.join("memory.max"))
+                    .ok()
+                    .and_then(|t| stats::parse_limit(&t).ok())
+                    .map(|l| l.map_or(-1, |v| i64::try_from(v).unwrap_or(-1)));
+                let mut m = m;
+                m.set_limit(current);
+                resources.set_memory(Some(m));
+            }
+        }
+        match cgroups::resource_writes(&resources).and_then(|w| c.cgroup.apply(&w)) {
             Ok(()) => Response::Ok,
             Err(e) => err(format!("update container {id}: {e}")),
         }
