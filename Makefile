@@ -27,7 +27,7 @@ help:
 build: host-bins agent
 
 host-bins:
-	$(CARGO) build --release -p husk-vmm -p husk
+	$(CARGO) build --release -p husk-vmm -p husk -p containerd-shim-husk-v2
 
 # The agent is PID 1 of a guest with no libc: link it statically. --target gives it its own
 # target dir (target/$(AGENT_TARGET)), so the RUSTFLAGS change does not rebuild the host bins.
@@ -73,12 +73,13 @@ bench: build guest-image
 	$(CARGO) build --release -p husk-tests --bin husk-bench
 	$(VM_RUN) $(RELEASE)/husk-bench
 
-# PREFIX/bin/{husk,husk-vmm}, PREFIX/share/husk/{vmlinux,initrd.img}: where husk looks
+# PREFIX/bin/{husk,husk-vmm,containerd-shim-husk-v2}, PREFIX/share/husk/{vmlinux,initrd.img}: where husk looks
 # by default (relative to its own binary), so no config.toml is needed.
 PREFIX ?= /usr/local
 install: build guest-image
 	install -D -m 0755 $(RELEASE)/husk $(DESTDIR)$(PREFIX)/bin/husk
 	install -D -m 0755 $(RELEASE)/husk-vmm $(DESTDIR)$(PREFIX)/bin/husk-vmm
+	install -D -m 0755 $(RELEASE)/containerd-shim-husk-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-husk-v2
 	install -D -m 0644 $(HUSK_KERNEL) $(DESTDIR)$(PREFIX)/share/husk/vmlinux
 	install -D -m 0644 $(HUSK_INITRD) $(DESTDIR)$(PREFIX)/share/husk/initrd.img
 

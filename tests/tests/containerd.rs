@@ -1,0 +1,394 @@
+//! containerd-shim-husk-v2 under Debian's real containerd, driven with `ctr`:
+//! each test starts its own containerd (own config, root, state, socket; the
+//! shim found on PATH), imports a busybox image built offline, and runs real
+//! microVMs through the shim.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use husk_tests::containerd::{processes_with, Containerd, IMAGE, RUNTIME};
+use husk_tests::{output_within, COMMAND_TIMEOUT};
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn setup(tag: &str) -> Containerd {
+    let c = Containerd::start(tag);
+    c.import_busybox();
+    c
+}
+
+/// `ctr run --runtime io.containerd.husk.v2 [opts] IMAGE ID ARGS...`
+fn run(c: &Containerd, opts: &[&str], id: &str, args: &[&str]) -> Output {
+    let mut v = vec!["run", "--runtime", RUNTIME];
+    v.extend_from_slice(opts);
+    v.push(IMAGE);
+    v.push(id);
+    v.extend_from_slice(args);
+    c.ctr_out(&v)
+}
+
+/// The task's (pid, status) from `ctr task ls`.
+fn task(c: &Containerd, id: &str) -> Option<(u32, String)> {
+    c.ctr_ok(&["task", "ls"]).lines().skip(1).find_map(|l| {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        (w.len() == 3 && w[0] == id).then(|| (w[1].parse().unwrap_or(0), w[2].to_string()))
+    })
+}
+
+fn wait_status(c: &Containerd, id: &str, want: &str) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some((pid, st)) = task(c, id) {
+            if st == want {
+                return pid;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task {id} never became {want}: {:?}\n{}",
+            task(c, id),
+            c.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Deletes a task and its container; returns `ctr task delete`'s stderr
+/// (which names a non-zero exit status).
+fn remove(c: &Containerd, id: &str) -> String {
+    let o = c.ctr_out(&["task", "delete", id]);
+    assert!(o.status.success(), "task delete {id}: {}", err(&o));
+    c.ctr_ok(&["container", "rm", id]);
+    err(&o)
+}
+
+/// husk-vmm processes of this containerd's sandboxes (a jailed VMM is two:
+/// the process the shim started, and the VMM it forked into a pid namespace).
+fn husk_vmms(c: &Containerd) -> Vec<i32> {
+    let mut v: Vec<i32> = processes_with(&c.shim_root.to_string_lossy())
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("husk-vmm"))
+        .map(|(p, _)| p)
+        .collect();
+    v.sort();
+    v
+}
+
+fn sandbox_dirs(c: &Containerd) -> usize {
+    std::fs::read_dir(&c.shim_root)
+        .map(|r| r.count())
+        .unwrap_or(0)
+}
+
+/// Records `ctr events` while alive.
+struct Events {
+    child: std::process::Child,
+    file: std::path::PathBuf,
+}
+
+impl Events {
+    fn start(c: &Containerd) -> Events {
+        let file = c.base.join("events.txt");
+        let mut cmd = c.ctr();
+        let child = cmd
+            .arg("events")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&file).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Let it subscribe before anything happens.
+        std::thread::sleep(Duration::from_millis(500));
+        Events { child, file }
+    }
+
+    /// Lines of topic `topic`, waiting a little for them to arrive.
+    fn lines(&self, topic: &str, want: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&self.file).unwrap_or_default();
+            let v: Vec<String> = text
+                .lines()
+                .filter(|l| l.split_whitespace().nth(5) == Some(topic))
+                .map(str::to_string)
+                .collect();
+            if v.len() >= want || Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn json_of(line: &str) -> serde_json::Value {
+    let start = line.find('{').expect("event without JSON");
+    serde_json::from_str(&line[start..]).expect("event JSON")
+}
+
+#[test]
+fn run_rm_echo_hi() {
+    let c = setup("echo");
+    let o = run(&c, &["--rm"], "echo1", &["echo", "hi"]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", err(&o), c.log_tail(60));
+    assert_eq!(out(&o), "hi\n");
+    assert_eq!(c.ctr_ok(&["container", "ls", "-q"]), "");
+    c.assert_clean();
+}
+
+#[test]
+fn exit_status_stdio_and_events() {
+    let c = setup("exit");
+    let ev = Events::start(&c);
+    let before = std::time::SystemTime::now();
+    let o = run(
+        &c,
+        &["--rm"],
+        "exit7",
+        &["sh", "-c", "echo out; echo err >&2; exit 7"],
+    );
+    assert_eq!(o.status.code(), Some(7), "{}", err(&o));
+    assert_eq!(out(&o), "out\n");
+    assert!(err(&o).contains("err\n"), "{}", err(&o));
+
+    let create = ev.lines("/tasks/create", 1);
+    let start = ev.lines("/tasks/start", 1);
+    let exit = ev.lines("/tasks/exit", 1);
+    let delete = ev.lines("/tasks/delete", 1);
+    assert_eq!(
+        (create.len(), start.len(), exit.len(), delete.len()),
+        (1, 1, 1, 1),
+        "{}",
+        std::fs::read_to_string(&ev.file).unwrap()
+    );
+    let e = json_of(&exit[0]);
+    assert_eq!(e["container_id"], "exit7");
+    assert_eq!(e["id"], "exit7");
+    assert_eq!(e["exit_status"], 7);
+    // exited_at: after the run began, not containerd's zero time.
+    let at = e["exited_at"].as_str().unwrap().to_string();
+    let secs = Command::new("date")
+        .args(["-d", &at, "+%s"])
+        .output()
+        .unwrap();
+    let secs: u64 = String::from_utf8_lossy(&secs.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let began = before
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(secs + 1 >= began && secs < began + 300, "exited_at {at}");
+    assert_eq!(json_of(&delete[0])["exit_status"], 7);
+    assert_eq!(json_of(&delete[0])["exited_at"], e["exited_at"]);
+    // The pid containerd was given is the VM's (husk-vmm).
+    let pid = json_of(&create[0])["pid"].as_u64().unwrap();
+    assert_eq!(json_of(&start[0])["pid"].as_u64().unwrap(), pid);
+    assert!(pid > 0);
+    c.assert_clean();
+}
+
+#[test]
+fn tty() {
+    let c = setup("tty");
+    // ctr -t needs a terminal of its own: script(1) gives it one.
+    let ctr = format!(
+        "ctr --address {} --namespace husktest run --rm -t --runtime {RUNTIME} {IMAGE} tty1 sh -c 'tty; exit 5'",
+        c.socket.display()
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &ctr, "/dev/null"])
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::null());
+    let o = output_within(cmd, COMMAND_TIMEOUT);
+    assert_eq!(o.status.code(), Some(5), "{}{}", out(&o), err(&o));
+    assert!(out(&o).contains("/dev/pts/0"), "{:?}", out(&o));
+    c.assert_clean();
+}
+
+#[test]
+fn exec_in_running_task() {
+    let c = setup("exec");
+    let ev = Events::start(&c);
+    let o = run(&c, &["-d"], "ex1", &["sleep", "1000"]);
+    assert!(o.status.success(), "{}", err(&o));
+    wait_status(&c, "ex1", "RUNNING");
+    let o = c.ctr_out(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "ex1",
+        "sh",
+        "-c",
+        "echo from-exec; echo to-stderr >&2; exit 3",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}\n{}", err(&o), c.log_tail(40));
+    assert_eq!(out(&o), "from-exec\n");
+    assert!(err(&o).contains("to-stderr"), "{}", err(&o));
+    let added = ev.lines("/tasks/exec-added", 1);
+    let started = ev.lines("/tasks/exec-started", 1);
+    assert_eq!((added.len(), started.len()), (1, 1));
+    assert_eq!(json_of(&added[0])["exec_id"], "e1");
+    let exits = ev.lines("/tasks/exit", 1);
+    let exec_exit = exits
+        .iter()
+        .map(|l| json_of(l))
+        .find(|e| e["id"] == "e1")
+        .expect("exit event of the exec");
+    assert_eq!(exec_exit["exit_status"], 3);
+    // The container is unaffected.
+    assert_eq!(task(&c, "ex1").unwrap().1, "RUNNING");
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "ex1"]);
+    wait_status(&c, "ex1", "STOPPED");
+    remove(&c, "ex1");
+    c.assert_clean();
+}
+
+#[test]
+fn kill_ls_pause_resume_metrics() {
+    let c = setup("kill");
+    let ev = Events::start(&c);
+    let o = run(
+        &c,
+        &["-d"],
+        "k1",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 42' TERM; while true; do sleep 1; done",
+        ],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    let pid = wait_status(&c, "k1", "RUNNING");
+    // The task's pid is its VM's.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("husk-vmm"),
+        "pid {pid} is not husk-vmm"
+    );
+
+    c.ctr_ok(&["task", "pause", "k1"]);
+    wait_status(&c, "k1", "PAUSED");
+    c.ctr_ok(&["task", "resume", "k1"]);
+    wait_status(&c, "k1", "RUNNING");
+    assert_eq!(ev.lines("/tasks/paused", 1).len(), 1);
+    assert_eq!(ev.lines("/tasks/resumed", 1).len(), 1);
+
+    let m = c.ctr_ok(&["task", "metrics", "k1"]);
+    let value = |name: &str| -> u64 {
+        m.lines()
+            .find_map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                (w.len() == 2 && w[0] == name).then(|| w[1].parse().unwrap_or(0))
+            })
+            .unwrap_or_else(|| panic!("no {name} in metrics:\n{m}"))
+    };
+    assert!(value("memory.usage") > 0, "{m}");
+    assert!(value("pids.current") >= 2, "{m}");
+    assert!(value("cpu.usage_usec") > 0, "{m}");
+
+    let ps = c.ctr_ok(&["task", "ps", "k1"]);
+    assert!(ps.lines().count() >= 3, "{ps}");
+
+    // SIGTERM by default; the trap makes it exit 42.
+    c.ctr_ok(&["task", "kill", "k1"]);
+    wait_status(&c, "k1", "STOPPED");
+    let o = c.ctr_out(&["task", "kill", "k1"]);
+    assert!(!o.status.success(), "kill of a stopped task succeeded");
+    let warn = remove(&c, "k1");
+    assert!(warn.contains("exit code 42"), "{warn}");
+    c.assert_clean();
+}
+
+#[test]
+fn killed_vmm_is_an_exit() {
+    let c = setup("vmmkill");
+    let o = run(&c, &["-d"], "v1", &["sleep", "1000"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let pid = wait_status(&c, "v1", "RUNNING");
+    let vmms = husk_vmms(&c);
+    assert!(vmms.contains(&(pid as i32)), "{pid} not in {vmms:?}");
+    // The VMM itself (the jailed one when there are two) dies.
+    let victim = *vmms.iter().max().unwrap();
+    // SAFETY: killing the husk-vmm this test's shim started.
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    wait_status(&c, "v1", "STOPPED");
+    let warn = remove(&c, "v1");
+    assert!(warn.contains("exit code 137"), "{warn}");
+    assert!(
+        c.log().contains("husk-vmm exited"),
+        "the shim's log does not say the VM went away:\n{}",
+        c.log_tail(40)
+    );
+    c.assert_clean();
+}
+
+#[test]
+fn two_containers_share_one_vm() {
+    let c = setup("pod");
+    let sandbox = [
+        "-d",
+        "--annotation",
+        "io.kubernetes.cri.container-type=sandbox",
+        "--annotation",
+        "io.kubernetes.cri.sandbox-id=pod1",
+    ];
+    let member = [
+        "-d",
+        "--annotation",
+        "io.kubernetes.cri.container-type=container",
+        "--annotation",
+        "io.kubernetes.cri.sandbox-id=pod1",
+    ];
+    let o = run(&c, &sandbox, "pod1", &["sleep", "1000"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let pid1 = wait_status(&c, "pod1", "RUNNING");
+    let vmms = husk_vmms(&c);
+    assert!(vmms.contains(&(pid1 as i32)), "{pid1} not in {vmms:?}");
+    let o = run(&c, &member, "app1", &["sleep", "1000"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let pid2 = wait_status(&c, "app1", "RUNNING");
+    assert_eq!(pid1, pid2, "both tasks must run in the one VM");
+    assert_eq!(husk_vmms(&c), vmms, "no second VM");
+    assert_eq!(sandbox_dirs(&c), 1);
+    // The member really runs in there, in its own rootfs.
+    let o = c.ctr_out(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "x1",
+        "app1",
+        "cat",
+        "/etc/passwd",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert!(out(&o).starts_with("root:"), "{}", out(&o));
+    let shims = processes_with(&format!("-address {}", c.socket.display()));
+    assert_eq!(shims.len(), 1, "one shim per sandbox: {shims:?}");
+
+    // The member goes; the sandbox and its VM stay.
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "app1"]);
+    wait_status(&c, "app1", "STOPPED");
+    remove(&c, "app1");
+    assert_eq!(task(&c, "pod1").map(|t| t.1), Some("RUNNING".into()));
+    assert_eq!(husk_vmms(&c), vmms);
+
+    // The last container takes the VM with it.
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "pod1"]);
+    wait_status(&c, "pod1", "STOPPED");
+    remove(&c, "pod1");
+    c.assert_clean();
+}
