@@ -103,13 +103,15 @@ impl Podman {
         let mut c = Command::new("podman");
         c.env("CONTAINERS_CONF", &self.conf)
             .env("CONTAINERS_STORAGE_CONF", &self.storage)
-            .env("HUSK_CONFIG", &self.husk_config)
             // /var/tmp is read-only in the test host; podman stages images in TMPDIR.
             .env("TMPDIR", self.base.join("tmp"))
             .arg("--runtime")
             .arg(artifact("HUSK_BIN_DIR").join("husk"))
             .arg("--runtime-flag")
-            .arg(format!("root={}", self.husk_root.display()));
+            .arg(format!("root={}", self.husk_root.display()))
+            // podman does not pass its environment on to conmon and the runtime.
+            .arg("--runtime-flag")
+            .arg(format!("config={}", self.husk_config.display()));
         c
     }
 

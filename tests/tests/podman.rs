@@ -170,9 +170,11 @@ fn detached_exec_logs_inspect_ps() {
         .parse()
         .unwrap();
     assert!(pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists());
-    // top lists the guest's processes.
-    let top = p.ok(&["top", &c.name]);
+    // top with ps(1) options runs ps in the guest (through exec): the
+    // container's own processes, not the host's.
+    let top = p.ok(&["top", &c.name, "-ef"]);
     assert!(top.contains("sleep 1000"), "{top}");
+    assert!(!top.contains("conmon"), "{top}");
 }
 
 #[test]

@@ -29,6 +29,11 @@ pub struct Cli {
     pub log_format: LogFormat,
     #[arg(long, global = true)]
     pub debug: bool,
+    /// husk's own configuration file (default /etc/husk/config.toml, or $HUSK_CONFIG).
+    /// Engines that clear the environment pass it as a runtime flag
+    /// (`podman --runtime-flag config=FILE`).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
     /// Accepted for compatibility: cgroups are managed inside the guest.
     #[arg(long, global = true)]
     pub systemd_cgroup: bool,
@@ -127,6 +132,10 @@ pub enum ListFormat {
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(c) = &cli.config {
+        // Single-threaded here; the monitors we start inherit it.
+        std::env::set_var("HUSK_CONFIG", c);
+    }
     let store = husk::container::Store::new(&cli.root);
     match cli.command {
         Cmd::Create(a) => lifecycle::create(&store, &a).map(|_| ExitCode::SUCCESS),
