@@ -47,10 +47,32 @@ pub struct CreateRequest {
 
 const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Paths inside a container's state directory.
+/// Where VM directories go when the state directory's path is too long for
+/// unix socket names (engines pass long `--root`s and 64-character ids).
+pub const SHORT_VM_BASE: &str = "/run/husk-vm";
+
+/// The directory holding the VM's unix sockets: `<state dir>/vm`, unless a
+/// socket name there (`vsock.sock_<port>`, up to 21 bytes) would not fit in
+/// `sun_path` (108 bytes with the NUL); then a short directory named after a
+/// hash of the state directory, so `delete` finds it without any state.
 pub fn vm_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("vm")
+    use std::os::unix::ffi::OsStrExt;
+    let dir = state_dir.join("vm");
+    if dir.as_os_str().len() + "/vsock.sock_4294967295".len() < 108 {
+        return dir;
+    }
+    // FNV-1a: stable across builds, unlike std's hasher.
+    let hash = state_dir
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    Path::new(SHORT_VM_BASE).join(format!("{hash:016x}"))
 }
+
+/// Paths inside a container's state directory.
 pub fn share_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("share")
 }
@@ -390,4 +412,24 @@ pub fn sync_fd_from_env() -> Option<OwnedFd> {
     unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     // SAFETY: the parent passed this descriptor to us for us to own.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_dir_fits_socket_names() {
+        let short = Path::new("/run/husk/abc");
+        assert_eq!(vm_dir(short), short.join("vm"));
+        let long = PathBuf::from(format!(
+            "/tmp/a-rather-long-engine-root/husk/{}",
+            "f".repeat(64)
+        ));
+        let d = vm_dir(&long);
+        assert!(d.starts_with(SHORT_VM_BASE), "{d:?}");
+        assert_eq!(d, vm_dir(&long), "must be stable");
+        assert_ne!(d, vm_dir(&long.with_extension("x")));
+        assert!(vsock_path(&long).as_os_str().len() + "_4294967295".len() < 108);
+    }
 }

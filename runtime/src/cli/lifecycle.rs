@@ -73,6 +73,14 @@ fn husk_config() -> anyhow::Result<husk::config::Resolved> {
 fn cleanup(dir: &Path) -> anyhow::Result<()> {
     husk::cgroups::remove(dir)?;
     share::teardown(&monitor::share_dir(dir))?;
+    let vm_dir = monitor::vm_dir(dir);
+    if !vm_dir.starts_with(dir) {
+        match std::fs::remove_dir_all(&vm_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(anyhow!("cannot remove {}: {e}", vm_dir.display())),
+        }
+    }
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
