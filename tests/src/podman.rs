@@ -100,18 +100,30 @@ impl Podman {
     /// `podman ...` with our configuration (and `--runtime` naming husk's binary,
     /// as a user would).
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new("podman");
-        c.env("CONTAINERS_CONF", &self.conf)
-            .env("CONTAINERS_STORAGE_CONF", &self.storage)
-            // /var/tmp is read-only in the test host; podman stages images in TMPDIR.
-            .env("TMPDIR", self.base.join("tmp"))
-            .arg("--runtime")
+        let mut c = self.bare_cmd();
+        c.arg("--runtime")
             .arg(artifact("HUSK_BIN_DIR").join("husk"))
             .arg("--runtime-flag")
             .arg(format!("root={}", self.husk_root.display()))
             // podman does not pass its environment on to conmon and the runtime.
             .arg("--runtime-flag")
             .arg(format!("config={}", self.husk_config.display()));
+        c
+    }
+
+    /// `podman --runtime crun ...`, same storage and configuration (for comparisons).
+    pub fn crun_cmd(&self) -> Command {
+        let mut c = self.bare_cmd();
+        c.arg("--runtime").arg("crun");
+        c
+    }
+
+    fn bare_cmd(&self) -> Command {
+        let mut c = Command::new("podman");
+        c.env("CONTAINERS_CONF", &self.conf)
+            .env("CONTAINERS_STORAGE_CONF", &self.storage)
+            // /var/tmp is read-only in the test host; podman stages images in TMPDIR.
+            .env("TMPDIR", self.base.join("tmp"));
         c
     }
 
@@ -158,4 +170,61 @@ impl Podman {
             IMAGE,
         ]);
     }
+}
+
+/// Samples for `make bench`, in ms: `podman run --rm IMAGE true` with husk and
+/// with crun (interleaved), and `podman exec CTR true` into a running husk container.
+pub struct BenchSamples {
+    pub run_husk: Vec<f64>,
+    pub run_crun: Vec<f64>,
+    pub exec_husk: Vec<f64>,
+}
+
+pub fn bench(runs: usize) -> Result<BenchSamples, String> {
+    let p = Podman::shared();
+    let timed = |mut c: Command| -> Result<f64, String> {
+        c.stdin(Stdio::null());
+        let what = format!("{:?}", c.get_args().collect::<Vec<_>>());
+        let t = std::time::Instant::now();
+        let o = output_within(c, COMMAND_TIMEOUT);
+        if !o.status.success() {
+            return Err(format!(
+                "podman {what}: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+        }
+        Ok(t.elapsed().as_secs_f64() * 1e3)
+    };
+    let mut s = BenchSamples {
+        run_husk: Vec::new(),
+        run_crun: Vec::new(),
+        exec_husk: Vec::new(),
+    };
+    for i in 0..runs {
+        let run = |mut c: Command| {
+            c.args(["run", "--rm", IMAGE, "true"]);
+            c
+        };
+        // Alternate which goes first, so neither always gets the warm caches.
+        if i % 2 == 0 {
+            s.run_husk.push(timed(run(p.cmd()))?);
+            s.run_crun.push(timed(run(p.crun_cmd()))?);
+        } else {
+            s.run_crun.push(timed(run(p.crun_cmd()))?);
+            s.run_husk.push(timed(run(p.cmd()))?);
+        }
+    }
+    let name = "husk-bench-exec";
+    let _ = p.run(&["rm", "-f", "-t", "0", name]);
+    let o = p.run(&["run", "-d", "--name", name, IMAGE, "sleep", "100000"]);
+    if !o.status.success() {
+        return Err(String::from_utf8_lossy(&o.stderr).into_owned());
+    }
+    for _ in 0..runs {
+        let mut c = p.cmd();
+        c.args(["exec", name, "true"]);
+        s.exec_husk.push(timed(c)?);
+    }
+    let _ = p.run(&["rm", "-f", "-t", "0", name]);
+    Ok(s)
 }

@@ -384,5 +384,33 @@ fn main() -> anyhow::Result<()> {
         ratio(&launch, &qemu),
         ratio(&vmm_rss, &qemu_rss)
     );
-    containers(runs)
+    containers(runs)?;
+    podman(runs)
+}
+
+/// podman + conmon with husk vs with crun, same storage, same image, same run.
+fn podman(runs: usize) -> anyhow::Result<()> {
+    let s = husk_tests::podman::bench(runs).map_err(|e| anyhow::anyhow!("podman bench: {e}"))?;
+    let row = |name, samples: Vec<f64>| {
+        let mut r = Row::new(name, "ms");
+        r.samples = samples;
+        r
+    };
+    let husk = row("podman run --rm IMG true, husk", s.run_husk);
+    let crun = row("podman run --rm IMG true, crun", s.run_crun);
+    let exec = row(
+        "podman exec CTR true, husk (container running)",
+        s.exec_husk,
+    );
+    println!();
+    println!("podman: {runs} runs each, interleaved, same host; busybox image");
+    print_header();
+    for r in [&husk, &crun, &exec] {
+        r.print();
+    }
+    println!(
+        "podman run husk/crun ratio (median): {:.1}",
+        median(&husk) / median(&crun)
+    );
+    Ok(())
 }
