@@ -208,13 +208,11 @@ fn process_from_flags(dir: &Path, a: &ExecArgs) -> anyhow::Result<Process> {
     if !a.cap.is_empty() {
         let mut caps = p.capabilities().clone().unwrap_or_default();
         for c in &a.cap {
+            // runc takes CAP_NET_ADMIN or NET_ADMIN, any case.
             let name = c.to_ascii_uppercase();
-            let name = if name.starts_with("CAP_") {
-                name
-            } else {
-                format!("CAP_{name}")
-            };
             let cap: Capability = name
+                .strip_prefix("CAP_")
+                .unwrap_or(&name)
                 .parse()
                 .map_err(|_| anyhow!("unknown capability {c:?}"))?;
             let add = |set: &Option<oci_spec::runtime::Capabilities>| {
@@ -252,4 +250,122 @@ fn new_exec_id() -> anyhow::Result<String> {
         .and_then(|mut f| f.read_exact(&mut b))
         .context("cannot read /dev/urandom")?;
     Ok(format!("exec-{:016x}", u64::from_le_bytes(b)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        a: ExecArgs,
+    }
+
+    fn args(v: &[&str]) -> ExecArgs {
+        T::parse_from(std::iter::once("exec").chain(v.iter().copied())).a
+    }
+
+    /// A state dir whose create.json carries `process`.
+    fn state_dir(process: serde_json::Value) -> tempdir::Dir {
+        let d = tempdir::Dir::new();
+        let mut spec = serde_json::to_value(oci_spec::runtime::Spec::default()).unwrap();
+        spec["process"] = process;
+        let req = serde_json::json!({
+            "id": "c", "spec": spec, "bundle": "/b", "rootfs": "/b/rootfs",
+            "created": "now", "vmm": "/v", "kernel": "/k", "initrd": "/i",
+            "memory_mib": 128, "vcpus": 1, "console_socket": null
+        });
+        std::fs::write(d.0.join("create.json"), req.to_string()).unwrap();
+        d
+    }
+
+    mod tempdir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Dir {
+                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let p = std::env::temp_dir().join(format!(
+                    "husk-exec-test-{}-{}",
+                    std::process::id(),
+                    N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                ));
+                std::fs::create_dir_all(&p).unwrap();
+                Dir(p)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn flags_override_the_containers_process() {
+        let d = state_dir(serde_json::json!({
+            "cwd": "/srv", "args": ["init"], "env": ["PATH=/bin", "A=1"],
+            "user": {"uid": 5, "gid": 5}, "terminal": true
+        }));
+        let a = args(&[
+            "-e",
+            "A=2",
+            "-e",
+            "B=3",
+            "--cwd",
+            "/tmp",
+            "-u",
+            "1000:100",
+            "-g",
+            "7",
+            "--cap",
+            "net_admin",
+            "--no-new-privs",
+            "c",
+            "sh",
+            "-c",
+            "echo -n hi",
+        ]);
+        let p = process_from_flags(&d.0, &a).unwrap();
+        assert_eq!(p.args().as_ref().unwrap(), &["sh", "-c", "echo -n hi"]);
+        assert_eq!(p.cwd().to_str(), Some("/tmp"));
+        assert_eq!(p.env().as_ref().unwrap(), &["PATH=/bin", "A=2", "B=3"]);
+        assert_eq!((p.user().uid(), p.user().gid()), (1000, 100));
+        assert_eq!(p.user().additional_gids().as_ref().unwrap(), &[7]);
+        assert_eq!(p.terminal(), Some(false), "no --tty: no terminal");
+        assert_eq!(p.no_new_privileges(), Some(true));
+        let caps = p.capabilities().as_ref().unwrap();
+        for set in [caps.bounding(), caps.effective(), caps.permitted()] {
+            assert!(set.as_ref().unwrap().contains(&Capability::NetAdmin));
+        }
+        validate(&p).unwrap();
+    }
+
+    #[test]
+    fn defaults_come_from_the_container() {
+        let d = state_dir(serde_json::json!({
+            "cwd": "/srv", "args": ["init"], "env": ["PATH=/bin"], "user": {"uid": 5, "gid": 6}
+        }));
+        let p = process_from_flags(&d.0, &args(&["-t", "c", "true"])).unwrap();
+        assert_eq!(p.cwd().to_str(), Some("/srv"));
+        assert_eq!((p.user().uid(), p.user().gid()), (5, 6));
+        assert_eq!(p.terminal(), Some(true));
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        let d = state_dir(
+            serde_json::json!({"cwd": "/", "args": ["init"], "user": {"uid": 0, "gid": 0}}),
+        );
+        let e = |v: &[&str]| process_from_flags(&d.0, &args(v)).unwrap_err().to_string();
+        assert_eq!(e(&["c"]), "exec args cannot be empty");
+        assert!(e(&["-u", "bob", "c", "true"]).contains("want UID[:GID]"));
+        assert!(e(&["--cap", "CAP_NOPE", "c", "true"]).contains("unknown capability"));
+        let p = process_from_flags(&d.0, &args(&["--cwd", "rel", "c", "true"])).unwrap();
+        assert_eq!(
+            validate(&p).unwrap_err().to_string(),
+            "cwd property must be an absolute path"
+        );
+    }
 }
