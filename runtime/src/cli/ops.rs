@@ -271,3 +271,80 @@ fn resources_from_flags(a: &UpdateArgs) -> anyhow::Result<LinuxResources> {
     }
     Ok(r.build()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        a: UpdateArgs,
+    }
+
+    #[test]
+    fn update_flags_become_linux_resources() {
+        let a = T::parse_from([
+            "update",
+            "--memory",
+            "1048576",
+            "--cpu-quota",
+            "50000",
+            "--cpu-period",
+            "100000",
+            "--pids-limit",
+            "20",
+            "c",
+        ])
+        .a;
+        let r = resources_from_flags(&a).unwrap();
+        assert_eq!(r.memory().unwrap().limit(), Some(1048576));
+        assert_eq!(r.cpu().as_ref().unwrap().quota(), Some(50000));
+        assert_eq!(r.cpu().as_ref().unwrap().period(), Some(100000));
+        assert_eq!(r.pids().unwrap().limit(), 20);
+        let none = resources_from_flags(&T::parse_from(["update", "c"]).a).unwrap();
+        assert!(none.memory().is_none() && none.cpu().is_none() && none.pids().is_none());
+    }
+
+    #[test]
+    fn stats_event_has_runcs_shape() {
+        let s = ContainerStats {
+            cpu_usage_usec: 3,
+            cpu_user_usec: 2,
+            cpu_system_usec: 1,
+            memory_usage_bytes: 4096,
+            memory_limit_bytes: None,
+            pids_current: 2,
+            pids_limit: Some(10),
+            ..Default::default()
+        };
+        let e = stats_event("c", &s);
+        assert_eq!(e["type"], "stats");
+        assert_eq!(e["id"], "c");
+        assert_eq!(e["data"]["cpu"]["usage"]["total"], 3000);
+        assert_eq!(e["data"]["cpu"]["usage"]["kernel"], 1000);
+        assert_eq!(e["data"]["memory"]["usage"]["usage"], 4096);
+        assert_eq!(e["data"]["memory"]["usage"]["limit"], u64::MAX);
+        assert_eq!(e["data"]["pids"]["current"], 2);
+        assert_eq!(e["data"]["pids"]["limit"], 10);
+    }
+
+    #[test]
+    fn ps_line_columns() {
+        let p = ProcessInfo {
+            pid: 7,
+            ppid: 1,
+            uid: 0,
+            state: "S".into(),
+            start_us: 0,
+            cpu_us: 3_725_000_000,
+            exec_id: None,
+            args: vec!["sleep".into(), "1000".into()],
+        };
+        assert_eq!(
+            ps_line(&p),
+            "    0       7       1 S     1:02:05 sleep 1000"
+        );
+    }
+}
