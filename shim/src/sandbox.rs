@@ -109,6 +109,8 @@ pub struct Sandbox {
     owner: Mutex<mpsc::Sender<Cmd>>,
     /// Why the VM is gone, once it is.
     lost: Arc<Mutex<Option<String>>>,
+    /// The cgroups this process was in before it joined the sandbox's.
+    home: Vec<PathBuf>,
 }
 
 impl Sandbox {
@@ -118,6 +120,7 @@ impl Sandbox {
         id: &str,
         dir: &Path,
         spec: VmSpec,
+        home: Vec<PathBuf>,
         on_lost: Box<dyn FnOnce(String) + Send>,
     ) -> Result<Arc<Sandbox>> {
         let (cmd_tx, cmd_rx) = mpsc::channel();
@@ -157,6 +160,7 @@ impl Sandbox {
             vsock,
             owner: Mutex::new(cmd_tx),
             lost,
+            home,
         }))
     }
 
@@ -180,7 +184,8 @@ impl Sandbox {
         Ok(self.agent()?.expect_ok(req)?)
     }
 
-    /// Shuts the guest down (killing husk-vmm if it will not go) and waits.
+    /// Shuts the guest down (killing husk-vmm if it will not go), waits,
+    /// and leaves and removes the sandbox's cgroup.
     pub fn shutdown(&self) {
         let (done, wait) = mpsc::channel();
         let sent = self
@@ -192,6 +197,7 @@ impl Sandbox {
             let _ = wait.recv_timeout(Duration::from_secs(30));
         }
         let _ = std::fs::remove_file(pid_file(&self.dir));
+        leave_cgroup(&self.dir, &self.home);
     }
 }
 
@@ -249,6 +255,46 @@ fn stop(vm: &mut Vm) {
     }
 }
 
+/// The `cgroup.procs` files of the cgroups this process is in now (v2, and
+/// each v1 hierarchy of a hybrid host).
+pub fn current_cgroups() -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            let rel = path.trim_start_matches('/');
+            let base = Path::new("/sys/fs/cgroup");
+            let mnt = if ctrls.is_empty() {
+                // v2: the unified tree, or "unified" beside the v1 ones.
+                if base.join("cgroup.procs").exists() {
+                    base.to_path_buf()
+                } else {
+                    base.join("unified")
+                }
+            } else {
+                base.join(ctrls.trim_start_matches("name="))
+            };
+            let procs = mnt.join(rel).join("cgroup.procs");
+            procs.exists().then_some(procs)
+        })
+        .collect()
+}
+
+/// Puts this process back where it was and removes the sandbox's cgroup
+/// (husk-vmm has left it by now).
+fn leave_cgroup(dir: &Path, home: &[PathBuf]) {
+    let me = std::process::id().to_string();
+    for procs in home {
+        if let Err(e) = std::fs::write(procs, &me) {
+            warn!("cannot move back to {}: {e}", procs.display());
+        }
+    }
+    if let Err(e) = husk::cgroups::remove(dir) {
+        warn!("{e}");
+    }
+}
+
 /// Cleanup after a shim that died: kill its husk-vmm if it still runs (pid
 /// and start time must match, so a reused pid is left alone), then remove
 /// everything staged for the sandbox. Returns the VMM's pid if one was recorded.
@@ -274,6 +320,10 @@ pub fn cleanup_dead(dir: &Path) -> Option<u32> {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+    }
+    // What is left in the cgroup (the VMM's jail waiter...) goes with it.
+    if let Err(e) = husk::cgroups::remove(dir) {
+        warn!("{e}");
     }
     remove(dir);
     recorded.map(|(p, _)| p as u32)

@@ -188,13 +188,30 @@ impl Inner {
         }
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::internal(&format!("cannot create {}", dir.display()), e))?;
+        let home = sandbox::current_cgroups();
         let launched = (|| {
-            share::prepare(&sandbox::share_dir(&dir))?;
+            let share_dir = sandbox::share_dir(&dir);
+            share::prepare(&share_dir)?;
+            // Shared, so that what is staged after the VM started (containers
+            // joining the sandbox) reaches the jailed VMM's view of the share.
+            nix::mount::mount(
+                None::<&str>,
+                &share_dir,
+                None::<&str>,
+                nix::mount::MsFlags::MS_SHARED,
+                None::<&str>,
+            )
+            .map_err(|e| Error::internal(&format!("cannot share {}", share_dir.display()), e))?;
+            // The whole sandbox (this shim and the VMM, which inherits it) in
+            // the cgroup the sandbox's spec names, limited to the VM's size.
+            husk::cgroups::enter(&dir, spec, sandbox_id, size.memory_mib, size.vcpus)
+                .map_err(|e| Error::Internal(e.to_string()))?;
             let mut vs = VmSpec::new(cfg.vmm, cfg.kernel, cfg.initrd);
             vs.memory_mib = size.memory_mib;
             vs.vcpus = size.vcpus;
             vs.shares = vec![(SHARE_TAG.to_string(), sandbox::share_dir(&dir))];
             vs.die_with_parent = true;
+            vs.jail = !cfg.no_jail;
             // Debug aid, as for `husk`: the guest console to a file, or to
             // DIR/<sandbox id>.log when it names a directory.
             if let Some(c) = std::env::var_os("HUSK_GUEST_CONSOLE") {
@@ -210,6 +227,7 @@ impl Inner {
                 sandbox_id,
                 &dir,
                 vs,
+                home.clone(),
                 Box::new(move |why| {
                     if let Some(inner) = weak.upgrade() {
                         inner.vm_lost(&why);
@@ -225,6 +243,11 @@ impl Inner {
                 Ok((sb, true))
             }
             Err(e) => {
+                let me = std::process::id().to_string();
+                for procs in &home {
+                    let _ = std::fs::write(procs, &me);
+                }
+                let _ = husk::cgroups::remove(&dir);
                 sandbox::remove(&dir);
                 Err(e)
             }
