@@ -101,12 +101,15 @@ impl Jail {
             },
             "unshare(mount, ipc, uts, net namespaces)",
         )?;
-        // Nothing we mount or unmount propagates to the host, nor back.
+        // Nothing we mount or unmount propagates to the host. Slave, not
+        // private: mounts the host adds later under a share it made shared
+        // (containerd's shim stages each container joining a running
+        // sandbox that way) must reach the VMM's view of it.
         mount(
             None,
             Path::new("/"),
             None,
-            libc::MS_REC | libc::MS_PRIVATE,
+            libc::MS_REC | libc::MS_SLAVE,
             None,
         )?;
         let name = b"husk-vmm";
