@@ -90,8 +90,8 @@ fn exec_foreground_stdio_and_status() {
     assert_eq!(out(&o), "out:ping\n");
     assert_eq!(
         err(&o),
-        "err:xfg\n",
-        "the exec sees the container's hostname"
+        "err:husk-test\n",
+        "the exec sees the container's hostname (the spec's)"
     );
     // It runs in the container's pid namespace: its init is `sleep`.
     let o = h.run(&["exec", &c.id, "cat", "/proc/1/cmdline"]);
