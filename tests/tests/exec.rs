@@ -243,3 +243,57 @@ fn ps_pause_resume_events_update() {
         err(&o)
     );
 }
+
+#[test]
+fn oom_kill_is_an_event() {
+    use std::io::{BufRead, BufReader};
+    let h = Husk::new("oom");
+    let c = Running::start(&h, "oom", "exec sleep 1000");
+    let mut events = h.cmd();
+    events
+        .args(["events", "--interval", "1s", &c.id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut events = events.spawn().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = events.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The first line is a stats event: the stream is up.
+    let first = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a stats event");
+    assert!(first.contains("\"type\":\"stats\""), "{first}");
+    let o = h.run(&["update", "--memory", "16777216", &c.id]);
+    assert!(o.status.success(), "{}", err(&o));
+    // dd's 64 MiB buffer does not fit in 16 MiB: the guest's OOM killer takes it.
+    let o = h.run(&[
+        "exec",
+        &c.id,
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=64M",
+        "count=1",
+    ]);
+    assert_eq!(o.status.signal(), Some(libc::SIGKILL), "{}", err(&o));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let got = loop {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(l) if l.contains("\"type\":\"oom\"") => break true,
+            Ok(l) => seen.push(l),
+            Err(_) if Instant::now() > deadline => break false,
+            Err(_) => {}
+        }
+    };
+    let _ = events.kill();
+    let _ = events.wait();
+    assert!(got, "no oom event; saw {} other events", seen.len());
+}
