@@ -218,7 +218,7 @@ fn ps_pause_resume_events_update() {
     let ev: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(ev["type"], "stats");
     assert!(ev["data"]["memory"]["usage"]["usage"].as_u64().unwrap() > 0);
-    assert!(ev["data"]["pids"]["current"].as_u64().unwrap() >= 2);
+    assert!(ev["data"]["pids"]["current"].as_u64().unwrap() >= 1);
     assert!(ev["data"]["cpu"]["usage"]["total"].as_u64().unwrap() > 0);
 
     // update: a pids limit applied in the guest stops forks beyond it.
