@@ -57,8 +57,10 @@ impl Shim for HuskShim {
         Ok(address)
     }
 
-    /// containerd calls this when the shim serving this container is gone:
-    /// whatever it left (its VM, the share) goes, and the task ends as killed.
+    /// containerd 1.6 calls this whenever its connection to the shim closes:
+    /// after every normal delete too, while the sandbox's shim may still
+    /// serve other containers. Only a shim that is gone has its leftovers
+    /// (VM, share, cgroup) removed; the task then ends as killed.
     fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
         let group = sandbox::bundle_annotations(&self.bundle)
             .and_then(|a| sandbox::sandbox_id(&self.id, Some(&a)))
@@ -66,8 +68,14 @@ impl Shim for HuskShim {
                 warn!("{e}: assuming a sandbox of its own");
                 self.id.clone()
             });
-        let dir = sandbox::sandbox_dir(&self.address, &self.namespace, &group);
-        let pid = sandbox::cleanup_dead(&dir);
+        let socket = containerd_shim::socket_address(&self.address, &self.namespace, &group);
+        let socket = socket.strip_prefix("unix://").unwrap_or(&socket);
+        let pid = if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            None
+        } else {
+            let dir = sandbox::sandbox_dir(&self.address, &self.namespace, &group);
+            sandbox::cleanup_dead(&dir)
+        };
         crate::rootfs::unmount(&self.bundle.join("rootfs"));
         Ok(DeleteResponse {
             pid: pid.unwrap_or(0),

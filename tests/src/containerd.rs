@@ -247,9 +247,17 @@ disabled_plugins = [
     /// Processes left from this containerd's shims: shim daemons (they carry
     /// our socket's address) and VMMs (their sockets are under our shim root).
     pub fn leftovers(&self) -> Vec<(i32, String)> {
-        let mut v = processes_with(&format!("-address {}", self.socket.display()));
+        let mut v = self.shims();
         v.extend(processes_with(&self.shim_root.to_string_lossy()));
         v
+    }
+
+    /// The shim processes serving this containerd.
+    pub fn shims(&self) -> Vec<(i32, String)> {
+        processes_with(&format!(" -address {} ", self.socket.display()))
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains(SHIM))
+            .collect()
     }
 
     /// Everything a deleted task must not leave: shims, VMMs, sandbox
