@@ -70,6 +70,7 @@ demo: build guest-image
 
 bench: build guest-image
 	command -v crun >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq crun >/dev/null
+	command -v containerd >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containerd >/dev/null
 	$(CARGO) build --release -p husk-tests --bin husk-bench
 	$(VM_RUN) $(RELEASE)/husk-bench
 

@@ -420,3 +420,41 @@ pub fn build_busybox_image(dir: &Path) -> PathBuf {
     let _ = std::fs::remove_dir_all(&bundle.dir);
     tar
 }
+
+/// `ctr run --rm IMAGE ID true` times (ms) with husk's shim and with runc's,
+/// interleaved in one containerd.
+pub struct BenchSamples {
+    pub run_husk: Vec<f64>,
+    pub run_runc: Vec<f64>,
+}
+
+pub fn bench(runs: usize) -> Result<BenchSamples, String> {
+    let c = Containerd::start("bench");
+    c.import_busybox();
+    let timed = |runtime: &str, id: String| -> Result<f64, String> {
+        let t = Instant::now();
+        let o = c.ctr_out(&["run", "--rm", "--runtime", runtime, IMAGE, &id, "true"]);
+        if !o.status.success() {
+            return Err(format!(
+                "ctr run --runtime {runtime}: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+        }
+        Ok(t.elapsed().as_secs_f64() * 1e3)
+    };
+    let mut s = BenchSamples {
+        run_husk: Vec::new(),
+        run_runc: Vec::new(),
+    };
+    for i in 0..runs {
+        // Alternate which goes first, so neither always gets the warm caches.
+        if i % 2 == 0 {
+            s.run_husk.push(timed(RUNTIME, format!("h{i}"))?);
+            s.run_runc.push(timed(RUNC_RUNTIME, format!("r{i}"))?);
+        } else {
+            s.run_runc.push(timed(RUNC_RUNTIME, format!("r{i}"))?);
+            s.run_husk.push(timed(RUNTIME, format!("h{i}"))?);
+        }
+    }
+    Ok(s)
+}

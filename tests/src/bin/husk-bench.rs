@@ -385,7 +385,32 @@ fn main() -> anyhow::Result<()> {
         ratio(&vmm_rss, &qemu_rss)
     );
     containers(runs)?;
-    podman(runs)
+    podman(runs)?;
+    containerd(runs)
+}
+
+/// containerd + ctr with husk's shim vs with runc's, same image, same run.
+fn containerd(runs: usize) -> anyhow::Result<()> {
+    let s = husk_tests::containerd::bench(runs)
+        .map_err(|e| anyhow::anyhow!("containerd bench: {e}"))?;
+    let row = |name, samples: Vec<f64>| {
+        let mut r = Row::new(name, "ms");
+        r.samples = samples;
+        r
+    };
+    let husk = row("ctr run --rm IMG true, husk shim", s.run_husk);
+    let runc = row("ctr run --rm IMG true, runc shim", s.run_runc);
+    println!();
+    println!("containerd 1.6: {runs} runs each, interleaved, same host; busybox image");
+    print_header();
+    for r in [&husk, &runc] {
+        r.print();
+    }
+    println!(
+        "ctr run husk/runc ratio (median): {:.1}",
+        median(&husk) / median(&runc)
+    );
+    Ok(())
 }
 
 /// podman + conmon with husk vs with crun, same storage, same image, same run.
