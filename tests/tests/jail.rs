@@ -77,8 +77,9 @@ fn jailed_vmm(h: &Husk, id: &str) -> (u32, u32) {
 }
 
 /// Capabilities the fs worker keeps (docs/security.md): CHOWN,
-/// DAC_OVERRIDE, FOWNER, FSETID, SETGID, SETUID, MKNOD.
-const FS_CAPS: u64 = (1 << 0) | (1 << 1) | (1 << 3) | (1 << 4) | (1 << 6) | (1 << 7) | (1 << 27);
+/// DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID, SETGID, SETUID, MKNOD.
+const FS_CAPS: u64 =
+    (1 << 0) | (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 6) | (1 << 7) | (1 << 27);
 
 fn cgroup_dir(rel: &str) -> PathBuf {
     Path::new("/sys/fs/cgroup").join(rel.trim_start_matches('/'))
@@ -291,20 +292,33 @@ fn file_work_through_the_jailed_fs_worker() {
     const SCRIPT: &str = r#"
 set -e
 cd /data
-mkdir -p d/e && rmdir d/e
-echo hello > f && cat f >/dev/null && echo more >> f
-ln f hard && ln -s f soft && readlink soft >/dev/null
-mv hard moved && rm moved
-chmod 0750 f && chmod g+s f
+mkdir -p d/e
+rmdir d/e
+echo hello > f
+cat f >/dev/null
+echo more >> f
+ln f hard
+ln -s f soft
+readlink soft >/dev/null
+mv hard moved
+rm moved
+chmod 0750 f
+chmod g+s f
 chown 1000:1000 f
-truncate -s 1M f 2>/dev/null || dd if=/dev/zero of=f bs=1 count=0 seek=1048576 2>/dev/null
-dd if=/dev/zero of=big bs=64k count=16 2>/dev/null && sync
+truncate -s 1M f
+dd if=/dev/zero of=big bs=64k count=16 2>/dev/null
+sync
 mkfifo fifo
 touch -d '2001-01-01 00:00:00' f
-stat f >/dev/null && ls -lnR . >/dev/null && find . >/dev/null && df . >/dev/null
-cp -a f copy && rm copy
+stat f >/dev/null
+ls -lnR . >/dev/null
+find . >/dev/null
+df . >/dev/null
+cp -a f copy
+rm copy
+ls -la /data
 echo ROOT_OK
-su -s /bin/sh user -c 'cd /data/u && echo mine > mine && mkdir sub && ln -s mine l && mv mine m2 && rm -r sub && echo USER_OK'
+su -s /bin/sh user -c 'set -e; cd /data/u; echo mine > mine; mkdir sub; ln -s mine l; ln mine hl; mv mine m2; rm -r sub; echo USER_OK'
 "#;
     let data = vm_dir("jail-fsdata");
     std::fs::create_dir_all(data.join("u")).unwrap();
@@ -347,9 +361,24 @@ su -s /bin/sh user -c 'cd /data/u && echo mine > mine && mkdir sub && ln -s mine
     assert_eq!(f.mtime(), 978_307_200);
     let mine = std::fs::symlink_metadata(data.join("u/m2")).unwrap();
     assert_eq!(mine.uid(), 1000, "created with the guest user's uid");
-    assert!(std::fs::symlink_metadata(data.join("soft"))
-        .unwrap()
-        .file_type()
-        .is_symlink());
+    let listing = || {
+        std::fs::read_dir(&data)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+    };
+    let soft = std::fs::symlink_metadata(data.join("soft"));
+    assert!(
+        soft.as_ref().is_ok_and(|m| m.file_type().is_symlink()),
+        "{soft:?} in {:?}; guest saw {out}",
+        listing()
+    );
+    let hl = std::fs::metadata(data.join("u/hl")).unwrap();
+    assert_eq!(
+        (hl.nlink(), hl.uid()),
+        (2, 1000),
+        "hard link made by the user"
+    );
     let _ = h.run(&["delete", "--force", "fs1"]);
 }

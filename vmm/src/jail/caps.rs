@@ -18,6 +18,13 @@ pub fn fs_caps(xattr: bool) -> CapsHashSet {
         // credentials; the host side must not refuse again (root-owned
         // directories written by guest users, files mode 000 opened by root).
         Capability::CAP_DAC_OVERRIDE,
+        // LINK: fuse-backend-rs links by descriptor (`linkat(fd, "",
+        // AT_EMPTY_PATH)`), which the kernel allows only with this (ENOENT
+        // otherwise). Its other power, open_by_handle_at (opening any file
+        // of a mounted file system by handle, past the jail), is refused by
+        // the fs worker's seccomp filter; read/search bypass adds nothing to
+        // CAP_DAC_OVERRIDE.
+        Capability::CAP_DAC_READ_SEARCH,
         // utimensat/fchmod/xattr on files the VMM's uid does not own.
         Capability::CAP_FOWNER,
         // Keep set-group-id bits on chmod/chown as the guest asked.

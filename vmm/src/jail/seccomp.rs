@@ -9,6 +9,9 @@
 //! The lists come from what the threads actually do (strace of the VM test
 //! suite, see docs/security.md), each entry with the reason it is there.
 //! What no filter allows, on any thread: execve/execveat, fork/clone/clone3,
+//! open_by_handle_at/name_to_handle_at (the fs worker holds
+//! CAP_DAC_READ_SEARCH for LINK, see `caps`: this keeps it from opening
+//! files by handle past the jail),
 //! open/openat outside the fs worker, ptrace, mount/pivot_root/unshare/setns,
 //! socket families other than AF_UNIX, bpf, perf_event_open, keyctl,
 //! process_vm_*, kexec, module loading, and mmap/mprotect with PROT_EXEC.
