@@ -258,7 +258,8 @@ fn exec_in_running_task() {
     assert_eq!(task(&c, "ex1").unwrap().1, "RUNNING");
     c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "ex1"]);
     wait_status(&c, "ex1", "STOPPED");
-    remove(&c, "ex1");
+    let warn = remove(&c, "ex1");
+    assert!(warn.contains("exit code 137"), "killed by SIGKILL: {warn}");
     c.assert_clean();
 }
 
@@ -284,6 +285,17 @@ fn kill_ls_pause_resume_metrics() {
         String::from_utf8_lossy(&cmdline).contains("husk-vmm"),
         "pid {pid} is not husk-vmm"
     );
+
+    // The sandbox (shim and VMM) sits in the spec's cgroupsPath (ctr: /<namespace>/<id>).
+    let cg = std::path::Path::new("/sys/fs/cgroup/husktest/k1");
+    let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
+    assert!(
+        procs.lines().any(|l| l.trim() == pid.to_string()),
+        "husk-vmm {pid} not in {}: {procs:?}",
+        cg.display()
+    );
+    let max = std::fs::read_to_string(cg.join("memory.max")).unwrap_or_default();
+    assert!(max.trim().parse::<u64>().is_ok(), "memory.max {max:?}");
 
     c.ctr_ok(&["task", "pause", "k1"]);
     wait_status(&c, "k1", "PAUSED");
@@ -316,6 +328,7 @@ fn kill_ls_pause_resume_metrics() {
     let warn = remove(&c, "k1");
     assert!(warn.contains("exit code 42"), "{warn}");
     c.assert_clean();
+    assert!(!cg.exists(), "{} left behind", cg.display());
 }
 
 #[test]
@@ -395,5 +408,55 @@ fn two_containers_share_one_vm() {
     c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "pod1"]);
     wait_status(&c, "pod1", "STOPPED");
     remove(&c, "pod1");
+    c.assert_clean();
+}
+
+#[test]
+fn log_uri_file() {
+    let c = setup("logfile");
+    let log = c.base.join("task.log");
+    let uri = format!("file://{}", log.display());
+    let o = run(
+        &c,
+        &["--rm", "--log-uri", &uri],
+        "log1",
+        &["sh", "-c", "echo to-out; echo to-err >&2"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("to-out\n") && text.contains("to-err\n"),
+        "{text:?}"
+    );
+    c.assert_clean();
+}
+
+#[test]
+fn oom_kill_is_reported() {
+    let c = setup("oom");
+    let ev = Events::start(&c);
+    // 32 MiB for the container (the VM gets that + 64 MiB): tail buffers
+    // /dev/zero's endless line until the guest's OOM killer takes it.
+    let o = run(
+        &c,
+        &["--rm", "--memory-limit", "33554432"],
+        "oom1",
+        &["tail", "/dev/zero"],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(137),
+        "{}\n{}",
+        err(&o),
+        c.log_tail(40)
+    );
+    let oom = ev.lines("/tasks/oom", 1);
+    assert_eq!(
+        oom.len(),
+        1,
+        "{}",
+        std::fs::read_to_string(&ev.file).unwrap()
+    );
+    assert_eq!(json_of(&oom[0])["container_id"], "oom1");
     c.assert_clean();
 }
