@@ -61,7 +61,7 @@ test-rootfs:
 	$(CURDIR)/tests/debian-rootfs.sh > /dev/null
 
 vm-test: build guest-image vm-test-build test-rootfs
-	HUSK_DEBIAN_ROOTFS=$$($(CURDIR)/tests/debian-rootfs.sh) $(VM_RUN) $(CURDIR)/tests/run-vm-tests.sh
+	HUSK_DEBIAN_ROOTFS=$$($(CURDIR)/tests/debian-rootfs.sh) $(CURDIR)/tests/run-vm-tests.sh
 
 test: unit-test vm-test
 

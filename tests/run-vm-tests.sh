@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Run the prebuilt husk-tests VM test executables (listed one per line, absolute paths, in
-# build/vm-tests.list by `make vm-test-build`). Meant to run under tests/vm-run.sh, i.e.
-# possibly inside the KVM test host, whose filesystem is read-only: nothing here invokes cargo.
+# build/vm-tests.list by `make vm-test-build`). Nothing here invokes cargo (inside the KVM
+# test host the filesystem is read-only). Run on the host (as `make vm-test` does), each
+# executable goes through tests/vm-run.sh on its own: a test-host stall then costs a rerun of
+# that executable, not of the whole suite. Run inside vm-run.sh (HUSK_IN_TEST_HOST=1, or
+# HUSK_VM_RUN_EACH=0), the executables run directly.
 # Each executable runs with --test-threads=1 (VM tests are heavy, especially under TCG);
 # extra arguments are passed to every executable (e.g. a test name filter). Each executable
 # gets at most HUSK_VM_TEST_TIMEOUT seconds (default 1800).
@@ -36,7 +39,11 @@ while IFS= read -r exe || [ -n "$exe" ]; do
   fi
   # --include-ignored: the agent's end-to-end tests are #[ignore]d for plain `cargo test`
   # (they need full root, which only the test host gives); here they run.
-  timeout -k 10 "$per_exe_timeout" "$exe" --test-threads=1 --include-ignored "$@" 2>&1 | tee "$tmp"
+  wrap=()
+  if [ "${HUSK_IN_TEST_HOST:-0}" != 1 ] && [ "${HUSK_VM_RUN_EACH:-1}" = 1 ]; then
+    wrap=("$repo/tests/vm-run.sh")
+  fi
+  "${wrap[@]}" timeout -k 10 "$per_exe_timeout" "$exe" --test-threads=1 --include-ignored "$@" 2>&1 | tee "$tmp"
   rc=${PIPESTATUS[0]}
   [ "$rc" = 124 ] && echo "run-vm-tests: $exe timed out after ${per_exe_timeout}s (HUSK_VM_TEST_TIMEOUT)" >&2
   # libtest summary: "test result: ok. 3 passed; 0 failed; 0 ignored; ..."
