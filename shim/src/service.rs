@@ -5,6 +5,7 @@
 //! pid, as containerd sees it, is husk-vmm's: the host process that runs it.
 
 use std::collections::HashMap;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
@@ -186,7 +187,11 @@ impl Inner {
             warn!("removing {} left by an earlier shim", dir.display());
             sandbox::remove(&dir);
         }
-        std::fs::create_dir_all(&dir)
+        // Only root gets near the VM's sockets.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
             .map_err(|e| Error::internal(&format!("cannot create {}", dir.display()), e))?;
         let home = sandbox::current_cgroups();
         let launched = (|| {

@@ -220,6 +220,25 @@ fn tty() {
         o.contains("/dev/console") || o.contains("/dev/pts/"),
         "stdin and stdout are not a terminal: {o:?}"
     );
+
+    // An exec with a terminal of its own (ctr resizes it before the start).
+    let o = run(&c, &["-d"], "tty2", &["sleep", "1000"]);
+    assert!(o.status.success(), "{}", err(&o));
+    wait_status(&c, "tty2", "RUNNING");
+    let ctr = format!(
+        "ctr --address {} --namespace husktest task exec -t --exec-id t1 tty2 sh -c 'test -t 0 && test -t 1 && echo is-a-tty; exit 4'",
+        c.socket.display()
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &ctr, "/dev/null"])
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::null());
+    let o = output_within(cmd, COMMAND_TIMEOUT);
+    assert_eq!(o.status.code(), Some(4), "{}{}", out(&o), err(&o));
+    assert!(out(&o).contains("is-a-tty"), "{:?}", out(&o));
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "tty2"]);
+    wait_status(&c, "tty2", "STOPPED");
+    remove(&c, "tty2");
     c.assert_clean();
 }
 
