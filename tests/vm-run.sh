@@ -60,7 +60,8 @@ if ! flock -n 7; then
   say "another KVM test host is running; waiting for it ($lock)"
   flock 7
 fi
-# A stalled test host (exit 126: the emulator wedged, the command did not fail) is retried,
+# A stalled or crashed test host (exit 126: the emulator wedged or its kernel died, the
+# command did not fail) is retried,
 # loudly, up to HUSK_TEST_HOST_RETRIES times (default 2). Any other status is final.
 retries=${HUSK_TEST_HOST_RETRIES:-2}
 trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; exit 130' INT TERM HUP

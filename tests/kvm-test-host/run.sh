@@ -15,7 +15,8 @@
 #   CARGO_TERM_COLOR, NO_COLOR, plus any names listed in KVM_TEST_HOST_ENV="VAR1 VAR2".
 #   Inside, HUSK_IN_TEST_HOST=1 is set.
 # Exit status: CMD's; 124 on timeout; 125 if the test host itself failed (reason printed);
-# 126 if the test host stalled (TCG nested-virtualization hang; tests/vm-run.sh retries once).
+# 126 if the test host stalled or its kernel panicked (TCG nested-virtualization failures;
+# tests/vm-run.sh retries).
 # Caches the test-host kernel + modules in ${HUSK_CACHE_DIR:-/var/cache/husk}/test-host/.
 set -euo pipefail
 
@@ -205,6 +206,11 @@ stall_filter() {
     if [[ $line =~ soft\ lockup\ -\ CPU#[0-9]+\ stuck\ for\ ([0-9]+)s ]] && (( BASH_REMATCH[1] >= 120 )); then
       touch "$out/stalled"
     fi
+    # The test host's own kernel dying (seen: "stack guard page was hit" in an interrupt
+    # taken inside svm_vcpu_run under heavy nested load) is the same class of failure.
+    if [[ $line =~ ^\[\ *[0-9]+\.[0-9]+\]\ Kernel\ panic\ -\ not\ syncing ]]; then
+      : > "$out/host-panic"
+    fi
   done
 }
 # QEMU runs in the background so that it never outlives us: a signal to us stops it, and so
@@ -251,6 +257,10 @@ if [ -f "$out/parent-gone" ]; then
 fi
 if [ -f "$out/error" ]; then
   echo "kvm-test-host: ERROR: $(cat "$out/error")" >&2; exit 125
+fi
+if [ ! -s "$out/rc" ] && [ -f "$out/host-panic" ]; then
+  echo "kvm-test-host: ERROR: the test host's own kernel panicked (a QEMU TCG nested-virtualization failure, not the command's)" >&2
+  exit 126
 fi
 if [ ! -s "$out/rc" ]; then
   echo "kvm-test-host: ERROR: the test host ended without reporting the command's exit status (QEMU exit $qrc; boot failure or kernel panic; rerun with --verbose)" >&2
