@@ -112,7 +112,7 @@ impl Io {
         let input = if p.terminal {
             let term = attach_stream(sb, id, exec_id, StdioStream::Terminal)?;
             io.sockets.push(clone(&term)?);
-            io.outputs.push(spawn_copy(clone(&term)?, stdout));
+            io.outputs.push(spawn_copy(clone(&term)?, stdout)?);
             term
         } else {
             let sin = attach_stream(sb, id, exec_id, StdioStream::Stdin)?;
@@ -121,9 +121,9 @@ impl Io {
             io.sockets.push(clone(&sout)?);
             let serr = attach_stream(sb, id, exec_id, StdioStream::Stderr)?;
             io.sockets.push(clone(&serr)?);
-            io.outputs.push(spawn_copy(sout, stdout));
+            io.outputs.push(spawn_copy(sout, stdout)?);
             if let Some(stderr) = stderr {
-                io.outputs.push(spawn_copy(serr, stderr));
+                io.outputs.push(spawn_copy(serr, stderr)?);
             }
             io.stdin = Some(clone(&sin)?);
             sin
@@ -135,7 +135,7 @@ impl Io {
         } else {
             let opened = Arc::new(AtomicBool::new(false));
             io.stdin_fifo = Some((PathBuf::from(&p.stdin), opened.clone()));
-            spawn_stdin(PathBuf::from(&p.stdin), input, !p.terminal, opened);
+            spawn_stdin(PathBuf::from(&p.stdin), input, !p.terminal, opened)?;
         }
         Ok(io)
     }
@@ -191,32 +191,10 @@ impl Drop for Io {
     }
 }
 
-fn spawn_copy(mut from: UnixStream, mut to: Sink) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-        let _ = to.flush();
-    })
-}
-
-/// Opening a FIFO for reading blocks until a writer comes (the client may
-/// open its end after Create), so it happens on this thread.
-fn spawn_stdin(path: PathBuf, mut to: UnixStream, half_close: bool, opened: Arc<AtomicBool>) {
-    std::thread::spawn(move || {
-        let from = File::open(&path);
-        opened.store(true, Ordering::SeqCst);
-        if let Ok(mut from) = from {
+fn spawn_copy(mut from: UnixStream, mut to: Sink) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("stdio-out".into())
+        .spawn(move || {
             let mut buf = vec![0u8; 32 * 1024];
             loop {
                 match from.read(&mut buf) {
@@ -230,11 +208,45 @@ fn spawn_stdin(path: PathBuf, mut to: UnixStream, half_close: bool, opened: Arc<
                     Err(_) => break,
                 }
             }
-        }
-        if half_close {
-            let _ = to.shutdown(std::net::Shutdown::Write);
-        }
-    });
+            let _ = to.flush();
+        })
+        .map_err(|e| Error::internal("cannot start a stdio thread", e))
+}
+
+/// Opening a FIFO for reading blocks until a writer comes (the client may
+/// open its end after Create), so it happens on this thread.
+fn spawn_stdin(
+    path: PathBuf,
+    mut to: UnixStream,
+    half_close: bool,
+    opened: Arc<AtomicBool>,
+) -> Result<()> {
+    std::thread::Builder::new()
+        .name("stdio-in".into())
+        .spawn(move || {
+            let from = File::open(&path);
+            opened.store(true, Ordering::SeqCst);
+            if let Ok(mut from) = from {
+                let mut buf = vec![0u8; 32 * 1024];
+                loop {
+                    match from.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                }
+            }
+            if half_close {
+                let _ = to.shutdown(std::net::Shutdown::Write);
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| Error::internal("cannot start a stdio thread", e))
 }
 
 #[cfg(test)]

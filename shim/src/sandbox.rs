@@ -281,6 +281,27 @@ pub fn current_cgroups() -> Vec<PathBuf> {
         .collect()
 }
 
+/// Tasks the shim itself needs in the sandbox's cgroup: threads per ttrpc
+/// connection (containerd opens one per task) and per process (watcher,
+/// stdio relays), on top of husk-vmm's. The runtime's limit is sized for
+/// `husk`'s monitor; a thread the shim cannot start fails a request.
+const SHIM_PIDS: u64 = 1024;
+
+/// Raises `pids.max` of the cgroups this process is in now (the sandbox's).
+pub fn raise_pids_limit() {
+    for procs in current_cgroups() {
+        let f = procs.with_file_name("pids.max");
+        if let Ok(cur) = std::fs::read_to_string(&f) {
+            let cur = cur.trim().parse::<u64>().unwrap_or(u64::MAX);
+            if cur < SHIM_PIDS {
+                if let Err(e) = std::fs::write(&f, (cur + SHIM_PIDS).to_string()) {
+                    warn!("cannot raise {}: {e}", f.display());
+                }
+            }
+        }
+    }
+}
+
 /// Puts this process back where it was and removes the sandbox's cgroup
 /// (husk-vmm has left it by now).
 fn leave_cgroup(dir: &Path, home: &[PathBuf]) {

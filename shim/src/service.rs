@@ -185,7 +185,7 @@ impl Inner {
         let dir = sandbox::sandbox_dir(&self.address, &self.namespace, sandbox_id);
         if dir.exists() {
             warn!("removing {} left by an earlier shim", dir.display());
-            sandbox::remove(&dir);
+            sandbox::cleanup_dead(&dir);
         }
         // Only root gets near the VM's sockets.
         std::fs::DirBuilder::new()
@@ -211,6 +211,7 @@ impl Inner {
             // the cgroup the sandbox's spec names, limited to the VM's size.
             husk::cgroups::enter(&dir, spec, sandbox_id, size.memory_mib, size.vcpus)
                 .map_err(|e| Error::Internal(e.to_string()))?;
+            sandbox::raise_pids_limit();
             let mut vs = VmSpec::new(cfg.vmm, cfg.kernel, cfg.initrd);
             vs.memory_mib = size.memory_mib;
             vs.vcpus = size.vcpus;
@@ -305,49 +306,54 @@ impl Inner {
 
     /// Waits for the process's exit in the guest (or the VM's end), lets its
     /// output drain, records the exit and tells containerd.
-    fn watch(self: &Arc<Self>, p: Arc<Process>, sb: Arc<Sandbox>) {
+    fn watch(self: &Arc<Self>, p: Arc<Process>, sb: Arc<Sandbox>) -> Result<()> {
         let inner = self.clone();
-        std::thread::spawn(move || {
-            let waited = sb.agent().and_then(|mut c| {
-                let _ = c.stream().set_read_timeout(None);
-                Ok(c.request(&Request::WaitProcess {
-                    id: p.container_id.clone(),
-                    exec_id: p.exec_id.clone(),
-                })?)
-            });
-            let at = SystemTime::now();
-            let status = match waited {
-                Ok(Response::Exited { status }) => exit_code(status),
-                other => {
-                    // The agent's connection broke: the VM is going or gone.
-                    for _ in 0..50 {
-                        if sb.lost().is_some() {
-                            break;
+        let spawned = std::thread::Builder::new()
+            .name("watch".into())
+            .spawn(move || {
+                let waited = sb.agent().and_then(|mut c| {
+                    let _ = c.stream().set_read_timeout(None);
+                    Ok(c.request(&Request::WaitProcess {
+                        id: p.container_id.clone(),
+                        exec_id: p.exec_id.clone(),
+                    })?)
+                });
+                let at = SystemTime::now();
+                let status = match waited {
+                    Ok(Response::Exited { status }) => exit_code(status),
+                    other => {
+                        // The agent's connection broke: the VM is going or gone.
+                        for _ in 0..50 {
+                            if sb.lost().is_some() {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(20));
                         }
-                        std::thread::sleep(Duration::from_millis(20));
+                        let why = sb.lost().unwrap_or_else(|| match other {
+                            Err(e) => e.to_string(),
+                            Ok(r) => format!("unexpected wait reply {r:?}"),
+                        });
+                        warn!(
+                            "{} {}: lost the VM ({why}): reporting exit {LOST_EXIT}",
+                            p.container_id,
+                            p.id()
+                        );
+                        LOST_EXIT
                     }
-                    let why = sb.lost().unwrap_or_else(|| match other {
-                        Err(e) => e.to_string(),
-                        Ok(r) => format!("unexpected wait reply {r:?}"),
-                    });
-                    warn!(
-                        "{} {}: lost the VM ({why}): reporting exit {LOST_EXIT}",
-                        p.container_id,
-                        p.id()
-                    );
-                    LOST_EXIT
+                };
+                if status == LOST_EXIT && p.exec_id.is_none() && sb.lost().is_none() {
+                    inner.check_oom(&sb, &p.container_id);
                 }
-            };
-            if status == LOST_EXIT && p.exec_id.is_none() && sb.lost().is_none() {
-                inner.check_oom(&sb, &p.container_id);
-            }
-            if let Some(io) = p.io().as_mut() {
-                io.drain(DRAIN_TIMEOUT);
-            }
-            if p.set_exited(status, at) {
-                inner.publish_exit(&p);
-            }
-        });
+                if let Some(io) = p.io().as_mut() {
+                    io.drain(DRAIN_TIMEOUT);
+                }
+                if p.set_exited(status, at) {
+                    inner.publish_exit(&p);
+                }
+            });
+        spawned
+            .map(|_| ())
+            .map_err(|e| Error::internal("cannot start a process watcher", e))
     }
 
     /// Publishes TaskOOM if the container's cgroup counted new OOM kills.
@@ -380,26 +386,31 @@ impl Inner {
     /// OOM kills of processes other than the init do not end the task: poll.
     fn start_oom_watch(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
-        std::thread::spawn(move || loop {
-            std::thread::sleep(OOM_POLL);
-            let Some(inner) = weak.upgrade() else { return };
-            let Some(sb) = lock(&inner.sandbox).clone() else {
-                return;
-            };
-            if sb.lost().is_some() {
-                return;
-            }
-            let running: Vec<String> = lock(&inner.containers)
-                .iter()
-                .filter(|(_, c)| c.init.snapshot().status == Status::Running)
-                .map(|(id, _)| id.clone())
-                .collect();
-            for id in running {
-                if !inner.check_oom(&sb, &id) {
-                    break;
+        let spawned = std::thread::Builder::new()
+            .name("oom-watch".into())
+            .spawn(move || loop {
+                std::thread::sleep(OOM_POLL);
+                let Some(inner) = weak.upgrade() else { return };
+                let Some(sb) = lock(&inner.sandbox).clone() else {
+                    return;
+                };
+                if sb.lost().is_some() {
+                    return;
                 }
-            }
-        });
+                let running: Vec<String> = lock(&inner.containers)
+                    .iter()
+                    .filter(|(_, c)| c.init.snapshot().status == Status::Running)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in running {
+                    if !inner.check_oom(&sb, &id) {
+                        break;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            warn!("cannot start the OOM watcher: {e}");
+        }
     }
 
     fn create(self: &Arc<Self>, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
@@ -451,6 +462,7 @@ impl Inner {
         };
         let io = (|| {
             let mut guest_spec = b.spec.clone();
+            self.guest_namespaces(&sb, id, &mut guest_spec)?;
             share::stage(&sb.share, id, &b.dir, &b.rootfs, &mut guest_spec)?;
             sb.expect_ok(&Request::CreateContainer(Box::new(CreateContainer {
                 id: id.clone(),
@@ -464,8 +476,18 @@ impl Inner {
                 });
             })
         })();
-        let io = match io {
-            Ok(io) => io,
+        let init = io.and_then(|io| {
+            let init = Arc::new(Process::new(id, None, stdio.clone(), sb.vmm_pid, io));
+            self.watch(init.clone(), sb.clone()).inspect_err(|_| {
+                let _ = sb.expect_ok(&Request::DeleteContainer {
+                    id: id.clone(),
+                    force: true,
+                });
+            })?;
+            Ok(init)
+        });
+        let init = match init {
+            Ok(init) => init,
             Err(e) => {
                 rootfs::unstage(&sb.share, id);
                 if launched {
@@ -474,7 +496,6 @@ impl Inner {
                 return Err(e);
             }
         };
-        let init = Arc::new(Process::new(id, None, stdio.clone(), sb.vmm_pid, io));
         lock(&self.containers).insert(
             id.clone(),
             Container {
@@ -505,12 +526,81 @@ impl Inner {
                 ..Default::default()
             },
         );
-        self.watch(init, sb.clone());
         info!("container {id} created in sandbox {}", sb.id);
         Ok(CreateTaskResponse {
             pid: sb.vmm_pid,
             ..Default::default()
         })
+    }
+
+    /// Namespace paths name host files the guest cannot open. The sandbox's
+    /// own (`/proc/<task pid>/ns/<type>`: CRI puts a pod's containers in
+    /// its sandbox's IPC, UTS, network, maybe pid namespaces; the task pid is
+    /// the VMM's) become the sandbox container's in the guest; any other
+    /// host namespace (CRI's network namespace file) cannot be joined from a
+    /// VM, and the container gets a new one.
+    fn guest_namespaces(
+        &self,
+        sb: &Sandbox,
+        id: &str,
+        spec: &mut oci_spec::runtime::Spec,
+    ) -> Result<()> {
+        let Some(nss) = spec
+            .linux_mut()
+            .as_mut()
+            .and_then(|l| l.namespaces_mut().as_mut())
+        else {
+            return Ok(());
+        };
+        let own = PathBuf::from(format!("/proc/{}/ns", sb.vmm_pid));
+        let mut sandbox_pid = None;
+        for ns in nss.iter_mut() {
+            let Some(path) = ns.path().clone() else {
+                continue;
+            };
+            let name = path
+                .strip_prefix(&own)
+                .ok()
+                .and_then(|r| r.to_str())
+                .filter(|n| {
+                    ["net", "ipc", "uts", "pid", "mnt", "user", "cgroup", "time"].contains(n)
+                });
+            match name {
+                Some(name) if sb.id != id => {
+                    let pid = match sandbox_pid {
+                        Some(p) => p,
+                        None => {
+                            let p = self.sandbox_init_pid(sb)?;
+                            sandbox_pid = Some(p);
+                            p
+                        }
+                    };
+                    ns.set_path(Some(PathBuf::from(format!("/proc/{pid}/ns/{name}"))));
+                }
+                _ => {
+                    warn!(
+                        "container {id}: {} namespace {}: a host namespace cannot be joined \
+                         from the VM; the container gets a new one",
+                        ns.typ(),
+                        path.display()
+                    );
+                    ns.set_path(None);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The guest pid of the sandbox container's init.
+    fn sandbox_init_pid(&self, sb: &Sandbox) -> Result<i32> {
+        match sb.request(&Request::ContainerState { id: sb.id.clone() })? {
+            Response::State { pid, .. } if pid > 0 => Ok(pid),
+            Response::State { .. } => Err(Error::FailedPrecondition(format!(
+                "sandbox container {} is not running: its namespaces cannot be joined",
+                sb.id
+            ))),
+            other => Err(Error::Internal(format!("unexpected reply {other:?}"))),
+        }
     }
 
     fn start(&self, req: StartRequest) -> Result<StartResponse> {
@@ -729,6 +819,12 @@ impl Inner {
             });
         })?;
         let p = Arc::new(Process::new(id, Some(exec_id), stdio, sb.vmm_pid, io));
+        self.watch(p.clone(), sb.clone()).inspect_err(|_| {
+            let _ = sb.expect_ok(&Request::DeleteProcess {
+                id: id.clone(),
+                exec_id: exec_id.clone(),
+            });
+        })?;
         self.container(id, |c| {
             c.execs.insert(exec_id.clone(), p.clone());
             Ok(())
@@ -741,7 +837,6 @@ impl Inner {
                 ..Default::default()
             },
         );
-        self.watch(p, sb);
         Ok(())
     }
 

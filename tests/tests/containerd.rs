@@ -315,6 +315,12 @@ fn kill_ls_pause_resume_metrics() {
     );
     let max = std::fs::read_to_string(cg.join("memory.max")).unwrap_or_default();
     assert!(max.trim().parse::<u64>().is_ok(), "memory.max {max:?}");
+    // Room for the shim's own threads beside the VMM's.
+    let pids = std::fs::read_to_string(cg.join("pids.max")).unwrap_or_default();
+    assert!(
+        pids.trim() == "max" || pids.trim().parse::<u64>().is_ok_and(|n| n >= 1024),
+        "pids.max {pids:?}"
+    );
 
     c.ctr_ok(&["task", "pause", "k1"]);
     wait_status(&c, "k1", "PAUSED");
@@ -390,12 +396,25 @@ fn two_containers_share_one_vm() {
         "--annotation",
         "io.kubernetes.cri.sandbox-id=pod1",
     ];
-    let o = run(&c, &sandbox, "pod1", &["sleep", "1000"]);
+    // CRI gives the sandbox a host network namespace file: not joinable
+    // from a VM, so the container gets its own in the guest.
+    let mut opts = sandbox.to_vec();
+    opts.extend(["--with-ns", "network:/var/run/netns/cni-husk-test"]);
+    let o = run(&c, &opts, "pod1", &["sleep", "1000"]);
     assert!(o.status.success(), "{}", err(&o));
     let pid1 = wait_status(&c, "pod1", "RUNNING");
+    assert!(
+        c.log().contains("cannot be joined from the VM"),
+        "{}",
+        c.log_tail(30)
+    );
     let vmms = husk_vmms(&c);
     assert!(vmms.contains(&(pid1 as i32)), "{pid1} not in {vmms:?}");
-    let o = run(&c, &member, "app1", &["sleep", "1000"]);
+    // ... and its containers the sandbox's namespaces, named by the task pid.
+    let ipc = format!("ipc:/proc/{pid1}/ns/ipc");
+    let mut opts = member.to_vec();
+    opts.extend(["--with-ns", ipc.as_str()]);
+    let o = run(&c, &opts, "app1", &["sleep", "1000"]);
     assert!(o.status.success(), "{}", err(&o));
     let pid2 = wait_status(&c, "app1", "RUNNING");
     assert_eq!(pid1, pid2, "both tasks must run in the one VM");
@@ -413,6 +432,22 @@ fn two_containers_share_one_vm() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", err(&o));
     assert!(out(&o).starts_with("root:"), "{}", out(&o));
+    let ns = |id: &str, exec: &str, which: &str| {
+        let link = format!("/proc/1/ns/{which}");
+        let o = c.ctr_out(&["task", "exec", "--exec-id", exec, id, "readlink", &link]);
+        assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+        out(&o).trim().to_string()
+    };
+    assert_eq!(
+        ns("pod1", "n1", "ipc"),
+        ns("app1", "n2", "ipc"),
+        "IPC shared"
+    );
+    assert_ne!(
+        ns("pod1", "n3", "uts"),
+        ns("app1", "n4", "uts"),
+        "UTS not shared"
+    );
     let shims = c.shims();
     assert_eq!(shims.len(), 1, "one shim per sandbox: {shims:?}");
 
