@@ -52,7 +52,8 @@ vm-test-build:
 	$(CARGO) test -p husk-tests -p husk-agent --release --no-run --message-format=json > $(CURDIR)/build/vm-tests.json
 	python3 -c 'import json,sys; \
 	  [print(m["executable"]) for m in map(json.loads, filter(str.strip, open(sys.argv[1]))) \
-	   if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]]' \
+	   if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"] \
+	   and m["target"]["kind"] == ["test"]]' \
 	  $(CURDIR)/build/vm-tests.json > $(CURDIR)/build/vm-tests.list
 	@echo "vm-test-build: $$(wc -l < $(CURDIR)/build/vm-tests.list) test executable(s) in build/vm-tests.list"
 
