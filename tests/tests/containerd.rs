@@ -273,6 +273,15 @@ fn exec_in_running_task() {
         .find(|e| e["id"] == "e1")
         .expect("exit event of the exec");
     assert_eq!(exec_exit["exit_status"], 3);
+    // stdin through its FIFO, EOF included (ctr's CloseIO at the end of input).
+    let input = c.base.join("stdin.txt");
+    std::fs::write(&input, "piped through\n").unwrap();
+    let mut cmd = c.ctr();
+    cmd.args(["task", "exec", "--exec-id", "e2", "ex1", "cat"])
+        .stdin(std::fs::File::open(&input).unwrap());
+    let o = output_within(cmd, COMMAND_TIMEOUT);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert_eq!(out(&o), "piped through\n");
     // The container is unaffected.
     assert_eq!(task(&c, "ex1").unwrap().1, "RUNNING");
     c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "ex1"]);
