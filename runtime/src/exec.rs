@@ -62,16 +62,8 @@ enum TermHost {
     Own,
 }
 
-/// Signals meant for the guest process, plus SIGWINCH (a resize). They must be
-/// blocked before any thread starts so only the forwarding thread takes them.
-pub fn block_signals() {
-    let mut set = monitor::forwarded_signals();
-    set.add(nix::sys::signal::Signal::SIGWINCH);
-    let _ = set.thread_block();
-}
-
 /// Creates the process in the guest, attaches its stdio, and starts it.
-/// Signals must already be blocked ([`block_signals`]).
+/// Signals must already be blocked ([`monitor::block_signals`]).
 pub fn start(store: &Store, req: &ExecRequest, ctty: bool) -> Result<Session, String> {
     let uds = monitor::vsock_path(&store.dir(&req.id));
     let connect = || AgentClient::connect(&uds, AGENT_TIMEOUT).map_err(|e| e.to_string());
@@ -184,10 +176,10 @@ fn attach_and_start(uds: &Path, req: &ExecRequest, ctty: bool) -> Result<Session
         exec_id: req.exec_id.clone(),
     })
     .map_err(|e| e.to_string())?;
-    forward_signals(
+    monitor::forward_signals(
         uds.to_path_buf(),
         req.id.clone(),
-        req.exec_id.clone(),
+        Some(req.exec_id.clone()),
         size_fd,
     );
     Ok(Session {
@@ -212,15 +204,7 @@ impl Session {
             }
             Err(_) => ExitStatus::Signal(libc::SIGKILL),
         };
-        let (done_tx, done_rx) = mpsc::channel();
-        let outputs = self.outputs;
-        std::thread::spawn(move || {
-            for h in outputs {
-                let _ = h.join();
-            }
-            let _ = done_tx.send(());
-        });
-        let _ = done_rx.recv_timeout(Duration::from_secs(5));
+        stdio::join_within(self.outputs, Duration::from_secs(5));
         if let Ok(mut a) = AgentClient::connect(&self.uds, Duration::from_secs(5)) {
             let _ = a.request(&Request::DeleteProcess {
                 id: self.id.clone(),
@@ -232,41 +216,9 @@ impl Session {
     }
 }
 
-/// Forwards the signals we receive to the guest process, and resizes its
-/// terminal when ours is resized (SIGWINCH).
-fn forward_signals(uds: PathBuf, id: String, exec_id: String, size_fd: Option<File>) {
-    let mut set = monitor::forwarded_signals();
-    set.add(nix::sys::signal::Signal::SIGWINCH);
-    std::thread::spawn(move || loop {
-        let Ok(sig) = set.wait() else { continue };
-        let req = if sig == nix::sys::signal::Signal::SIGWINCH {
-            let Some((rows, cols)) = size_fd.as_ref().and_then(|f| stdio::window_size(f.as_fd()))
-            else {
-                continue;
-            };
-            Request::ResizeTerminal {
-                id: id.clone(),
-                exec_id: Some(exec_id.clone()),
-                rows,
-                cols,
-            }
-        } else {
-            Request::Signal {
-                id: id.clone(),
-                exec_id: Some(exec_id.clone()),
-                signal: sig as i32,
-                all: false,
-            }
-        };
-        if let Ok(mut agent) = AgentClient::connect(&uds, Duration::from_secs(5)) {
-            let _ = agent.request(&req);
-        }
-    });
-}
-
 /// Entry point of the detached exec monitor (`husk __exec-monitor`). Never returns.
 pub fn run_monitor(store: &Store, id: &str, exec_id: &str, sync: OwnedFd) -> ! {
-    block_signals();
+    monitor::block_signals();
     let mut sync = File::from(sync);
     let path = request_path(&store.dir(id), exec_id);
     let req: Result<ExecRequest, String> = std::fs::read(&path)

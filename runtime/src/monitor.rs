@@ -97,7 +97,7 @@ pub fn agent(store: &Store, id: &str) -> Result<AgentClient, crate::vm::VmError>
 
 /// Entry point of `husk __monitor`. Never returns.
 pub fn run(store: &Store, id: &str, sync: OwnedFd) -> ! {
-    let _ = monitor_signals().thread_block();
+    block_signals();
     let mut sync = File::from(sync);
     let dir = store.dir(id);
     let req: Result<CreateRequest, String> = std::fs::read(dir.join("create.json"))
@@ -217,7 +217,7 @@ fn setup(store: &Store, dir: &Path, req: &CreateRequest) -> Result<Running, Stri
         };
         let _ = waiter.send(ev);
     });
-    forward_signals(uds.clone(), req.id.clone(), size_fd);
+    forward_signals(uds.clone(), req.id.clone(), None, size_fd);
 
     let me = std::process::id() as i32;
     let state = State {
@@ -287,15 +287,7 @@ impl Running {
 
     /// Drains the output streams, then shuts the VM down.
     fn finish(self) {
-        let (done_tx, done_rx) = mpsc::channel();
-        let outputs = self.outputs;
-        std::thread::spawn(move || {
-            for h in outputs {
-                let _ = h.join();
-            }
-            let _ = done_tx.send(());
-        });
-        let _ = done_rx.recv_timeout(Duration::from_secs(5));
+        stdio::join_within(self.outputs, Duration::from_secs(5));
         let mut vm = self.vm;
         if vm.try_wait().ok().flatten().is_none() {
             if let Ok(agent) = vm.agent() {
@@ -323,11 +315,12 @@ pub fn forwarded_signals() -> nix::sys::signal::SigSet {
     set
 }
 
-/// Signals sent to the monitor are meant for the container: forward them to
-/// its init. They are blocked before any thread starts (see [`run`]) so only
-/// this thread's sigwait ever takes them. With a console, SIGWINCH (the
-/// engine resized the pty) resizes the guest's terminal.
-fn forward_signals(uds: PathBuf, id: String, size_fd: Option<File>) {
+/// Signals sent to a process's host stand-in (the monitor, an exec) are meant
+/// for the guest process: forward them. They are blocked before any thread
+/// starts ([`block_signals`]) so only this thread's sigwait ever takes them.
+/// With a terminal, SIGWINCH (the engine resized the pty, or our own terminal
+/// changed size) resizes the guest's terminal.
+pub fn forward_signals(uds: PathBuf, id: String, exec_id: Option<String>, size_fd: Option<File>) {
     let set = monitor_signals();
     std::thread::spawn(move || loop {
         let Ok(sig) = set.wait() else { continue };
@@ -338,14 +331,14 @@ fn forward_signals(uds: PathBuf, id: String, size_fd: Option<File>) {
             };
             Request::ResizeTerminal {
                 id: id.clone(),
-                exec_id: None,
+                exec_id: exec_id.clone(),
                 rows,
                 cols,
             }
         } else {
             Request::Signal {
                 id: id.clone(),
-                exec_id: None,
+                exec_id: exec_id.clone(),
                 signal: sig as i32,
                 all: false,
             }
@@ -354,6 +347,11 @@ fn forward_signals(uds: PathBuf, id: String, size_fd: Option<File>) {
             let _ = agent.request(&req);
         }
     });
+}
+
+/// Blocks the forwarded signals in this thread and every thread started after.
+pub fn block_signals() {
+    let _ = monitor_signals().thread_block();
 }
 
 fn monitor_signals() -> nix::sys::signal::SigSet {

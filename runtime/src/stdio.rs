@@ -45,6 +45,20 @@ where
     })
 }
 
+/// Waits for the output relays to finish (the guest side hung up and the
+/// bytes are out), but no longer than `limit`: a host reader that stopped
+/// reading must not keep a dead container's stand-in alive.
+pub fn join_within(relays: Vec<std::thread::JoinHandle<()>>, limit: std::time::Duration) {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for h in relays {
+            let _ = h.join();
+        }
+        let _ = done_tx.send(());
+    });
+    let _ = done_rx.recv_timeout(limit);
+}
+
 pub trait MaybeSocket {
     fn shutdown_write(&self) {}
 }

@@ -103,7 +103,7 @@ pub fn exec(store: &Store, root: &Path, a: &ExecArgs) -> anyhow::Result<ExitCode
         }
         return Ok(ExitCode::SUCCESS);
     }
-    exec::block_signals();
+    monitor::block_signals();
     let session = exec::start(store, &req, false).map_err(|e| anyhow!(e))?;
     if let Some(p) = &a.pid_file {
         super::lifecycle::write_pid_file(p, std::process::id())?;
