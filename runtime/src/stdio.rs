@@ -25,19 +25,8 @@ where
     W: Write + Send + 'static + MaybeSocket,
 {
     std::thread::spawn(move || {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
+        // Ends at EOF or at the first error either way (io::copy retries EINTR).
+        let _ = std::io::copy(&mut from, &mut to);
         let _ = to.flush();
         if half_close {
             to.shutdown_write();

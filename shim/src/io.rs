@@ -3,7 +3,7 @@
 //! stream (stdin EOF is a half-close of ours).
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -195,19 +195,7 @@ fn spawn_copy(mut from: UnixStream, mut to: Sink) -> Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("stdio-out".into())
         .spawn(move || {
-            let mut buf = vec![0u8; 32 * 1024];
-            loop {
-                match from.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        if to.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => break,
-                }
-            }
+            let _ = std::io::copy(&mut from, &mut to);
             let _ = to.flush();
         })
         .map_err(|e| Error::internal("cannot start a stdio thread", e))
@@ -227,19 +215,7 @@ fn spawn_stdin(
             let from = File::open(&path);
             opened.store(true, Ordering::SeqCst);
             if let Ok(mut from) = from {
-                let mut buf = vec![0u8; 32 * 1024];
-                loop {
-                    match from.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            if to.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(_) => break,
-                    }
-                }
+                let _ = std::io::copy(&mut from, &mut to);
             }
             if half_close {
                 let _ = to.shutdown(std::net::Shutdown::Write);
