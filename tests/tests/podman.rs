@@ -31,6 +31,22 @@ fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until `get` returns `want`; a timeout says what it returned last.
+fn eventually_eq(what: &str, want: &str, mut get: impl FnMut() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let got = get();
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what} to be {want:?}; last {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// A detached container running `sleep` until removed.
 struct Detached<'a> {
     p: &'a Podman,
@@ -133,7 +149,7 @@ fn read_only_rootfs() {
 fn detached_exec_logs_inspect_ps() {
     let p = Podman::shared();
     let c = Detached::start(p, "husk-life", &[], "echo started; exec sleep 1000");
-    eventually("running", || status(p, &c.name) == "running");
+    eventually_eq("the status", "running", || status(p, &c.name));
     let ps = p.ok(&["ps", "--format", "{{.Names}} {{.Status}}"]);
     assert!(ps.lines().any(|l| l.starts_with("husk-life Up")), "{ps}");
     // exec: output, exit status, and it runs in the container (sees its init).
@@ -163,7 +179,7 @@ fn detached_exec_logs_inspect_ps() {
     assert_eq!(out(&o), "1 /etc 1000\n");
     let o = p.run(&["exec", &c.name, "/no/such/binary"]);
     assert_eq!(o.status.code(), Some(127), "{}", err(&o));
-    eventually("logs", || p.ok(&["logs", &c.name]) == "started\n");
+    eventually_eq("logs", "started\n", || p.ok(&["logs", &c.name]));
     let pid: i32 = p
         .ok(&["inspect", "--format", "{{.State.Pid}}", &c.name])
         .trim()
@@ -206,7 +222,7 @@ fn pause_unpause() {
 fn stats_no_stream() {
     let p = Podman::shared();
     let c = Detached::start(p, "husk-stats", &[], "exec sleep 1000");
-    eventually("running", || status(p, &c.name) == "running");
+    eventually_eq("the status", "running", || status(p, &c.name));
     let s = p.ok(&[
         "stats",
         "--no-stream",
@@ -230,7 +246,7 @@ fn stop_sigterm_then_sigkill() {
         &[],
         "trap 'exit 143' TERM; while :; do sleep 0.1; done",
     );
-    eventually("running", || status(p, &c.name) == "running");
+    eventually_eq("the status", "running", || status(p, &c.name));
     p.ok(&["stop", "-t", "30", &c.name]);
     assert_eq!(
         p.ok(&["inspect", "--format", "{{.State.ExitCode}}", &c.name])
@@ -244,7 +260,7 @@ fn stop_sigterm_then_sigkill() {
         &[],
         "trap '' TERM; while :; do sleep 0.1; done",
     );
-    eventually("running", || status(p, &c2.name) == "running");
+    eventually_eq("the status", "running", || status(p, &c2.name));
     let t = Instant::now();
     p.ok(&["stop", "-t", "2", &c2.name]);
     assert!(t.elapsed() >= Duration::from_secs(2));
@@ -255,9 +271,9 @@ fn stop_sigterm_then_sigkill() {
     );
     // kill sends SIGKILL by default.
     let c3 = Detached::start(p, "husk-kill", &[], "exec sleep 1000");
-    eventually("running", || status(p, &c3.name) == "running");
+    eventually_eq("the status", "running", || status(p, &c3.name));
     p.ok(&["kill", &c3.name]);
-    eventually("exited", || status(p, &c3.name) == "exited");
+    eventually_eq("the status", "exited", || status(p, &c3.name));
     drop((c, c2, c3));
 }
 
@@ -265,7 +281,7 @@ fn stop_sigterm_then_sigkill() {
 fn rm_f_running_leaves_nothing() {
     let p = Podman::shared();
     let c = Detached::start(p, "husk-rmf", &[], "exec sleep 1000");
-    eventually("running", || status(p, &c.name) == "running");
+    eventually_eq("the status", "running", || status(p, &c.name));
     let id = p
         .ok(&["inspect", "--format", "{{.Id}}", &c.name])
         .trim()
@@ -337,7 +353,7 @@ fn interactive_run_it() {
 fn exec_it_and_resize() {
     let p = Podman::shared();
     let c = Detached::start(p, "husk-execit", &[], "exec sleep 1000");
-    eventually("running", || status(p, &c.name) == "running");
+    eventually_eq("the status", "running", || status(p, &c.name));
     // tmux gives a terminal we can resize.
     let sock = p.base.join("tmux.sock");
     let tmux = |args: &[&str]| {
