@@ -195,7 +195,8 @@ fn spawn_copy(mut from: UnixStream, mut to: Sink) -> Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("stdio-out".into())
         .spawn(move || {
-            let _ = std::io::copy(&mut from, &mut to);
+            // Not io::copy: see husk::stdio::relay.
+            let _ = husk::stdio::relay(&mut from, &mut to);
             let _ = to.flush();
         })
         .map_err(|e| Error::internal("cannot start a stdio thread", e))
@@ -215,7 +216,7 @@ fn spawn_stdin(
             let from = File::open(&path);
             opened.store(true, Ordering::SeqCst);
             if let Ok(mut from) = from {
-                let _ = std::io::copy(&mut from, &mut to);
+                let _ = husk::stdio::relay(&mut from, &mut to);
             }
             if half_close {
                 let _ = to.shutdown(std::net::Shutdown::Write);

@@ -302,7 +302,9 @@ fn kill_ls_pause_resume_metrics() {
         &[
             "sh",
             "-c",
-            "trap 'exit 42' TERM; while true; do sleep 1; done",
+            // A child that stays (ps and pids.current count it); `wait` is
+            // interrupted by the trapped SIGTERM.
+            "trap 'exit 42' TERM; sleep 1000 & wait",
         ],
     );
     assert!(o.status.success(), "{}", err(&o));

@@ -47,6 +47,55 @@ fn eventually_eq(what: &str, want: &str, mut get: impl FnMut() -> String) {
     }
 }
 
+/// What a lost log line leaves behind: podman's view, conmon's log file and
+/// the runtime's state directory (monitor.log says why a monitor ended).
+fn log_diagnostics(p: &Podman, name: &str) -> String {
+    let mut d = String::new();
+    let logs = p.run(&["logs", name]);
+    d += &format!("podman logs: {:?} / {:?}\n", out(&logs), err(&logs));
+    let fmt = "{{.State.Status}} pid {{.State.Pid}} log {{.HostConfig.LogConfig.Path}} id {{.Id}}";
+    let info = out(&p.run(&["inspect", "--format", fmt, name]));
+    d += &format!("inspect: {info}");
+    if let Some(path) = info.split_whitespace().skip_while(|w| *w != "log").nth(1) {
+        d += &format!("log file: {:?}\n", std::fs::read_to_string(path));
+    }
+    if let Some(pid) = info.split_whitespace().skip_while(|w| *w != "pid").nth(1) {
+        for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            d += &format!(
+                "monitor fd {:?} -> {:?}\n",
+                e.file_name(),
+                std::fs::read_link(e.path())
+            );
+        }
+        for e in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let wchan = std::fs::read_to_string(e.path().join("wchan")).unwrap_or_default();
+            d += &format!("monitor task {stat:.60} wchan {wchan}\n");
+        }
+    }
+    let inside = p.run(&["exec", name, "ls", "-l", "/proc/1/fd"]);
+    d += &format!("init fds: {:?} {:?}\n", out(&inside), err(&inside));
+    if let Some(id) = info.split_whitespace().skip_while(|w| *w != "id").nth(1) {
+        let dir = p.husk_root.join(id);
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            d += &format!("state dir: {}\n", e.path().display());
+        }
+        d += &format!(
+            "monitor.log: {:?}\n",
+            std::fs::read_to_string(dir.join("monitor.log"))
+        );
+    }
+    d
+}
+
 /// A detached container running `sleep` until removed.
 struct Detached<'a> {
     p: &'a Podman,
@@ -179,7 +228,16 @@ fn detached_exec_logs_inspect_ps() {
     assert_eq!(out(&o), "1 /etc 1000\n");
     let o = p.run(&["exec", &c.name, "/no/such/binary"]);
     assert_eq!(o.status.code(), Some(127), "{}", err(&o));
-    eventually_eq("logs", "started\n", || p.ok(&["logs", &c.name]));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while p.ok(&["logs", &c.name]) != "started\n" {
+        if Instant::now() > deadline {
+            panic!(
+                "timed out waiting for the logs:\n{}",
+                log_diagnostics(p, &c.name)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let pid: i32 = p
         .ok(&["inspect", "--format", "{{.State.Pid}}", &c.name])
         .trim()

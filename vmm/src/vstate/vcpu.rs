@@ -150,6 +150,13 @@ impl Vcpu {
     /// an early-boot fault (no IDT yet) from a broken kernel later on.
     fn fault_state(&self) -> String {
         match (self.fd.get_regs(), self.fd.get_sregs()) {
+            // On AMD, KVM INITs the vCPU when it intercepts a shutdown (the VMCB is
+            // undefined after one), so what is left is the reset state, not the fault's.
+            (Ok(r), Ok(s)) if r.rip == 0xfff0 && s.cs.selector == 0xf000 => {
+                "registers not kept: KVM reset the vCPU on the shutdown (AMD); \
+                 the kvm:kvm_exit trace event has the faulting rip"
+                    .to_string()
+            }
             (Ok(r), Ok(s)) => format!(
                 "rip {:#x} rsp {:#x} cs {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} idt {:#x}/{:#x}",
                 r.rip, r.rsp, s.cs.selector, s.cr0, s.cr2, s.cr3, s.cr4, s.efer, s.idt.base, s.idt.limit
