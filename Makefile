@@ -73,8 +73,8 @@ bench: build guest-image
 	command -v crun >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq crun >/dev/null
 	command -v containerd >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containerd >/dev/null
 	$(CARGO) build --release -p husk-tests --bin husk-bench
-	# With kvm-amd's shadow paging (the tests' setting) the test host wedged in the container
-	# rows 3 times out of 3 (soft lockups); with NPT the whole table ran (session 2).
+	# NPT, not the tests' shadow paging: under shadow paging 2 of 3 bench attempts wedged the
+	# test host (soft lockups); with NPT the whole table ran (and the boot rows need no retry).
 	KVM_TEST_HOST_NPT=1 $(VM_RUN) $(RELEASE)/husk-bench
 
 # PREFIX/bin/{husk,husk-vmm,containerd-shim-husk-v2}, PREFIX/share/husk/{vmlinux,initrd.img}: where husk looks

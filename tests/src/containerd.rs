@@ -455,6 +455,8 @@ pub fn bench(runs: usize) -> Result<BenchSamples, String> {
             s.run_runc.push(timed(RUNC_RUNTIME, format!("r{i}"))?);
             s.run_husk.push(timed(RUNTIME, format!("h{i}"))?);
         }
+        // Progress on stderr: the test host counts 600 s of silence as a stall.
+        eprintln!("ctr run {}/{runs} done", i + 1);
     }
     Ok(s)
 }

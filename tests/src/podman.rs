@@ -213,6 +213,8 @@ pub fn bench(runs: usize) -> Result<BenchSamples, String> {
             s.run_crun.push(timed(run(p.crun_cmd()))?);
             s.run_husk.push(timed(run(p.cmd()))?);
         }
+        // Progress on stderr: the test host counts 600 s of silence as a stall.
+        eprintln!("podman run {}/{runs} done", i + 1);
     }
     let name = "husk-bench-exec";
     let _ = p.run(&["rm", "-f", "-t", "0", name]);

@@ -271,6 +271,8 @@ fn containers(runs: usize) -> anyhow::Result<()> {
             .args(["sh", "-c", FS_SCRIPT, data.to_str().context("path")?])
             .output()?;
         let th = real_times(&String::from_utf8_lossy(&o.stderr));
+        // Progress on stderr: the test host counts 600 s of silence as a stall.
+        eprintln!("virtio-fs run {}/{runs} done", i + 1);
         if th.len() != 4 {
             bail!("fs bench on host: {}", String::from_utf8_lossy(&o.stderr));
         }
