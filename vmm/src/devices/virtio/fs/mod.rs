@@ -92,6 +92,10 @@ mod worker;
 #[cfg(test)]
 mod tests;
 
+// Fuzzing only (fuzz/fs_request): the request layer without the worker thread.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+
 use std::io;
 use std::path::PathBuf;
 
