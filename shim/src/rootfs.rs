@@ -122,22 +122,11 @@ pub fn unmount(target: &Path) {
     }
 }
 
-/// Unmounts and removes `<share>/<id>` (what `share::stage` made for one container).
+/// Unmounts and removes `<share>/<id>` (what `share::stage` made for one
+/// container), without following symlinks or crossing mounts.
 pub fn unstage(share: &Path, id: &str) {
-    let base = share.join(id);
-    for _ in 0..4 {
-        let mounts = husk::container::share::mounts_below(&base);
-        if mounts.is_empty() {
-            break;
-        }
-        for m in mounts {
-            let _ = umount2(&m, MntFlags::MNT_DETACH);
-        }
-    }
-    if let Err(e) = std::fs::remove_dir_all(&base) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            log::warn!("cannot remove {}: {e}", base.display());
-        }
+    if let Err(e) = husk::container::share::unstage(share, id) {
+        log::warn!("{e}");
     }
 }
 

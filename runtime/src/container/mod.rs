@@ -2,6 +2,8 @@
 //! `--root`, bundles, the shared directory and VM sizing.
 
 pub mod bundle;
+pub mod mountfd;
+mod mountpoints;
 pub mod share;
 pub mod sizing;
 pub mod state;
