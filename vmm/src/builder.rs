@@ -359,6 +359,12 @@ impl Machine {
         self.run_with(None)
     }
 
+    /// Leave the vsock socket in place at the end: jailed, its directory is
+    /// read-only and the waiter outside the jail removes it.
+    pub fn keep_vsock_socket(&mut self) {
+        self.vsock_path = None;
+    }
+
     /// Adds an event-loop subscriber (e.g. a test hook) before the VM runs.
     pub fn add_subscriber(&mut self, s: Subscriber) {
         self.event_manager.add_subscriber(s);

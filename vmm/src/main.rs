@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use std::sync::{Arc, Mutex};
 
-use husk_vmm::builder::{self, ThreadHook};
+use husk_vmm::builder::{self, ThreadHook, ThreadKind};
 use husk_vmm::config::{Console, FsConfig, VmConfig, VsockConfig, DEFAULT_GUEST_CID};
 use husk_vmm::jail::{self, mount::Jail, seccomp, testhook::Forbidden, testhook::Trigger};
 use husk_vmm::vstate::exit::VmExit;
@@ -56,7 +56,8 @@ struct Cli {
     #[arg(long)]
     jail_dir: Option<PathBuf>,
     /// Test hook (see husk_vmm::jail::testhook): on SIGUSR2, attempt a
-    /// forbidden syscall (execve|open). Passed only by the runtime, only when
+    /// forbidden syscall (execve|open); procfd: the fs worker probes for the
+    /// host's procfs at its start. Passed only by the runtime, only when
     /// its environment has HUSK_VMM_TEST_TRIGGER.
     #[arg(long, hide = true)]
     test_forbidden_syscall: Option<Forbidden>,
@@ -157,12 +158,24 @@ fn run(cli: Cli) -> anyhow::Result<VmExit> {
         .or_else(|| binds.first().map(|d| d.join("jail")))
         .or_else(|| own_dir.clone())
         .context("no jail directory")?;
+    // The waiter removes the socket: in the jail its directory is read-only.
+    let cleanup = cfg
+        .vsock
+        .iter()
+        .map(|v| v.uds_path.clone())
+        .chain(own_dir)
+        .collect();
     // From here on we are PID 1 of a new pid namespace (the waiter stays behind).
-    jail::pidns::split(trigger.map(|_| jail::testhook::TRIGGER_SIGNAL), own_dir)?;
+    jail::pidns::split(trigger.map(|_| jail::testhook::TRIGGER_SIGNAL), cleanup)?;
     cfg.validate()?;
     let jail = Jail::prepare(&mut cfg, &jail_dir, &binds)?;
-    let trigger = trigger.map(Trigger::new).transpose()?;
+    let probe_procfd = trigger == Some(Forbidden::Procfd);
+    let trigger = trigger
+        .filter(|t| *t != Forbidden::Procfd)
+        .map(Trigger::new)
+        .transpose()?;
     let mut machine = builder::build(&cfg)?;
+    machine.keep_vsock_socket();
     // Namespaces and capabilities are per thread: nothing may run yet.
     let threads = jail::thread_count().context("cannot count threads")?;
     anyhow::ensure!(
@@ -191,7 +204,13 @@ fn run(cli: Cli) -> anyhow::Result<VmExit> {
         jail_dir.display(),
         jail::caps::mask(&keep)
     );
-    let hook: ThreadHook = Arc::new(move |kind| filters.install(kind));
+    let hook: ThreadHook = Arc::new(move |kind| {
+        filters.install(kind)?;
+        if probe_procfd && kind == ThreadKind::FsWorker {
+            jail::testhook::probe_procfd();
+        }
+        Ok(())
+    });
     Ok(machine.run_with(Some(hook)))
 }
 

@@ -8,16 +8,27 @@
 //! - each virtio-fs share, bound (recursively) at its host path: the device
 //!   opens the share *through the jail path*, so its root fd lives in a mount
 //!   that survives the pivot (a lazily detached old root would cut the
-//!   share's submounts — the container rootfs, bind mounts — off from it);
-//! - the vsock socket directory, bound at its host path: the VMM connects
-//!   to `<uds>_<port>` there for guest-initiated connections and removes
-//!   its socket on exit.
+//!   share's submounts — the container rootfs, bind mounts — off from it).
+//!   The share's top level is read-only (the guest writes only inside the
+//!   rootfs and volume submounts, which keep their own ro/rw flags), and
+//!   every mount of the share is `nosuid,nodev,noexec` in the VMM's view;
+//! - the vsock socket directory, bound at its host path, read-only once the
+//!   VMM's listener exists: the VMM connects to `<uds>_<port>` there for
+//!   guest-initiated connections (connect works on a read-only mount);
+//! - `/proc`: a procfs of the VMM's own pid namespace with `subset=pid`
+//!   (only the VMM's own pid directory, `self`, `thread-self`; no
+//!   `/proc/sys`, no `sysrq-trigger`, no host process). The same kind of
+//!   procfs is also mounted over `/proc` in the VMM's mount namespace
+//!   before the devices are built, so the `/proc/self/fd` directory fd that
+//!   virtio-fs takes (fuse-backend-rs opens it by absolute path) is this one
+//!   and not the host's: `..` from it reaches nothing of the host. After
+//!   the pivot the absolute `/proc/self/fd/N` paths fuse-backend-rs uses for
+//!   xattrs resolve in the jail's one.
 //!
 //! Nothing else: the kernel, initrd, `/dev/kvm` and the console file are
 //! opened before the pivot and not reachable after it, so a compromised VMM
-//! cannot open a second KVM VM or read the host's files. No `/proc`, `/dev`
-//! or `/sys` (the VMM needs none: virtio-fs re-opens inodes through a
-//! `/proc/self/fd` directory fd taken before the pivot).
+//! cannot open a second KVM VM or read the host's files. No `/dev` or
+//! `/sys`.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -75,6 +86,164 @@ fn under(root: &Path, path: &Path) -> PathBuf {
 /// The jail root, prepared and not entered yet.
 pub struct Jail {
     root: PathBuf,
+    /// Binds made read-only only in [`Jail::enter`]: the VMM creates its
+    /// vsock listener in there after `prepare`.
+    ro_later: Vec<PathBuf>,
+}
+
+/// `mount -t proc -o subset=pid,nosuid,nodev,noexec` of the caller's pid
+/// namespace on `target`. subset=pid is Linux 5.8+; without it the VMM
+/// refuses to start rather than hand virtio-fs the host's procfs.
+fn mount_pid_proc(target: &Path) -> Result<(), JailError> {
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    mount(
+        Some(Path::new("proc")),
+        target,
+        Some("proc"),
+        flags,
+        Some("subset=pid"),
+    )
+    .map_err(|e| {
+        if e.source.raw_os_error() == Some(libc::EINVAL) {
+            JailError::new(
+                format!(
+                    "mount proc (subset=pid) on {}: the kernel lacks procfs' subset=pid \
+                     (Linux 5.8 or later needed)",
+                    target.display()
+                ),
+                e.source,
+            )
+        } else {
+            e
+        }
+    })
+}
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+
+/// `nosuid,nodev,noexec` on `target` and every mount below it (other flags
+/// kept). A compromised fs worker (CAP_MKNOD, any openat) then cannot open
+/// a device node on any of them, whatever their host flags are.
+fn harden_recursively(target: &Path) -> Result<(), JailError> {
+    let what = format!(
+        "mount_setattr(nosuid,nodev,noexec, recursive) {}",
+        target.display()
+    );
+    let path = cstr(target)?;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: valid C string and a properly sized, initialised mount_attr.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::ENOSYS) {
+        return Err(JailError::new(what, e));
+    }
+    // Before Linux 5.12: remount each mount at or below `target` with its
+    // own flags plus ours.
+    for m in mounts_at_or_below(target)? {
+        let flags = current_flags(&m)?;
+        mount(
+            None,
+            &m,
+            None,
+            libc::MS_BIND
+                | libc::MS_REMOUNT
+                | flags
+                | libc::MS_NOSUID
+                | libc::MS_NODEV
+                | libc::MS_NOEXEC,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+/// Mount points at or below `dir`, from `/proc/self/mountinfo` (parents first).
+fn mounts_at_or_below(dir: &Path) -> Result<Vec<PathBuf>, JailError> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| JailError::new("read /proc/self/mountinfo", e))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect())
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], oct) {
+            (b'\\', Some(d)) => {
+                let v = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+                out.push(v as u8);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    std::ffi::OsString::from_vec(out)
+}
+
+/// The per-mount flags of the mount at `p`, as mount(2) flags.
+fn current_flags(p: &Path) -> Result<libc::c_ulong, JailError> {
+    let c = cstr(p)?;
+    // SAFETY: zeroed statvfs is a valid out buffer; valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    check(
+        unsafe { libc::statvfs(c.as_ptr(), &mut st) },
+        &format!("statvfs {}", p.display()),
+    )?;
+    let map = [
+        (libc::ST_RDONLY, libc::MS_RDONLY),
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ];
+    Ok(map
+        .iter()
+        .filter(|(st_flag, _)| st.f_flag & *st_flag != 0)
+        .fold(0, |acc, (_, ms)| acc | ms))
 }
 
 impl Jail {
@@ -131,9 +300,22 @@ impl Jail {
             noexec,
             Some("size=64k,nr_inodes=256,mode=0755"),
         )?;
-        let jail = Jail { root };
+        // We are PID 1 of our own pid namespace: these procfs show only us.
+        // Over the host's /proc in our mount namespace (virtio-fs opens
+        // `/proc/self/fd` by that path while the devices are built), and in
+        // the jail for after the pivot.
+        let jail_proc = root.join("proc");
+        std::fs::create_dir(&jail_proc)
+            .map_err(|e| JailError::new(format!("create {}", jail_proc.display()), e))?;
+        mount_pid_proc(&jail_proc)?;
+        mount_pid_proc(Path::new("/proc"))?;
+        let mut jail = Jail {
+            root,
+            ro_later: Vec::new(),
+        };
         for dir in binds {
-            jail.bind(dir, false)?;
+            let target = jail.bind(dir, false)?;
+            jail.ro_later.push(target);
         }
         for fs in &mut cfg.fs {
             fs.shared_dir = jail.bind(&fs.shared_dir, true)?;
@@ -153,19 +335,47 @@ impl Jail {
         mount(Some(&src), &target, None, libc::MS_BIND | rec, None)?;
         // The VMM never executes anything, and nothing in there is a device
         // for it: say so on the bind (its own mount flags; submounts keep theirs).
+        // A share's top level is read-only too: the guest has no business
+        // there (the host stages containers into it; the guest writes only
+        // inside the rootfs and volume submounts, which keep their ro/rw).
+        let ro = if recursive { libc::MS_RDONLY } else { 0 };
         mount(
             None,
             &target,
             None,
-            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            libc::MS_BIND
+                | libc::MS_REMOUNT
+                | ro
+                | libc::MS_NOSUID
+                | libc::MS_NODEV
+                | libc::MS_NOEXEC,
             None,
         )?;
+        if recursive {
+            harden_recursively(&target)?;
+        }
         Ok(target)
     }
 
-    /// `pivot_root` into the jail and drop the old root; the jail root
-    /// becomes read-only (the binds stay writable).
+    /// `pivot_root` into the jail and drop the old root; the jail root and
+    /// the vsock socket directory become read-only (inside the shares, the
+    /// rootfs and volume submounts stay as the host made them). The VMM can
+    /// then no longer remove its own socket: whoever made the directory does.
     pub fn enter(self) -> Result<(), JailError> {
+        for dir in &self.ro_later {
+            mount(
+                None,
+                dir,
+                None,
+                libc::MS_BIND
+                    | libc::MS_REMOUNT
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV
+                    | libc::MS_NOEXEC,
+                None,
+            )?;
+        }
         let root = cstr(&self.root)?;
         let dot = c".";
         // SAFETY: valid C strings; pivot_root(".", ".") stacks the old root
@@ -209,5 +419,17 @@ mod tests {
             PathBuf::from("/j/run/husk/x/vm")
         );
         assert_eq!(under(Path::new("/j"), Path::new("/")), PathBuf::from("/j"));
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(
+            unescape_mountinfo(r"/a\040b\134c\011"),
+            std::ffi::OsString::from("/a b\\c\t")
+        );
+        assert_eq!(
+            unescape_mountinfo(r"/x\04"),
+            std::ffi::OsString::from(r"/x\04")
+        );
     }
 }

@@ -15,6 +15,9 @@
 //!   of the waiter kills the VMM too.
 //!
 //! The waiter holds no descriptor but stdio and never touches guest data.
+//! Once the VMM is gone it removes what the jailed VMM cannot: its vsock
+//! socket (the socket directory is read-only in the jail) and a jail
+//! directory made just for this run.
 
 use std::io;
 use std::path::PathBuf;
@@ -49,9 +52,9 @@ fn sigset(sigs: &[libc::c_int]) -> libc::sigset_t {
 /// Splits into waiter and VMM; returns only in the VMM (PID 1 of a new pid
 /// namespace). `forward` is a signal the waiter passes on as it is (the
 /// test hook's trigger) instead of treating it as fatal. Call while
-/// single-threaded. `cleanup` is a directory the waiter removes once the
-/// VMM is gone (a jail directory made just for this run).
-pub fn split(forward: Option<libc::c_int>, cleanup: Option<PathBuf>) -> Result<(), JailError> {
+/// single-threaded. `cleanup` are paths (files, or empty directories) the
+/// waiter removes once the VMM is gone.
+pub fn split(forward: Option<libc::c_int>, cleanup: Vec<PathBuf>) -> Result<(), JailError> {
     let set = sigset(&HANDLED);
     // SAFETY: plain libc calls on local, initialised data. Blocking first:
     // no signal is lost between fork and the waiter's sigwaitinfo.
@@ -101,12 +104,18 @@ fn wait(
     child: libc::pid_t,
     set: &libc::sigset_t,
     forward: Option<libc::c_int>,
-    cleanup: Option<PathBuf>,
+    cleanup: Vec<PathBuf>,
 ) -> ! {
-    let done = |status: libc::c_int| -> ! {
-        if let Some(dir) = &cleanup {
-            let _ = std::fs::remove_dir(dir);
+    let clean = || {
+        for p in &cleanup {
+            // unlink does not follow a symlink; rmdir only empty directories.
+            if std::fs::remove_file(p).is_err() {
+                let _ = std::fs::remove_dir(p);
+            }
         }
+    };
+    let done = |status: libc::c_int| -> ! {
+        clean();
         mirror(status)
     };
     loop {
@@ -133,9 +142,7 @@ fn wait(
                 // SAFETY: as above; then wait for it to be gone.
                 unsafe { libc::kill(child, libc::SIGKILL) };
                 let _ = reap(child, 0);
-                if let Some(dir) = &cleanup {
-                    let _ = std::fs::remove_dir(dir);
-                }
+                clean();
                 die_by(s);
             }
         }

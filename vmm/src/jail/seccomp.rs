@@ -11,7 +11,9 @@
 //! What no filter allows, on any thread: execve/execveat, fork/clone/clone3,
 //! open_by_handle_at/name_to_handle_at (the fs worker holds
 //! CAP_DAC_READ_SEARCH for LINK, see `caps`: this keeps it from opening
-//! files by handle past the jail),
+//! files by handle past the jail; on the fs worker they fail with ENOSYS
+//! instead of killing, see [`HANDLE_ERRNO`]), device nodes from mknodat
+//! other than the 0:0 whiteout,
 //! open/openat outside the fs worker, ptrace, mount/pivot_root/unshare/setns,
 //! socket families other than AF_UNIX, bpf, perf_event_open, keyctl,
 //! process_vm_*, kexec, module loading, and mmap/mprotect with PROT_EXEC.
@@ -47,6 +49,11 @@ fn err(what: &str, e: impl std::fmt::Display) -> JailError {
 /// `arg` (32 bits) == `value`.
 fn eq(arg: u8, value: u64) -> Result<SeccompCondition, JailError> {
     SeccompCondition::new(arg, Len::Dword, Op::Eq, value).map_err(|e| err("condition", e))
+}
+
+/// `arg` (64 bits) == `value`.
+fn eq64(arg: u8, value: u64) -> Result<SeccompCondition, JailError> {
+    SeccompCondition::new(arg, Len::Qword, Op::Eq, value).map_err(|e| err("condition", e))
 }
 
 /// `arg & mask` == `value`.
@@ -129,7 +136,8 @@ fn common(r: &mut Rules) -> Result<(), JailError> {
 }
 
 /// The event loop: vsock device (queues, unix listener, host and guest
-/// connections), exit watcher, socket cleanup at the end.
+/// connections), exit watcher. It removes nothing: the waiter outside the
+/// jail removes the vsock socket.
 fn vmm(r: &mut Rules) -> Result<(), JailError> {
     common(r)?;
     allow(
@@ -152,9 +160,6 @@ fn vmm(r: &mut Rules) -> Result<(), JailError> {
             libc::SYS_sendto,
             libc::SYS_readv,
             libc::SYS_writev,
-            // Removing the vsock socket when the VM ends.
-            libc::SYS_unlink,
-            libc::SYS_unlinkat,
             // vsock connection timeouts (the timerfd is made before the jail).
             libc::SYS_timerfd_settime,
             libc::SYS_timerfd_gettime,
@@ -237,10 +242,8 @@ fn fs_worker(r: &mut Rules, xattr: bool) -> Result<(), JailError> {
             libc::SYS_pwritev2,
             libc::SYS_readv,
             libc::SYS_writev,
-            // MKDIR, MKNOD (ConfinedFs refuses device nodes), SYMLINK, LINK,
-            // UNLINK/RMDIR, RENAME/RENAME2.
+            // MKDIR, SYMLINK, LINK, UNLINK/RMDIR, RENAME/RENAME2.
             libc::SYS_mkdirat,
-            libc::SYS_mknodat,
             libc::SYS_symlinkat,
             libc::SYS_linkat,
             libc::SYS_unlinkat,
@@ -279,6 +282,27 @@ fn fs_worker(r: &mut Rules, xattr: bool) -> Result<(), JailError> {
             rule(vec![eq(1, libc::F_DUPFD_CLOEXEC as u64)?])?,
         ],
     );
+    // MKNOD: files, fifos, sockets and the 0:0 whiteout only, as ConfinedFs
+    // already enforces; here so that a compromised worker cannot make a
+    // device node either (mode is arg 2, dev arg 3).
+    let fmt = u64::from(libc::S_IFMT);
+    let mut mknod = Vec::new();
+    for kind in [0, libc::S_IFREG, libc::S_IFIFO, libc::S_IFSOCK] {
+        mknod.push(rule(vec![masked(2, fmt, u64::from(kind))?])?);
+    }
+    mknod.push(rule(vec![
+        masked(2, fmt, u64::from(libc::S_IFCHR))?,
+        eq64(3, 0)?,
+    ])?);
+    allow_if(r, libc::SYS_mknodat, mknod);
+    // Reached only on kernels whose statx has no mount id (fuse-backend-rs'
+    // fallback); the errno filter (`handle_errno`) makes them fail, which
+    // the crate handles (mount id 0). Allowed here so that filter's ERRNO,
+    // not this one's KillProcess, is the verdict.
+    allow(
+        r,
+        &[libc::SYS_name_to_handle_at, libc::SYS_open_by_handle_at],
+    );
     if xattr {
         allow(
             r,
@@ -290,28 +314,52 @@ fn fs_worker(r: &mut Rules, xattr: bool) -> Result<(), JailError> {
                 libc::SYS_getxattr,
                 libc::SYS_setxattr,
                 libc::SYS_listxattr,
+                // fuse-backend-rs 0.14 does every xattr op by path,
+                // `/proc/self/fd/N` of the inode's O_PATH fd (the f*xattr
+                // calls refuse O_PATH fds): the jail's /proc makes those
+                // paths resolve.
                 libc::SYS_removexattr,
-                // xattr ops on non-regular inodes go through fchdir + path.
-                libc::SYS_fchdir,
             ],
         );
     }
     Ok(())
 }
 
+/// What `name_to_handle_at`/`open_by_handle_at` return on the fs worker.
+pub const HANDLE_ERRNO: i32 = libc::ENOSYS;
+
+/// The fs worker's second filter: file-handle syscalls fail with
+/// [`HANDLE_ERRNO`], everything else is left to the main filter (the kernel
+/// runs both; the stricter verdict wins).
+fn handle_errno() -> Result<BpfProgram, JailError> {
+    let mut r = Rules::new();
+    allow(
+        &mut r,
+        &[libc::SYS_name_to_handle_at, libc::SYS_open_by_handle_at],
+    );
+    compile_with(
+        r,
+        SeccompAction::Allow,
+        SeccompAction::Errno(HANDLE_ERRNO as u32),
+    )
+}
+
 fn compile(rules: Rules) -> Result<BpfProgram, JailError> {
+    compile_with(rules, SeccompAction::KillProcess, SeccompAction::Allow)
+}
+
+fn compile_with(
+    rules: Rules,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+) -> Result<BpfProgram, JailError> {
     let arch: TargetArch = std::env::consts::ARCH
         .try_into()
         .map_err(|e| err("target arch", e))?;
-    SeccompFilter::new(
-        rules,
-        SeccompAction::KillProcess,
-        SeccompAction::Allow,
-        arch,
-    )
-    .map_err(|e| err("filter", e))?
-    .try_into()
-    .map_err(|e: seccompiler::BackendError| err("compile", e))
+    SeccompFilter::new(rules, mismatch, matched, arch)
+        .map_err(|e| err("filter", e))?
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| err("compile", e))
 }
 
 /// The compiled filters, one per thread kind.
@@ -319,6 +367,7 @@ pub struct Filters {
     vmm: BpfProgram,
     vcpu: BpfProgram,
     fs_worker: BpfProgram,
+    fs_worker_errno: BpfProgram,
 }
 
 impl Filters {
@@ -333,6 +382,7 @@ impl Filters {
             vmm: build(&vmm)?,
             vcpu: build(&vcpu)?,
             fs_worker: build(&|r| fs_worker(r, xattr))?,
+            fs_worker_errno: handle_errno()?,
         })
     }
 
@@ -351,7 +401,14 @@ impl Filters {
                 caps::clear(None, set).map_err(|e| std::io::Error::other(e.to_string()))?;
             }
         }
-        seccompiler::apply_filter(prog).map_err(|e| std::io::Error::other(e.to_string()))
+        let apply = |p: &BpfProgram| {
+            seccompiler::apply_filter(p).map_err(|e| std::io::Error::other(e.to_string()))
+        };
+        if kind == ThreadKind::FsWorker {
+            // First: the main filter allows these calls, counting on this one.
+            apply(&self.fs_worker_errno)?;
+        }
+        apply(prog)
     }
 }
 
@@ -365,6 +422,117 @@ mod tests {
         assert_eq!(KVM_GET_REGS(), 0x8090_ae81);
         assert_eq!(KVM_GET_SREGS(), 0x8138_ae83);
         assert_eq!(KVM_GET_LAPIC(), 0x8400_ae8e);
+    }
+
+    /// Runs `f` in a forked child under the fs worker's filters; its wait status.
+    fn in_filtered_child(f: fn() -> i32) -> i32 {
+        let cfg: VmConfig =
+            serde_json::from_str(r#"{"kernel":"/k","memory_mib":128,"vcpus":1}"#).unwrap();
+        let filters = Filters::new(&cfg).unwrap();
+        // SAFETY: the child only makes syscalls and _exits.
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0);
+            if pid == 0 {
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                if filters.install(ThreadKind::FsWorker).is_err() {
+                    libc::_exit(100);
+                }
+                libc::_exit(f());
+            }
+            let mut status = 0;
+            assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+            status
+        }
+    }
+
+    fn errno() -> i32 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    }
+
+    /// F8(a): on kernels whose statx lacks the mount id, fuse-backend-rs
+    /// calls name_to_handle_at on every LOOKUP; that must fail, not kill.
+    #[test]
+    fn file_handle_calls_fail_on_the_fs_worker() {
+        let status = in_filtered_child(|| {
+            let mut handle = [0u64; 20];
+            handle[0] = 128; // handle_bytes
+            let mut mnt = 0i32;
+            // SAFETY: valid path, buffers large enough for a 128-byte handle.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_name_to_handle_at,
+                    libc::AT_FDCWD,
+                    c"/".as_ptr(),
+                    handle.as_mut_ptr(),
+                    &mut mnt as *mut i32,
+                    0,
+                )
+            };
+            if r != -1 || errno() != HANDLE_ERRNO {
+                return 1;
+            }
+            // SAFETY: as above; the kernel only reads the handle.
+            let r = unsafe { libc::syscall(libc::SYS_open_by_handle_at, 0, handle.as_ptr(), 0) };
+            if r != -1 || errno() != HANDLE_ERRNO {
+                return 2;
+            }
+            0
+        });
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "wait status {status:#x}"
+        );
+    }
+
+    /// F3: no device node from the fs worker, filter-enforced; the whiteout,
+    /// fifos and files still go through (to the kernel: ENOENT here).
+    #[test]
+    fn fs_worker_mknod_of_a_device_kills() {
+        let status = in_filtered_child(|| {
+            let dir = c"/nonexistent-husk-dir/x";
+            for (mode, dev) in [
+                (libc::S_IFCHR | 0o600, 0),
+                (libc::S_IFIFO | 0o600, 0),
+                (libc::S_IFREG | 0o600, 0),
+            ] {
+                // SAFETY: valid C string; the directory does not exist.
+                let r = unsafe { libc::mknodat(libc::AT_FDCWD, dir.as_ptr(), mode, dev) };
+                if r != -1 || errno() != libc::ENOENT {
+                    return 1;
+                }
+            }
+            // SAFETY: as above; the filter must kill us here.
+            unsafe {
+                libc::mknodat(
+                    libc::AT_FDCWD,
+                    dir.as_ptr(),
+                    libc::S_IFBLK | 0o600,
+                    libc::makedev(8, 0),
+                )
+            };
+            2
+        });
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+            "wait status {status:#x}"
+        );
+        let status = in_filtered_child(|| {
+            // SAFETY: valid C string; must be killed.
+            unsafe {
+                libc::mknodat(
+                    libc::AT_FDCWD,
+                    c"/nonexistent-husk-dir/x".as_ptr(),
+                    libc::S_IFCHR | 0o600,
+                    libc::makedev(1, 3),
+                )
+            };
+            2
+        });
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+            "wait status {status:#x}"
+        );
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! Test hook: make the jailed VMM attempt a syscall its filter forbids, to
-//! prove the filter kills it (VM test `tests/tests/jail.rs`).
+//! prove the filter kills it, or attempt what a compromised fs worker would
+//! (VM test `tests/tests/jail.rs`).
 //!
 //! Reachable only from the host: the hidden `--test-forbidden-syscall=KIND`
 //! flag (which the runtime passes only when its own environment has
 //! `HUSK_VMM_TEST_TRIGGER=KIND`) arms it, and the trigger is
-//! [`TRIGGER_SIGNAL`] sent to husk-vmm's host pid (the waiter passes it on).
-//! Nothing the guest does reaches it. Without the flag no signalfd exists.
+//! [`TRIGGER_SIGNAL`] sent to husk-vmm's host pid (the waiter passes it on);
+//! `procfd` needs no trigger: the fs worker runs [`probe_procfd`] right
+//! after installing its filter. Nothing the guest does reaches it. Without
+//! the flag no signalfd exists.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -24,6 +27,10 @@ pub enum Forbidden {
     Execve,
     /// `openat("/etc/passwd")` on the main thread, which opens nothing.
     Open,
+    /// The fs worker, jailed and filtered, looks for a procfs directory fd
+    /// among its descriptors (virtio-fs keeps one) and tries to climb out of
+    /// it to `../../sys/kernel/hostname`; logs what happened.
+    Procfd,
 }
 
 impl std::str::FromStr for Forbidden {
@@ -32,7 +39,8 @@ impl std::str::FromStr for Forbidden {
         match s {
             "execve" => Ok(Forbidden::Execve),
             "open" => Ok(Forbidden::Open),
-            _ => Err(format!("expected execve or open, got {s:?}")),
+            "procfd" => Ok(Forbidden::Procfd),
+            _ => Err(format!("expected execve, open or procfd, got {s:?}")),
         }
     }
 }
@@ -80,6 +88,8 @@ impl Trigger {
                     libc::execve(sh.as_ptr(), argv.as_ptr(), envp.as_ptr())
                 }
                 Forbidden::Open => libc::open(c"/etc/passwd".as_ptr(), libc::O_RDONLY),
+                // Not signal-triggered (see `probe_procfd`).
+                Forbidden::Procfd => return,
             }
         };
         log::error!(
@@ -88,6 +98,48 @@ impl Trigger {
             std::io::Error::last_os_error()
         );
     }
+}
+
+/// What `procfd` reports for a climb that worked: the host's procfs is
+/// reachable from the fs worker. `tests/tests/jail.rs` fails on it.
+pub const PROCFD_REACHED: &str = "test hook: procfd: REACHED";
+/// What `procfd` reports for a climb that failed.
+pub const PROCFD_REFUSED: &str = "test hook: procfd: refused";
+
+/// The `procfd` probe, on the calling (fs worker) thread: every descriptor
+/// that is a procfs directory is used as `openat(fd,
+/// "../../sys/kernel/hostname")`, like an attacker with code execution in
+/// the fs worker would. Uses only calls the fs worker's filter allows.
+pub fn probe_procfd() {
+    let mut found = 0;
+    for fd in 0..4096 {
+        // SAFETY: fstatfs/fstat into zeroed local buffers on any fd number
+        // (EBADF for closed ones); openat with a valid C string; the
+        // descriptor it returns is closed at once.
+        unsafe {
+            let mut sfs: libc::statfs = std::mem::zeroed();
+            if libc::fstatfs(fd, &mut sfs) != 0 || sfs.f_type != libc::PROC_SUPER_MAGIC {
+                continue;
+            }
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(fd, &mut st) != 0 || st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                continue;
+            }
+            found += 1;
+            let path = c"../../sys/kernel/hostname";
+            let r = libc::openat(fd, path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if r >= 0 {
+                libc::close(r);
+                log::error!("{PROCFD_REACHED} ../../sys/kernel/hostname through procfs fd {fd}");
+            } else {
+                log::warn!(
+                    "{PROCFD_REFUSED} through procfs fd {fd}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+    log::warn!("test hook: procfd: {found} procfs directory descriptor(s) tried");
 }
 
 impl MutEventSubscriber for Trigger {
