@@ -95,16 +95,12 @@ impl RequestHandler {
                 return 0;
             }
         };
-        let (readable, writable) = chain_sizes(&chain);
-        if readable > MAX_CHAIN_BYTES || writable > MAX_CHAIN_BYTES {
-            count_and_warn_once!(
-                c.oversized_chains,
-                "virtio-fs: descriptor chain too large (head {head}, {readable} bytes \
-                 readable, {writable} writable, limit {MAX_CHAIN_BYTES})"
-            );
-            return reply_error(mem, &chain, &in_header, libc::ENOMEM);
-        }
-
+        #[cfg(test)]
+        tests_hook::between_walks(mem);
+        // One walk of the chain per object, and the size check is on the
+        // very objects the server gets: descriptors are guest memory and may
+        // change between walks (a second vCPU), so a check on another walk
+        // would prove nothing.
         let reader = Reader::from_descriptor_chain(mem, chain.clone());
         let writer = VirtioFsWriter::new(mem, chain.clone());
         let (reader, writer) = match (reader, writer) {
@@ -117,6 +113,15 @@ impl RequestHandler {
                 return reply_error(mem, &chain, &in_header, libc::EINVAL);
             }
         };
+        let (readable, writable) = (reader.available_bytes(), writer.available_bytes());
+        if !within_limit(readable, writable) {
+            count_and_warn_once!(
+                c.oversized_chains,
+                "virtio-fs: descriptor chain too large (head {head}, {readable} bytes \
+                 readable, {writable} writable, limit {MAX_CHAIN_BYTES})"
+            );
+            return reply_error(mem, &chain, &in_header, libc::ENOMEM);
+        }
         let capacity = writer.available_bytes();
         // So that a reply the server wrote before failing can be recognised.
         clear_reply_header(mem, &chain, capacity);
@@ -155,16 +160,11 @@ fn read_in_header(
     Ok(r.read_obj::<InHeader>()?)
 }
 
-/// Total readable and writable bytes (the chain iterator caps the sum at
-/// 4 GiB and the descriptor count at the queue/indirect table size).
-fn chain_sizes(chain: &Chain<'_>) -> (u64, u64) {
-    chain.clone().fold((0, 0), |(r, w), d| {
-        if d.is_write_only() {
-            (r, w + u64::from(d.len()))
-        } else {
-            (r + u64::from(d.len()), w)
-        }
-    })
+/// Whether a chain of `readable`/`writable` bytes (as the server's reader
+/// and writer see it) may reach the server.
+fn within_limit(readable: usize, writable: usize) -> bool {
+    let max = usize::try_from(MAX_CHAIN_BYTES).unwrap_or(usize::MAX);
+    readable <= max && writable <= max
 }
 
 fn clamp_len(n: usize, capacity: usize) -> u32 {
@@ -239,5 +239,30 @@ fn errno_of(e: &FuseError) -> i32 {
         | FuseError::FailedToSplitWriter(_) => libc::EIO,
         FuseError::FailedToRemapID(_) => libc::EPERM,
         _ => libc::EINVAL,
+    }
+}
+
+/// Unit tests change the chain between the walks here (F7: the size check
+/// must hold for what the server gets, whatever earlier walks saw).
+#[cfg(test)]
+pub(crate) mod tests_hook {
+    use std::sync::Mutex;
+
+    use crate::memory::GuestMemoryMmap;
+
+    type Hook = Box<dyn Fn(&GuestMemoryMmap) + Send>;
+
+    /// Hooks run (on the worker thread) after the header was read and before
+    /// the reader and writer walk the chain. Each hook must check that `mem`
+    /// is its own test's memory: tests run in parallel.
+    pub static BETWEEN_WALKS: Mutex<Vec<Hook>> = Mutex::new(Vec::new());
+
+    pub fn between_walks(mem: &GuestMemoryMmap) {
+        let hooks = BETWEEN_WALKS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for h in hooks.iter() {
+            h(mem);
+        }
     }
 }

@@ -1529,3 +1529,60 @@ fn random_garbage_from_the_guest() {
     assert_eq!(h.read(e.nodeid, o.fh, 0, 16).unwrap(), b"alive");
     h.dirs.assert_outside_untouched();
 }
+
+/// F7: the guest grows a descriptor after the device read the header (a
+/// second vCPU racing the walks). The size limit holds for the reader and
+/// writer the server gets, so the request is refused, not served with a
+/// writable part above the limit.
+#[test]
+fn chain_size_is_checked_on_what_the_server_gets() {
+    use std::sync::atomic::AtomicBool;
+    use vm_memory::GuestMemory;
+
+    let mut h = Harness::new("double-fetch");
+    h.init();
+    let q = REQUEST_QUEUE;
+    let a = GetattrIn::default();
+    let hdr = h.header(Opcode::Getattr as u32, ROOT_ID, size_of::<GetattrIn>());
+    let req = [hdr.as_slice(), a.as_slice()].concat();
+    let ia = h.put(&req);
+    let oa = h.alloc(256);
+    // The writable descriptor of the next chain is the second slot of it.
+    let start = if h.next_desc[q] + 2 > QSIZE {
+        0
+    } else {
+        h.next_desc[q]
+    };
+    let daddr = h.rings[q].desc + 16 * u64::from((start + 1) % QSIZE);
+    let big = MAX_CHAIN_BYTES as u32 + 0x1000;
+    let armed = Arc::new(AtomicBool::new(true));
+    let ours = h.mem.get_host_address(GuestAddress(0)).unwrap() as usize;
+    {
+        let armed = armed.clone();
+        super::request::tests_hook::BETWEEN_WALKS
+            .lock()
+            .unwrap()
+            .push(Box::new(move |mem| {
+                let mine = mem
+                    .get_host_address(GuestAddress(0))
+                    .is_ok_and(|p| p as usize == ours);
+                if mine && armed.swap(false, Ordering::SeqCst) {
+                    let d = RawDescriptor::from(SplitDescriptor::new(
+                        oa,
+                        big,
+                        VRING_DESC_F_WRITE as u16,
+                        0,
+                    ));
+                    mem.write_obj(d, GuestAddress(daddr)).unwrap();
+                }
+            }));
+    }
+    let used = h.send(q, &[(ia, req.len() as u32, false), (oa, 256, true)]);
+    assert!(!armed.load(Ordering::SeqCst), "the hook did not run");
+    let r = h.read_reply(oa, used);
+    assert_eq!(r.hdr.unique, hdr.unique);
+    assert_eq!(r.result().unwrap_err(), libc::ENOMEM);
+    assert_eq!(h.dev().metrics().oversized_chains, 1);
+    // The device goes on.
+    assert_eq!(h.read_file(ROOT_ID, "hello.txt"), HELLO);
+}
