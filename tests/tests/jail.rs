@@ -129,7 +129,16 @@ fn running_vmm_is_caged() {
     // Its root is the jail: the state directory's vm/ (vsock sockets) and
     // the share, nothing of the host.
     let root = PathBuf::from(format!("/proc/{vmm}/root"));
-    for host_path in ["etc/passwd", "bin", "usr", "proc/self", "dev/kvm", "sys/fs"] {
+    for host_path in [
+        "etc/passwd",
+        "bin",
+        "usr",
+        "proc/self",
+        "proc/sys",
+        "proc/sysrq-trigger",
+        "dev/kvm",
+        "sys/fs",
+    ] {
         assert!(
             !root.join(host_path).exists(),
             "{host_path} visible in the jail"
@@ -144,11 +153,12 @@ fn running_vmm_is_caged() {
         "only vm/ and share/ are bound"
     );
     assert!(!in_jail(Path::new(env!("CARGO_MANIFEST_DIR"))).exists());
-    let top: Vec<_> = std::fs::read_dir(&root)
+    let mut top: Vec<_> = std::fs::read_dir(&root)
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
+    top.sort();
     let first = state_dir
         .components()
         .nth(1)
@@ -156,7 +166,9 @@ fn running_vmm_is_caged() {
         .as_os_str()
         .to_string_lossy()
         .into_owned();
-    assert_eq!(top, vec![first], "jail root");
+    let mut want = vec![first, "proc".to_string()];
+    want.sort();
+    assert_eq!(top, want, "jail root");
     // From the host the jail directory is an empty directory.
     assert_eq!(
         std::fs::read_dir(state_dir.join("vm/jail"))
@@ -381,4 +393,218 @@ su -s /bin/sh user -c 'set -e; cd /data/u; echo mine > mine; mkdir sub; ln -s mi
         "hard link made by the user"
     );
     let _ = h.run(&["delete", "--force", "fs1"]);
+}
+
+/// The jailed VMM's mounts, from the host: (mount point, per-mount options,
+/// file system type, super options).
+fn vmm_mounts(vmm: u32) -> Vec<(String, String, String, String)> {
+    std::fs::read_to_string(format!("/proc/{vmm}/mountinfo"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (a, b) = l.split_once(" - ").unwrap();
+            let a: Vec<_> = a.split(' ').collect();
+            let b: Vec<_> = b.split(' ').collect();
+            (
+                a[4].to_string(),
+                a[5].to_string(),
+                b[0].to_string(),
+                b.get(2).unwrap_or(&"").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Review F3: a compromised fs worker (the test hook's `procfd` probe runs
+/// on it, jailed and filtered) finds only a pid-only procfs of the VMM's own
+/// pid namespace: `..` from its `/proc/self/fd` fd reaches no
+/// `/proc/sys`. The shares are nodev (and nosuid, noexec) on every mount in
+/// the VMM's view, their top level and the vsock directory read-only; the
+/// container still works through the share.
+#[test]
+fn fs_worker_reaches_no_host_proc_and_shares_are_nodev() {
+    let h = Husk::new("jail-procfd");
+    let b = TestBundle::busybox("jail-procfd", &["sleep", "1000"]);
+    let mut c = h.cmd();
+    c.args(["run", "--detach", "--bundle", b.dir.to_str().unwrap(), "j4"])
+        .env(husk::vm::TEST_TRIGGER_ENV, "procfd")
+        .stdin(std::process::Stdio::null());
+    let o = husk_tests::output_within(c, husk_tests::COMMAND_TIMEOUT);
+    assert!(o.status.success(), "{}", err(&o));
+    let (_, vmm) = jailed_vmm(&h, "j4");
+    let stderr = h.root.join("j4/vm/vmm.stderr");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let log = loop {
+        let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+        if log.contains("descriptor(s) tried") {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "no procfd probe report: {log}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!log.contains("test hook: procfd: REACHED"), "{log}");
+    assert!(log.contains("test hook: procfd: refused"), "{log}");
+    assert!(
+        !log.contains("procfd: 0 procfs"),
+        "no procfs fd found: {log}"
+    );
+
+    let mounts = vmm_mounts(vmm);
+    let proc_mounts: Vec<_> = mounts.iter().filter(|m| m.2 == "proc").collect();
+    assert!(!proc_mounts.is_empty(), "{mounts:?}");
+    for m in &proc_mounts {
+        assert!(m.3.contains("subset=pid"), "{m:?}");
+        for opt in ["nosuid", "nodev", "noexec"] {
+            assert!(m.1.split(',').any(|o| o == opt), "{opt}: {m:?}");
+        }
+    }
+    let share = std::fs::canonicalize(h.root.join("j4/share")).unwrap();
+    let share = share.to_str().unwrap().to_string();
+    let below: Vec<_> = mounts
+        .iter()
+        .filter(|m| m.0 == share || m.0.starts_with(&format!("{share}/")))
+        .collect();
+    assert!(below.len() >= 2, "share and rootfs mounts: {mounts:?}");
+    for m in &below {
+        for opt in ["nodev", "nosuid", "noexec"] {
+            assert!(m.1.split(',').any(|o| o == opt), "{opt}: {m:?}");
+        }
+    }
+    for m in below.iter().filter(|m| m.0 == share) {
+        assert!(m.1.split(',').any(|o| o == "ro"), "share top level: {m:?}");
+    }
+    let vm_dir = std::fs::canonicalize(h.root.join("j4/vm")).unwrap();
+    let vm_dir = vm_dir.to_str().unwrap();
+    let vm = mounts.iter().find(|m| m.0 == vm_dir).expect("vm dir bound");
+    assert!(vm.1.split(',').any(|o| o == "ro"), "vm dir: {vm:?}");
+
+    // The rootfs (a submount of the share) stays writable for the guest.
+    let o = h.run(&["exec", "j4", "sh", "-c", "echo w > /tmp/w && cat /tmp/w"]);
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "w",
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        err(&o)
+    );
+    let o = h.run(&["kill", "j4", "KILL"]);
+    assert!(o.status.success(), "{}", err(&o));
+    wait_status(&h, "j4", "stopped");
+    let o = h.run(&["delete", "j4"]);
+    assert!(o.status.success(), "{}", err(&o));
+}
+
+/// A static x86-64 program: `setxattr(argv[1], "user.x", "1", 1, 0)`; exit 0
+/// on success; if the file system says EOPNOTSUPP, `listxattr(argv[1])` and
+/// exit 100 if that worked; else exit with the errno.
+const XATTR_PROBE: &[u8] = &[
+    0x7f, 0x45, 0x4c, 0x46, 0x02, 0x01, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x02, 0x00, 0x3e, 0x00, 0x01, 0x00, 0x00, 0x00, 0x78, 0x00, 0x40, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x40, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xf8, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x40, 0x00, 0x38, 0x00, 0x01, 0x00, 0x40, 0x00, 0x03, 0x00, 0x02, 0x00,
+    0x01, 0x00, 0x00, 0x00, 0x05, 0x00, 0x00, 0x00, 0x78, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x78, 0x00, 0x40, 0x00, 0x00, 0x00, 0x00, 0x00, 0x78, 0x00, 0x40, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x6a, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x6a, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x4c, 0x8b, 0x64, 0x24, 0x10, 0x4c, 0x89, 0xe7,
+    0x48, 0x8d, 0x35, 0x53, 0x00, 0x00, 0x00, 0x48, 0x8d, 0x15, 0x53, 0x00, 0x00, 0x00, 0x41, 0xba,
+    0x01, 0x00, 0x00, 0x00, 0x45, 0x31, 0xc0, 0xb8, 0xbc, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x85, 0xc0,
+    0x74, 0x29, 0x83, 0xf8, 0xa1, 0x75, 0x28, 0x48, 0x81, 0xec, 0x00, 0x01, 0x00, 0x00, 0x4c, 0x89,
+    0xe7, 0x48, 0x89, 0xe6, 0xba, 0x00, 0x01, 0x00, 0x00, 0xb8, 0xc2, 0x00, 0x00, 0x00, 0x0f, 0x05,
+    0x85, 0xc0, 0x78, 0x0b, 0xbf, 0x64, 0x00, 0x00, 0x00, 0xeb, 0x08, 0x31, 0xff, 0xeb, 0x04, 0x89,
+    0xc7, 0xf7, 0xdf, 0xb8, 0x3c, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x75, 0x73, 0x65, 0x72, 0x2e, 0x78,
+    0x00, 0x31, 0x00, 0x2e, 0x73, 0x68, 0x73, 0x74, 0x72, 0x74, 0x61, 0x62, 0x00, 0x2e, 0x74, 0x65,
+    0x78, 0x74, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x0b, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00,
+    0x06, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x78, 0x00, 0x40, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x78, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x6a, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xe2, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x11, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+];
+
+/// Review F8(b): with `xattr`, fuse-backend-rs does every xattr operation by
+/// the path `/proc/self/fd/N`, which the jail's procfs makes resolve (ENOENT
+/// before). The runtime has no xattr option, so a wrapper adds `,xattr` to
+/// husk-vmm's `--fs` arguments.
+#[test]
+fn xattrs_work_through_the_jailed_fs_worker() {
+    let h = Husk::new("jail-xattr");
+    let base = h.config.parent().unwrap().to_path_buf();
+    let wrapper = base.join("husk-vmm-xattr");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nx=0\nfor a in \"$@\"; do\n  shift\n  [ \"$x\" = 1 ] && a=\"$a,xattr\"\n  \
+             if [ \"$a\" = --fs ]; then x=1; else x=0; fi\n  set -- \"$@\" \"$a\"\ndone\n\
+             exec {:?} \"$@\"\n",
+            husk_tests::artifact("HUSK_VMM")
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = std::fs::read_to_string(&h.config).unwrap();
+    let cfg: String = cfg
+        .lines()
+        .map(|l| {
+            if l.starts_with("vmm = ") {
+                format!("vmm = {wrapper:?}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&h.config, cfg).unwrap();
+
+    let data = vm_dir("jail-xattr-data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("f"), b"x").unwrap();
+    let mut b = TestBundle::busybox("jail-xattr", &["/bin/xattr-probe", "/data/f"]);
+    let probe = b.rootfs().join("bin/xattr-probe");
+    std::fs::write(&probe, XATTR_PROBE).unwrap();
+    std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    b.config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "destination": "/data", "type": "bind", "source": data, "options": ["rbind", "rw"]
+        }));
+    b.write();
+    let o = h.run(&["run", "--bundle", b.dir.to_str().unwrap(), "x1"]);
+    let log = std::fs::read_to_string(h.root.join("x1/vm/vmm.stderr")).unwrap_or_default();
+    let code = o.status.code();
+    let host_f = std::ffi::CString::new(data.join("f").to_str().unwrap()).unwrap();
+    let mut buf = [0u8; 8];
+    // SAFETY: valid C strings and buffer.
+    let n = unsafe {
+        libc::getxattr(
+            host_f.as_ptr(),
+            c"user.x".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    match code {
+        Some(0) => assert_eq!(n, 1, "user.x not on the host file"),
+        Some(100) => {
+            // The host's file system has no user xattrs (tmpfs before 6.6):
+            // the guest's listxattr went through instead.
+            let e = std::io::Error::last_os_error();
+            assert_eq!(n, -1);
+            assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP), "{e}");
+        }
+        _ => panic!(
+            "xattr probe: {:?} (errno in the guest)\nstdout {}\nstderr {}\nvmm {log}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            err(&o)
+        ),
+    }
+    assert!(!log.contains("seccomp"), "{log}");
+    let _ = h.run(&["delete", "--force", "x1"]);
 }
