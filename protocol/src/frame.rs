@@ -1,4 +1,6 @@
 use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -15,8 +17,140 @@ pub enum FrameError {
     TooLarge(u64),
     #[error("malformed message: {0}")]
     Malformed(#[from] serde_json::Error),
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
+}
+
+/// A stream whose reads and writes can be bounded in time. The bound is
+/// re-set to the time left before every read and write, so a peer that
+/// trickles one byte at a time cannot stretch a call past its deadline.
+pub trait Deadline: Read + Write {
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()>;
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()>;
+}
+
+impl Deadline for UnixStream {
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        UnixStream::set_read_timeout(self, t)
+    }
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        UnixStream::set_write_timeout(self, t)
+    }
+}
+
+/// `r`, with every read bounded by `deadline` (none: unbounded).
+struct Bounded<'a, S: Deadline> {
+    s: &'a mut S,
+    deadline: Option<(Instant, Duration)>,
+}
+
+impl<S: Deadline> Bounded<'_, S> {
+    /// Sets the socket timeouts to what is left; `Timeout` once nothing is.
+    fn arm(&mut self) -> Result<(), FrameError> {
+        let Some((at, total)) = self.deadline else {
+            self.s.set_read_timeout(None)?;
+            self.s.set_write_timeout(None)?;
+            return Ok(());
+        };
+        let left = at.saturating_duration_since(Instant::now());
+        // A zero timeout means "block forever" to the socket API.
+        if left < Duration::from_millis(1) {
+            return Err(FrameError::Timeout(total));
+        }
+        self.s.set_read_timeout(Some(left))?;
+        self.s.set_write_timeout(Some(left))?;
+        Ok(())
+    }
+
+    fn expired(&self, e: &io::Error) -> Option<FrameError> {
+        let (at, total) = self.deadline?;
+        let timed_out = matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        );
+        (timed_out || Instant::now() >= at).then_some(FrameError::Timeout(total))
+    }
+}
+
+impl<S: Deadline> Read for Bounded<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.arm().map_err(io::Error::other)?;
+        self.s.read(buf)
+    }
+}
+
+/// Sends `req` and reads one reply, the whole exchange within `timeout`
+/// (None: no bound, for requests that wait on purpose, like `WaitProcess`).
+pub fn call<Q: Serialize, A: DeserializeOwned>(
+    s: &mut impl Deadline,
+    req: &Q,
+    timeout: Option<Duration>,
+) -> Result<A, FrameError> {
+    let mut b = Bounded {
+        s,
+        deadline: timeout.map(|t| (Instant::now() + t, t)),
+    };
+    let r = send_bounded(&mut b, req).and_then(|()| recv_bounded(&mut b));
+    // Leave the stream as we found it for whoever uses it next.
+    let _ = b.s.set_read_timeout(None);
+    let _ = b.s.set_write_timeout(None);
+    r
+}
+
+/// Receives one message within `timeout`.
+pub fn recv_within<A: DeserializeOwned>(
+    s: &mut impl Deadline,
+    timeout: Duration,
+) -> Result<A, FrameError> {
+    let mut b = Bounded {
+        s,
+        deadline: Some((Instant::now() + timeout, timeout)),
+    };
+    let r = recv_bounded(&mut b);
+    let _ = b.s.set_read_timeout(None);
+    let _ = b.s.set_write_timeout(None);
+    r
+}
+
+fn send_bounded<S: Deadline>(
+    b: &mut Bounded<'_, S>,
+    msg: &impl Serialize,
+) -> Result<(), FrameError> {
+    let frame = framed(&serde_json::to_vec(msg)?)?;
+    let mut off = 0;
+    while off < frame.len() {
+        b.arm()?;
+        match b.s.write(&frame[off..]) {
+            Ok(0) => return Err(FrameError::Io(io::ErrorKind::WriteZero.into())),
+            Ok(n) => off += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(b.expired(&e).unwrap_or(FrameError::Io(e))),
+        }
+    }
+    Ok(())
+}
+
+fn recv_bounded<S: Deadline, A: DeserializeOwned>(b: &mut Bounded<'_, S>) -> Result<A, FrameError> {
+    let payload = match read_frame(b) {
+        Err(FrameError::Io(e)) => Err(unwrap_timeout(b, e)),
+        other => other,
+    }?;
+    Ok(serde_json::from_slice(&payload)?)
+}
+
+/// Turns the errors `Bounded` produced back into `Timeout`.
+fn unwrap_timeout<S: Deadline>(b: &Bounded<'_, S>, e: io::Error) -> FrameError {
+    if e.get_ref()
+        .and_then(|i| i.downcast_ref::<FrameError>())
+        .is_some_and(|f| matches!(f, FrameError::Timeout(_)))
+    {
+        if let Some((_, total)) = b.deadline {
+            return FrameError::Timeout(total);
+        }
+    }
+    b.expired(&e).unwrap_or(FrameError::Io(e))
 }
 
 /// Reads one frame's payload. `Closed` means EOF at a frame boundary.
@@ -47,6 +181,12 @@ pub fn read_frame(r: &mut impl Read) -> Result<Vec<u8>, FrameError> {
 /// Writes one frame as a single `write_all` so frames never interleave on a
 /// shared stream.
 pub fn write_frame(w: &mut impl Write, payload: &[u8]) -> Result<(), FrameError> {
+    w.write_all(&framed(payload)?)?;
+    w.flush()?;
+    Ok(())
+}
+
+fn framed(payload: &[u8]) -> Result<Vec<u8>, FrameError> {
     let len = u32::try_from(payload.len())
         .ok()
         .filter(|l| *l <= MAX_FRAME)
@@ -54,9 +194,7 @@ pub fn write_frame(w: &mut impl Write, payload: &[u8]) -> Result<(), FrameError>
     let mut buf = Vec::with_capacity(4 + payload.len());
     buf.extend_from_slice(&len.to_be_bytes());
     buf.extend_from_slice(payload);
-    w.write_all(&buf)?;
-    w.flush()?;
-    Ok(())
+    Ok(buf)
 }
 
 /// Serializes and sends one message.
@@ -198,5 +336,55 @@ mod tests {
             recv::<Request>(&mut f.as_slice()),
             Err(FrameError::Malformed(_))
         ));
+    }
+
+    /// A peer that answers with a big length and then one byte now and then
+    /// must not hold a call past its deadline (review F5).
+    #[test]
+    fn slow_loris_reply_hits_the_deadline() {
+        let (mut ours, mut theirs) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            let _: Request = recv(&mut theirs).unwrap();
+            let _ = theirs.write_all(&MAX_FRAME.to_be_bytes());
+            for _ in 0..20 {
+                std::thread::sleep(Duration::from_millis(200));
+                if theirs.write_all(b"x").is_err() {
+                    break;
+                }
+            }
+        });
+        let start = Instant::now();
+        let r: Result<Response, _> = call(
+            &mut ours,
+            &Request::Ping { seq: 1 },
+            Some(Duration::from_millis(700)),
+        );
+        let took = start.elapsed();
+        assert!(matches!(r, Err(FrameError::Timeout(_))), "{r:?}");
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+        drop(ours);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn call_without_deadline_and_in_time() {
+        let (mut ours, mut theirs) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            let _: Request = recv(&mut theirs).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            send(&mut theirs, &Response::Pong { seq: 2 }).unwrap();
+            let _: Request = recv(&mut theirs).unwrap();
+            send(&mut theirs, &Response::Pong { seq: 3 }).unwrap();
+        });
+        let r: Response = call(&mut ours, &Request::Ping { seq: 2 }, None).unwrap();
+        assert_eq!(r, Response::Pong { seq: 2 });
+        let r: Response = call(
+            &mut ours,
+            &Request::Ping { seq: 3 },
+            Some(Duration::from_secs(5)),
+        )
+        .unwrap();
+        assert_eq!(r, Response::Pong { seq: 3 });
+        t.join().unwrap();
     }
 }

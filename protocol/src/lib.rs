@@ -9,7 +9,9 @@
 mod frame;
 mod message;
 
-pub use frame::{read_frame, recv, send, write_frame, FrameError, MAX_FRAME};
+pub use frame::{
+    call, read_frame, recv, recv_within, send, write_frame, Deadline, FrameError, MAX_FRAME,
+};
 pub use message::{
     ContainerStats, ContainerStatus, CreateContainer, ExecProcess, ExitStatus, HelloInfo,
     ProcessInfo, Request, Response, StdioStream, PROTOCOL_VERSION,

@@ -42,6 +42,11 @@ pub enum CgroupError {
     Io(PathBuf, std::io::Error),
     #[error("no cgroup file system mounted at /sys/fs/cgroup")]
     NoCgroupFs,
+    // runc's wording.
+    #[error("container's cgroup is not empty: {1} process(es) found in {0}")]
+    NotEmpty(PathBuf, usize),
+    #[error("cgroup {0}: cannot set the device policy: {1}")]
+    Devices(PathBuf, std::io::Error),
 }
 
 /// The limits for a VM of `memory_mib` and `vcpus`.
@@ -176,9 +181,26 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     std::fs::write(path, value).map_err(|e| CgroupError::Io(path.into(), e))
 }
 
-/// Creates the container's cgroup, sets the limits for the VM size and moves
-/// the calling process (the monitor) into it; records it in `state_dir`.
+/// Creates the container's cgroup, sets the limits for the VM size and the
+/// device policy ([`crate::devices`]) and moves the calling process (the
+/// monitor) into it; records it in `state_dir`. A cgroup that already has
+/// processes is refused, as runc does: `cgroupsPath` could name someone
+/// else's (`/system.slice/sshd.service`), whose limits we would set and
+/// whose processes `delete` would kill.
 pub fn enter(
+    state_dir: &Path,
+    spec: &Spec,
+    id: &str,
+    memory_mib: u32,
+    vcpus: u8,
+) -> Result<(), CgroupError> {
+    enter_in(&hierarchies()?, state_dir, spec, id, memory_mib, vcpus)
+}
+
+type Hierarchy = (PathBuf, bool, Vec<String>);
+
+fn enter_in(
+    hierarchies: &[Hierarchy],
     state_dir: &Path,
     spec: &Spec,
     id: &str,
@@ -189,12 +211,32 @@ pub fn enter(
     let rel = relative_path(cgroups_path.as_ref().and_then(|p| p.to_str()), id)?;
     let lim = limits(memory_mib, vcpus);
     let pid = std::process::id().to_string();
-    for (mnt, v2, ctrls) in hierarchies()? {
+    // Checked everywhere before anything is written anywhere.
+    for (mnt, _, _) in hierarchies {
+        let dir = mnt.join(&rel);
+        let n = processes_below(&dir, 8);
+        if n > 0 {
+            return Err(CgroupError::NotEmpty(dir, n));
+        }
+    }
+    // v1 has a devices controller; only without one does v2 need the
+    // BPF program (pure v2, or a hybrid host without v1 devices).
+    let v1_devices = hierarchies
+        .iter()
+        .any(|(_, v2, c)| !v2 && c.iter().any(|x| x == "devices"));
+    for (mnt, v2, ctrls) in hierarchies {
+        let (mnt, v2) = (mnt.as_path(), *v2);
         let dir = mnt.join(&rel);
         if v2 {
-            enable_v2_controllers(&mnt, &rel);
+            enable_v2_controllers(mnt, &rel);
         }
         std::fs::create_dir_all(&dir).map_err(|e| CgroupError::Io(dir.clone(), e))?;
+        if v2 && !v1_devices {
+            crate::devices::apply_v2(&dir).map_err(|e| CgroupError::Devices(dir.clone(), e))?;
+        }
+        if !v2 && ctrls.iter().any(|c| c == "devices") {
+            crate::devices::apply_v1(&dir).map_err(|e| CgroupError::Devices(dir.clone(), e))?;
+        }
         if v2 {
             // Absent when the controller is not enabled here: v2 hosts that
             // keep memory/pids from us, the "unified" tree of hybrid hosts.
@@ -209,7 +251,7 @@ pub fn enter(
         } else {
             let has = |c: &str| ctrls.iter().any(|x| x == c);
             if has("cpuset") {
-                inherit_cpuset(&mnt, &rel);
+                inherit_cpuset(mnt, &rel);
             }
             if has("memory") {
                 write(
@@ -226,6 +268,24 @@ pub fn enter(
     let record = state_dir.join(RECORD);
     std::fs::write(&record, rel.as_os_str().as_encoded_bytes())
         .map_err(|e| CgroupError::Io(record, e))
+}
+
+/// Processes in cgroup `dir` and its descendants (`depth` levels down).
+fn processes_below(dir: &Path, depth: u32) -> usize {
+    let here = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|p| p.lines().filter(|l| !l.trim().is_empty()).count())
+        .unwrap_or(0);
+    if depth == 0 {
+        return here;
+    }
+    let below: usize = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| processes_below(&e.path(), depth - 1))
+        .sum();
+    here + below
 }
 
 /// v2: a controller works in a cgroup only if every ancestor enables it
@@ -348,6 +408,52 @@ mod tests {
         assert!(p("bad:husk:").is_err());
         assert!(p("nota-slice:husk:1").is_err());
         assert!(p("a--b.slice:x:1").is_err());
+    }
+
+    /// A fake v1 hierarchy (no controllers) in a temp dir: `enter` must not
+    /// join, limit or record a cgroup that has processes (review F14).
+    #[test]
+    fn refuses_a_cgroup_that_has_processes() {
+        let base = std::env::temp_dir().join(format!("husk-cg-busy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let state = base.join("state");
+        let mnt = base.join("cgroup");
+        let busy = mnt.join("system.slice/sshd.service");
+        std::fs::create_dir_all(&busy).unwrap();
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(busy.join("cgroup.procs"), "1234\n").unwrap();
+        let spec = |p: &str| -> Spec {
+            serde_json::from_value(serde_json::json!({
+                "ociVersion": "1.0.2", "linux": {"cgroupsPath": p}
+            }))
+            .unwrap()
+        };
+        let h = vec![(mnt.clone(), false, Vec::new())];
+        let e = enter_in(&h, &state, &spec("/system.slice/sshd.service"), "c", 64, 1).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("container's cgroup is not empty: 1 process(es)"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(busy.join("cgroup.procs")).unwrap(),
+            "1234\n"
+        );
+        assert!(!state.join(RECORD).exists());
+        // Processes in a child cgroup count too.
+        let parent = spec("/system.slice");
+        assert!(matches!(
+            enter_in(&h, &state, &parent, "c", 64, 1),
+            Err(CgroupError::NotEmpty(_, 1))
+        ));
+        // An empty (or new) one is joined and recorded.
+        enter_in(&h, &state, &spec("/husk-empty"), "c", 64, 1).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(mnt.join("husk-empty/cgroup.procs")).unwrap(),
+            std::process::id().to_string()
+        );
+        assert!(state.join(RECORD).exists());
+        let _ = std::fs::remove_dir_all(&base);
     }
 
     #[test]

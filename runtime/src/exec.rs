@@ -65,7 +65,7 @@ enum TermHost {
 /// Creates the process in the guest, attaches its stdio, and starts it.
 /// Signals must already be blocked ([`monitor::block_signals`]).
 pub fn start(store: &Store, req: &ExecRequest, ctty: bool) -> Result<Session, String> {
-    let uds = monitor::vsock_path(&store.dir(&req.id));
+    let uds = monitor::vsock_path(&store.dir(&req.id).map_err(|e| e.to_string())?);
     let connect = || AgentClient::connect(&uds, AGENT_TIMEOUT).map_err(|e| e.to_string());
     connect()?
         .expect_ok(&Request::ExecProcess(Box::new(ExecProcess {
@@ -150,13 +150,14 @@ fn attach_and_start(uds: &Path, req: &ExecRequest, ctty: bool) -> Result<Session
     let mut wait_conn = connect()?;
     let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
     std::thread::spawn(move || {
-        let _ = wait_conn.stream().set_read_timeout(None);
+        // Waits as long as the process runs; nothing else waits on this thread.
+        wait_conn.set_timeout(None);
         let ev = match wait_conn.request(&Request::WaitProcess {
             id,
             exec_id: Some(exec_id),
         }) {
             Ok(Response::Exited { status }) => Ok(status),
-            Ok(other) => Err(format!("unexpected wait reply {other:?}")),
+            Ok(other) => Err(crate::vm::unexpected("wait reply", &other).to_string()),
             Err(e) => Err(e.to_string()),
         };
         let _ = tx.send(ev);
@@ -220,11 +221,13 @@ impl Session {
 pub fn run_monitor(store: &Store, id: &str, exec_id: &str, sync: OwnedFd) -> ! {
     monitor::block_signals();
     let mut sync = File::from(sync);
-    let path = request_path(&store.dir(id), exec_id);
-    let req: Result<ExecRequest, String> = std::fs::read(&path)
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()));
-    let _ = std::fs::remove_file(&path);
+    let req: Result<ExecRequest, String> =
+        store.dir(id).map_err(|e| e.to_string()).and_then(|dir| {
+            let path = request_path(&dir, exec_id);
+            let b = std::fs::read(&path).map_err(|e| e.to_string());
+            let _ = std::fs::remove_file(&path);
+            serde_json::from_slice(&b?).map_err(|e| e.to_string())
+        });
     // Our own session, so a console pty can become our controlling terminal.
     let ctty = nix::unistd::setsid().is_ok();
     let session = match req.and_then(|req| start(store, &req, ctty)) {

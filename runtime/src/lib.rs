@@ -4,8 +4,10 @@
 pub mod cgroups;
 pub mod config;
 pub mod container;
+pub mod devices;
 pub mod exec;
 pub mod monitor;
 pub mod signal;
 pub mod stdio;
+pub mod untrusted;
 pub mod vm;

@@ -90,20 +90,37 @@ pub fn load_create_request(state_dir: &Path) -> Result<CreateRequest, String> {
         })
 }
 
+/// How long a command waits for container `id`'s agent, per request.
+pub const AGENT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Connects to the agent of container `id`'s VM.
 pub fn agent(store: &Store, id: &str) -> Result<AgentClient, crate::vm::VmError> {
-    AgentClient::connect(&vsock_path(&store.dir(id)), Duration::from_secs(10))
+    agent_within(store, id, AGENT_CALL_TIMEOUT)
+}
+
+/// Connects to the agent of container `id`'s VM; `timeout` bounds the
+/// connect and every request on the client.
+pub fn agent_within(
+    store: &Store,
+    id: &str,
+    timeout: Duration,
+) -> Result<AgentClient, crate::vm::VmError> {
+    let dir = store
+        .dir(id)
+        .map_err(|e| crate::vm::VmError::Agent(e.to_string()))?;
+    AgentClient::connect(&vsock_path(&dir), timeout)
 }
 
 /// Entry point of `husk __monitor`. Never returns.
 pub fn run(store: &Store, id: &str, sync: OwnedFd) -> ! {
     block_signals();
     let mut sync = File::from(sync);
-    let dir = store.dir(id);
-    let req: Result<CreateRequest, String> = std::fs::read(dir.join("create.json"))
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()));
-    let started = req.and_then(|req| setup(store, &dir, &req));
+    let started = store.dir(id).map_err(|e| e.to_string()).and_then(|dir| {
+        let req: CreateRequest = std::fs::read(dir.join("create.json"))
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))?;
+        setup(store, &dir, &req)
+    });
     let mut running = match started {
         Ok(r) => r,
         Err(e) => {
@@ -209,10 +226,11 @@ fn setup(store: &Store, dir: &Path, req: &CreateRequest) -> Result<Running, Stri
     let mut wait_conn = connect()?;
     let id = req.id.clone();
     std::thread::spawn(move || {
-        let _ = wait_conn.stream().set_read_timeout(None);
+        // Waits as long as the init runs; nothing else waits on this thread.
+        wait_conn.set_timeout(None);
         let ev = match wait_conn.request(&Request::WaitProcess { id, exec_id: None }) {
             Ok(Response::Exited { status }) => Event::Exited(status),
-            Ok(other) => Event::VmGone(format!("unexpected wait reply {other:?}")),
+            Ok(other) => Event::VmGone(crate::vm::unexpected("wait reply", &other).to_string()),
             Err(e) => Event::VmGone(e.to_string()),
         };
         let _ = waiter.send(ev);
@@ -290,7 +308,8 @@ impl Running {
         stdio::join_within(self.outputs, Duration::from_secs(5));
         let mut vm = self.vm;
         if vm.try_wait().ok().flatten().is_none() {
-            if let Ok(agent) = vm.agent() {
+            // Bounded: a guest that does not answer is killed with the VM.
+            if let Ok(agent) = AgentClient::connect(vm.vsock_path(), Duration::from_secs(5)) {
                 let _ = agent.shutdown();
             }
             let _ = vm.wait(Duration::from_secs(10));
@@ -360,23 +379,92 @@ fn monitor_signals() -> nix::sys::signal::SigSet {
     set
 }
 
-/// Ends this process the way the container's init ended.
+/// What a signal does by default to a process that does not handle it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SigDefault {
+    Terminate,
+    Core,
+    Stop,
+    Ignore,
+}
+
+fn default_action(s: i32) -> Option<SigDefault> {
+    use SigDefault::*;
+    Some(match s {
+        libc::SIGHUP
+        | libc::SIGINT
+        | libc::SIGKILL
+        | libc::SIGPIPE
+        | libc::SIGALRM
+        | libc::SIGTERM
+        | libc::SIGUSR1
+        | libc::SIGUSR2
+        | libc::SIGIO
+        | libc::SIGPROF
+        | libc::SIGVTALRM
+        | libc::SIGSTKFLT
+        | libc::SIGPWR => Terminate,
+        libc::SIGQUIT
+        | libc::SIGILL
+        | libc::SIGTRAP
+        | libc::SIGABRT
+        | libc::SIGBUS
+        | libc::SIGFPE
+        | libc::SIGSEGV
+        | libc::SIGXCPU
+        | libc::SIGXFSZ
+        | libc::SIGSYS => Core,
+        libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => Stop,
+        libc::SIGCHLD | libc::SIGCONT | libc::SIGURG | libc::SIGWINCH => Ignore,
+        s if (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&s) => Terminate,
+        _ => return None,
+    })
+}
+
+/// Ends this process the way the container's init ended. The status comes
+/// from the guest, so only a signal whose default action ends a process is
+/// re-raised (a guest reporting SIGSTOP must not stop the host process
+/// conmon waits for), never with a core dump of this root process (the
+/// dump is refused outright: not dumpable, RLIMIT_CORE 0, which also covers
+/// a `|helper` core_pattern); anything else exits 128+signal, the shell's
+/// convention for "killed by".
 pub fn die_like(status: ExitStatus) -> ! {
     match status {
         ExitStatus::Code(c) => std::process::exit(c & 0xff),
         ExitStatus::Signal(s) => {
-            // SAFETY: restoring the default action and raising the signal at ourselves.
-            unsafe {
-                libc::signal(s, libc::SIG_DFL);
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                libc::sigaddset(&mut set, s);
-                libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-                libc::kill(libc::getpid(), s);
+            let code = 128 + (s & 0x7f);
+            let raise = match default_action(s) {
+                Some(SigDefault::Terminate) => true,
+                Some(SigDefault::Core) => no_core_dumps(),
+                _ => false,
+            };
+            if raise {
+                // SAFETY: restoring the default action and raising the signal at ourselves.
+                unsafe {
+                    libc::signal(s, libc::SIG_DFL);
+                    let mut set: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, s);
+                    libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+                    libc::kill(libc::getpid(), s);
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
-            std::thread::sleep(Duration::from_millis(100));
-            std::process::exit(128 + (s & 0x7f))
+            std::process::exit(code)
         }
+    }
+}
+
+/// Makes sure this process cannot dump core; false if it cannot tell.
+fn no_core_dumps() -> bool {
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+            && libc::setrlimit(libc::RLIMIT_CORE, &zero) == 0
     }
 }
 
@@ -415,6 +503,79 @@ pub fn sync_fd_from_env() -> Option<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs `die_like(status)` in a forked child (after `prep`); returns
+    /// the raw wait status, stops included.
+    fn child_dies_like(status: ExitStatus, prep: impl FnOnce()) -> i32 {
+        // SAFETY: the child runs only `prep` and `die_like`, then exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            prep();
+            die_like(status);
+        }
+        let mut st = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut st, libc::WUNTRACED) };
+        if libc::WIFSTOPPED(st) {
+            // SAFETY: our own stopped child; reap it before failing.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+        }
+        st
+    }
+
+    /// Review F6: a guest-reported SIGSTOP (or TSTP/TTIN/TTOU) must not stop
+    /// the host process engines wait for; ignored-by-default signals must
+    /// not leave it running.
+    #[test]
+    fn stop_and_ignore_signals_become_exit_codes() {
+        for s in [
+            libc::SIGSTOP,
+            libc::SIGTSTP,
+            libc::SIGTTIN,
+            libc::SIGCHLD,
+            libc::SIGWINCH,
+        ] {
+            let st = child_dies_like(ExitStatus::Signal(s), || {});
+            assert!(!libc::WIFSTOPPED(st), "signal {s}: stopped");
+            assert!(libc::WIFEXITED(st), "signal {s}: {st:#x}");
+            assert_eq!(libc::WEXITSTATUS(st), 128 + s, "signal {s}");
+        }
+        let st = child_dies_like(ExitStatus::Signal(libc::SIGTERM), || {});
+        assert!(libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGTERM);
+    }
+
+    /// Review F6: a guest-reported SIGSEGV kills the monitor by SIGSEGV (what
+    /// the engine reports) without a core dump of this root process, even
+    /// where core dumps are enabled.
+    #[test]
+    fn core_signals_dump_no_core() {
+        let dir = std::env::temp_dir().join(format!("husk-core-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cdir = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+        let st = child_dies_like(ExitStatus::Signal(libc::SIGSEGV), || {
+            let unlimited = libc::rlimit {
+                rlim_cur: libc::RLIM_INFINITY,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            // SAFETY: plain syscalls in the child. Best effort: an
+            // unprivileged run keeps the hard limit.
+            unsafe {
+                libc::setrlimit(libc::RLIMIT_CORE, &unlimited);
+                libc::chdir(cdir.as_ptr());
+            }
+        });
+        let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(libc::WIFSIGNALED(st), "{st:#x}");
+        assert_eq!(libc::WTERMSIG(st), libc::SIGSEGV);
+        assert!(!libc::WCOREDUMP(st), "dumped core");
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
 
     #[test]
     fn vm_dir_fits_socket_names() {

@@ -73,7 +73,7 @@ pub fn exec(store: &Store, root: &Path, a: &ExecArgs) -> anyhow::Result<ExitCode
         Status::Paused if !a.ignore_paused => bail!("cannot exec in a paused container"),
         _ => {}
     }
-    let dir = store.dir(&a.id);
+    let dir = store.dir(&a.id)?;
     let process = match &a.process {
         Some(p) => read_process(p)?,
         None => process_from_flags(&dir, a)?,

@@ -88,9 +88,35 @@ fn cleanup(dir: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// Writes the pid file atomically (temp file + rename), as runc does. The
+/// directory may be shared with others (`/run`, a podman tmp dir): the temp
+/// file is created O_EXCL|O_NOFOLLOW so a planted symlink is never followed,
+/// and a stale one is unlinked (which removes a link, not its target) first.
 pub(super) fn write_pid_file(path: &Path, pid: u32) -> anyhow::Result<()> {
-    let tmp = path.with_extension("husk-tmp");
-    std::fs::write(&tmp, pid.to_string())
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".husk-tmp");
+    let tmp = PathBuf::from(tmp);
+    let create = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+    };
+    let mut f = match create() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(&tmp)
+                .with_context(|| format!("cannot remove stale {}", tmp.display()))?;
+            create()
+        }
+        other => other,
+    }
+    .with_context(|| format!("cannot write pid file {}", tmp.display()))?;
+    f.write_all(pid.to_string().as_bytes())
+        .and_then(|()| f.sync_all())
         .with_context(|| format!("cannot write pid file {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write pid file {}", path.display()))
 }
@@ -203,19 +229,47 @@ pub fn state(store: &Store, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long SIGKILL and `delete --force` wait for the agent before they
+/// kill the monitor and the VMM on the host: a guest that does not answer
+/// (or trickles its answer) must not keep a container alive.
+const KILL_GRACE: Duration = Duration::from_secs(1);
+
 pub fn kill(store: &Store, id: &str, signal: Option<&str>, all: bool) -> anyhow::Result<()> {
     let sig = husk::signal::parse(signal.unwrap_or("SIGTERM"))?;
     let st = store.load(id)?;
     if st.status() == Status::Stopped {
         bail!("container not running");
     }
-    monitor::agent(store, id)?.expect_ok(&Request::Signal {
+    let req = Request::Signal {
         id: id.to_string(),
         exec_id: None,
         signal: sig,
         all,
-    })?;
+    };
+    if sig != libc::SIGKILL {
+        monitor::agent(store, id)?.expect_ok(&req)?;
+        return Ok(());
+    }
+    let asked = monitor::agent_within(store, id, KILL_GRACE).and_then(|mut a| a.expect_ok(&req));
+    if asked.is_err() {
+        // The container dies with its monitor (conmon sees SIGKILL, as with
+        // runc), the VMM with both (PR_SET_PDEATHSIG).
+        kill_host_processes(&st);
+    }
     Ok(())
+}
+
+/// SIGKILLs the monitor and the VMM of `st`, if they are still the
+/// processes `state.json` recorded.
+fn kill_host_processes(st: &State) {
+    for (pid, start) in [(st.pid, st.pid_start), (st.vmm_pid, st.vmm_pid_start)] {
+        if process_alive(pid, start) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 pub fn delete(store: &Store, id: &str, force: bool) -> anyhow::Result<()> {
@@ -225,7 +279,7 @@ pub fn delete(store: &Store, id: &str, force: bool) -> anyhow::Result<()> {
         Err(StoreError::NotExist(_)) => {
             // A create that died half-way leaves a directory without state:
             // clean it, but only --force calls that a success.
-            let dir = store.dir(id);
+            let dir = store.dir(id)?;
             let existed = dir.exists();
             cleanup(&dir)?;
             if force || existed {
@@ -237,7 +291,7 @@ pub fn delete(store: &Store, id: &str, force: bool) -> anyhow::Result<()> {
             if !force {
                 return Err(e.into());
             }
-            return cleanup(&store.dir(id));
+            return cleanup(&store.dir(id)?);
         }
     };
     let status = st.status();
@@ -245,7 +299,7 @@ pub fn delete(store: &Store, id: &str, force: bool) -> anyhow::Result<()> {
         if !force {
             bail!("cannot delete container {id} that is not stopped: {status}");
         }
-        if let Ok(mut agent) = monitor::agent(store, id) {
+        if let Ok(mut agent) = monitor::agent_within(store, id, KILL_GRACE) {
             let _ = agent.request(&Request::Signal {
                 id: id.to_string(),
                 exec_id: None,
@@ -255,21 +309,14 @@ pub fn delete(store: &Store, id: &str, force: bool) -> anyhow::Result<()> {
         }
     }
     // Whatever is left of the monitor and the VMM goes now.
-    for (pid, start) in [(st.pid, st.pid_start), (st.vmm_pid, st.vmm_pid_start)] {
-        if process_alive(pid, start) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
+    kill_host_processes(&st);
     let deadline = Instant::now() + Duration::from_secs(10);
     while (process_alive(st.pid, st.pid_start) || process_alive(st.vmm_pid, st.vmm_pid_start))
         && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(10));
     }
-    cleanup(&store.dir(id))
+    cleanup(&store.dir(id)?)
 }
 
 pub fn run(store: &Store, a: &RunArgs) -> anyhow::Result<ExitCode> {
@@ -293,4 +340,31 @@ pub fn run(store: &Store, a: &RunArgs) -> anyhow::Result<ExitCode> {
         _ => ExitStatus::Code(1),
     };
     monitor::die_like(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review F10: a symlink planted at the temp name in a shared pid-file
+    /// directory is not followed (root would write through it).
+    #[test]
+    fn pid_file_temp_does_not_follow_symlinks() {
+        let d = std::env::temp_dir().join(format!("husk-pidfile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let victim = d.join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let pid_file = d.join("c.pid");
+        std::os::unix::fs::symlink(&victim, d.join("c.pid.husk-tmp")).unwrap();
+        write_pid_file(&pid_file, 4242).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), "4242");
+        assert!(!std::fs::symlink_metadata(&pid_file).unwrap().is_symlink());
+        assert!(!d.join("c.pid.husk-tmp").exists());
+        // Again, over the existing file.
+        write_pid_file(&pid_file, 7).unwrap();
+        assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), "7");
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }

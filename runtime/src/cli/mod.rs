@@ -131,7 +131,33 @@ pub enum ListFormat {
     Json,
 }
 
+/// The container id (and exec id) a command names.
+fn ids(cmd: &Cmd) -> Vec<&str> {
+    match cmd {
+        Cmd::Create(a) => vec![&a.id],
+        Cmd::Run(a) => vec![&a.create.id],
+        Cmd::Start { id }
+        | Cmd::State { id }
+        | Cmd::Kill { id, .. }
+        | Cmd::Delete { id, .. }
+        | Cmd::Ps { id, .. }
+        | Cmd::Pause { id }
+        | Cmd::Resume { id }
+        | Cmd::Events { id, .. }
+        | Cmd::Monitor { id } => vec![id],
+        Cmd::Exec(a) => vec![&a.id],
+        Cmd::Update(a) => vec![&a.id],
+        Cmd::ExecMonitor { id, exec_id } => vec![id, exec_id],
+        Cmd::List { .. } | Cmd::Spec { .. } | Cmd::Features | Cmd::Boot(_) => vec![],
+    }
+}
+
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Every id names a directory under --root: refuse bad ones first, as
+    // runc does in every command (`Store::dir` refuses them too).
+    for id in ids(&cli.command) {
+        husk::container::validate_id(id)?;
+    }
     if let Some(c) = &cli.config {
         // Single-threaded here; the monitors we start inherit it.
         std::env::set_var("HUSK_CONFIG", c);

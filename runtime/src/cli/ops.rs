@@ -28,7 +28,7 @@ pub fn ps(store: &Store, id: &str, format: ListFormat) -> anyhow::Result<()> {
     let procs =
         match monitor::agent(store, id)?.request(&Request::ListProcesses { id: id.to_string() })? {
             Response::Processes { processes } => processes,
-            other => bail!("unexpected reply {other:?}"),
+            other => return Err(husk::vm::unexpected("reply", &other).into()),
         };
     let mut out = std::io::stdout().lock();
     match format {
@@ -58,11 +58,12 @@ fn ps_line(p: &ProcessInfo) -> String {
         p.uid,
         p.pid,
         p.ppid,
-        p.state,
+        // Guest strings: no terminal escapes on the operator's screen.
+        husk::untrusted::escape(&p.state, 4),
         secs / 3600,
         secs / 60 % 60,
         secs % 60,
-        p.args.join(" ")
+        husk::untrusted::text(&p.args.join(" "))
     )
 }
 
@@ -91,7 +92,7 @@ pub fn resume(store: &Store, id: &str) -> anyhow::Result<()> {
 fn stats(store: &Store, id: &str) -> anyhow::Result<ContainerStats> {
     match monitor::agent(store, id)?.request(&Request::ContainerStats { id: id.to_string() })? {
         Response::Stats(s) => Ok(*s),
-        other => bail!("unexpected reply {other:?}"),
+        other => Err(husk::vm::unexpected("reply", &other).into()),
     }
 }
 
@@ -346,5 +347,13 @@ mod tests {
             ps_line(&p),
             "    0       7       1 S     1:02:05 sleep 1000"
         );
+        let evil = ProcessInfo {
+            state: "\x1b[2J".into(),
+            args: vec!["\x1b]0;pwned\x07".into(), "a\nb".into()],
+            ..p
+        };
+        let line = ps_line(&evil);
+        assert!(!line.chars().any(|c| c.is_control()), "{line:?}");
+        assert!(line.ends_with("\\x1b]0;pwned\\x07 a\\nb"), "{line:?}");
     }
 }

@@ -29,7 +29,44 @@ pub enum SizingError {
     Vcpus(u64),
 }
 
+/// Memory limits at or above this are "unlimited" sentinels, not sizes:
+/// `i64::MAX` and its page-rounded form (what cgroup v1 reports for no
+/// limit, and what some tools copy into specs). They get the default size.
+const UNLIMITED_BYTES: i64 = 1 << 62;
+
 pub fn vm_size(spec: &Spec, default: VmSize) -> Result<VmSize, SizingError> {
+    vm_size_on(spec, default, host_memory_mib())
+}
+
+/// The host's RAM in MiB (MemTotal), if it can be read.
+fn host_memory_mib() -> Option<u32> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(u32::try_from(kib >> 10).unwrap_or(u32::MAX))
+}
+
+/// Guest MiB for a `linux.resources.memory.limit`: None for no limit (≤ 0
+/// as runc reads -1, or an unlimited sentinel); a limit the host cannot
+/// give is capped at the host's RAM (runc would set it and the container
+/// would simply never reach it).
+fn memory_for_limit(limit: i64, host_mib: Option<u32>) -> Option<u32> {
+    if limit <= 0 || limit >= UNLIMITED_BYTES {
+        return None;
+    }
+    let mib = u64::try_from(limit).ok()?.div_ceil(1 << 20);
+    let mib = mib.saturating_add(u64::from(MEMORY_OVERHEAD_MIB));
+    let cap = u64::from(host_mib.unwrap_or(u32::MAX));
+    Some(u32::try_from(mib.min(cap)).unwrap_or(u32::MAX))
+}
+
+fn vm_size_on(spec: &Spec, default: VmSize, host_mib: Option<u32>) -> Result<VmSize, SizingError> {
     let ann = spec.annotations().as_ref();
     let get = |key: &'static str| -> Result<Option<u64>, SizingError> {
         match ann.and_then(|a| a.get(key)) {
@@ -45,8 +82,7 @@ pub fn vm_size(spec: &Spec, default: VmSize) -> Result<VmSize, SizingError> {
     let mem_limit = resources
         .and_then(|r| r.memory().as_ref())
         .and_then(|m| m.limit())
-        .filter(|l| *l > 0)
-        .map(|l| (l as u64).div_ceil(1 << 20) as u32 + MEMORY_OVERHEAD_MIB);
+        .and_then(|l| memory_for_limit(l, host_mib));
     let cpu_vcpus =
         resources
             .and_then(|r| r.cpu().as_ref())
@@ -109,6 +145,41 @@ mod tests {
                 vcpus: 4
             }
         );
+    }
+
+    fn limit(l: i64) -> Spec {
+        spec(&format!(
+            r#"{{"ociVersion":"1.0.2","linux":{{"resources":{{"memory":{{"limit":{l}}}}}}}}}"#
+        ))
+    }
+
+    #[test]
+    fn huge_and_sentinel_memory_limits() {
+        let host = Some(16 * 1024);
+        // Unlimited sentinels: the default size, not a 64 MiB VM.
+        for l in [i64::MAX, 0x7FFF_FFFF_FFFF_F000, -1, 0] {
+            assert_eq!(vm_size_on(&limit(l), D, host).unwrap(), D, "{l:#x}");
+        }
+        // Beyond u32 MiB (overflowed before): capped at the host's RAM.
+        let big = 0xffff_ffff_i64 << 20;
+        assert_eq!(
+            vm_size_on(&limit(big), D, host).unwrap().memory_mib,
+            16 * 1024
+        );
+        assert_eq!(
+            vm_size_on(&limit(big), D, None).unwrap().memory_mib,
+            u32::MAX
+        );
+        assert_eq!(
+            vm_size_on(&limit(1 << 40), D, host).unwrap().memory_mib,
+            16 * 1024
+        );
+        // Within what the host has: as asked.
+        assert_eq!(
+            vm_size_on(&limit(1 << 30), D, host).unwrap().memory_mib,
+            1024 + MEMORY_OVERHEAD_MIB
+        );
+        assert!(vm_size(&limit(i64::MAX), D).unwrap().memory_mib >= D.memory_mib);
     }
 
     #[test]

@@ -139,6 +139,9 @@ pub enum StoreError {
     Corrupt(String, String),
     #[error("cannot write state of container {0}: {1}")]
     Write(String, std::io::Error),
+    // runc's wording (libcontainer.ErrInvalidID).
+    #[error("invalid container ID format")]
+    InvalidId(String),
 }
 
 /// The `--root` directory.
@@ -152,16 +155,28 @@ impl Store {
         Store { root: root.into() }
     }
 
-    pub fn dir(&self, id: &str) -> PathBuf {
-        self.root.join(id)
+    /// The state directory of container `id`. Every path under `--root`
+    /// goes through here, so an id is validated before it names anything
+    /// (runc's rule: no `/`, no `.` or `..`, which would escape the root).
+    pub fn dir(&self, id: &str) -> Result<PathBuf, StoreError> {
+        if !husk_protocol::valid_container_id(id) {
+            return Err(StoreError::InvalidId(id.to_string()));
+        }
+        Ok(self.root.join(id))
     }
 
     /// Claims `id`: creating its directory is the atomic test for duplicates.
+    /// The root and the directory are 0700 whatever the umask: they hold the
+    /// VM's sockets.
     pub fn claim(&self, id: &str) -> Result<PathBuf, StoreError> {
-        std::fs::create_dir_all(&self.root)
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = self.dir(id)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
             .map_err(|e| StoreError::Create(self.root.clone(), e))?;
-        let dir = self.dir(id);
-        match std::fs::create_dir(&dir) {
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 Err(StoreError::Exists(id.to_string()))
@@ -171,7 +186,7 @@ impl Store {
     }
 
     pub fn load(&self, id: &str) -> Result<State, StoreError> {
-        let path = self.dir(id).join("state.json");
+        let path = self.dir(id)?.join("state.json");
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -179,12 +194,21 @@ impl Store {
             }
             Err(e) => return Err(StoreError::Corrupt(id.to_string(), e.to_string())),
         };
-        serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(id.to_string(), e.to_string()))
+        let st: State = serde_json::from_str(&text)
+            .map_err(|e| StoreError::Corrupt(id.to_string(), e.to_string()))?;
+        // `save` writes where `st.id` says: it must be this directory.
+        if st.id != id {
+            return Err(StoreError::Corrupt(
+                id.to_string(),
+                format!("it names container {:?}", st.id),
+            ));
+        }
+        Ok(st)
     }
 
     /// Writes state.json atomically (temp file + rename).
     pub fn save(&self, st: &State) -> Result<(), StoreError> {
-        let dir = self.dir(&st.id);
+        let dir = self.dir(&st.id)?;
         let tmp = dir.join("state.json.tmp");
         let werr = |e| StoreError::Write(st.id.clone(), e);
         let mut f = std::fs::File::create(&tmp).map_err(werr)?;
@@ -202,6 +226,7 @@ impl Store {
             .flatten()
             .filter(|e| e.path().join("state.json").exists())
             .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|id| husk_protocol::valid_container_id(id))
             .collect();
         ids.sort();
         ids
@@ -247,6 +272,38 @@ mod tests {
         s.save(&st).unwrap();
         assert_eq!(s.load("c1").unwrap().pid, me);
         assert_eq!(s.list(), vec!["c1".to_string()]);
+        let _ = std::fs::remove_dir_all(&s.root);
+    }
+
+    #[test]
+    fn ids_are_validated_before_they_name_a_path() {
+        let s = tmp_store("ids");
+        for bad in ["../etc", "/abs/x", "..", ".", "a/b", ""] {
+            let e = s.dir(bad).unwrap_err();
+            assert_eq!(e.to_string(), "invalid container ID format", "{bad:?}");
+            assert!(
+                matches!(s.load(bad), Err(StoreError::InvalidId(_))),
+                "{bad:?}"
+            );
+            assert!(
+                matches!(s.claim(bad), Err(StoreError::InvalidId(_))),
+                "{bad:?}"
+            );
+        }
+        let mut st = state("/abs/x", 1, 1);
+        assert!(matches!(s.save(&st), Err(StoreError::InvalidId(_))));
+        // A state.json naming another id is not followed.
+        s.claim("c2").unwrap();
+        st.id = "c2".into();
+        s.save(&st).unwrap();
+        std::fs::write(
+            s.root.join("c2/state.json"),
+            std::fs::read_to_string(s.root.join("c2/state.json"))
+                .unwrap()
+                .replace("\"c2\"", "\"other\""),
+        )
+        .unwrap();
+        assert!(matches!(s.load("c2"), Err(StoreError::Corrupt(_, _))));
         let _ = std::fs::remove_dir_all(&s.root);
     }
 

@@ -4,7 +4,7 @@
 mod agent;
 mod vsock;
 
-pub use agent::AgentClient;
+pub use agent::{unexpected, AgentClient};
 pub use vsock::connect as vsock_connect;
 
 use std::os::fd::AsFd;
@@ -34,6 +34,8 @@ pub enum VmError {
     Timeout(Duration),
     #[error("agent: {0}")]
     Agent(String),
+    #[error("agent: no reply within {0:?}")]
+    AgentTimeout(Duration),
     #[error("vsock: {0}")]
     Vsock(String),
     #[error(transparent)]
@@ -94,7 +96,7 @@ impl Vm {
     /// Starts husk-vmm in `dir` (created, must not hold another VM's socket) and
     /// waits until the agent announces itself over vsock.
     pub fn launch(spec: &VmSpec, dir: &Path) -> Result<Vm, VmError> {
-        std::fs::create_dir_all(dir).map_err(|e| VmError::Dir(dir.into(), e))?;
+        private_dir(dir).map_err(|e| VmError::Dir(dir.into(), e))?;
         let uds = dir.join("vsock.sock");
         let notify_path = PathBuf::from(format!("{}_{NOTIFY_PORT}", uds.display()));
         for p in [&uds, &notify_path] {
@@ -220,32 +222,25 @@ impl Vm {
                 continue;
             }
             let (mut s, _) = notify.accept()?;
-            s.set_read_timeout(Some(left))?;
-            return match proto::recv::<Response>(&mut s) {
+            // One deadline for the whole announcement, not per read.
+            return match proto::recv_within::<Response>(&mut s, left.max(Duration::from_millis(1)))
+            {
                 Ok(Response::Hello(h)) if h.protocol_version == proto::PROTOCOL_VERSION => Ok(h),
                 Ok(Response::Hello(h)) => Err(VmError::Agent(format!(
                     "agent speaks protocol {}, we speak {}",
                     h.protocol_version,
                     proto::PROTOCOL_VERSION
                 ))),
-                Ok(other) => Err(VmError::Agent(format!("unexpected announcement {other:?}"))),
-                Err(e) => Err(VmError::Agent(e.to_string())),
+                Ok(other) => Err(agent::unexpected("announcement", &other)),
+                Err(proto::FrameError::Timeout(_)) => Err(VmError::Timeout(timeout)),
+                Err(e) => Err(VmError::Agent(crate::untrusted::text(&e.to_string()))),
             };
         }
     }
 
     /// The VMM's stderr so far (last lines), for error messages.
     pub fn stderr_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.join("vmm.stderr")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().rev().take(5).collect();
-        if lines.is_empty() {
-            String::new()
-        } else {
-            format!(
-                ": {}",
-                lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            )
-        }
+        stderr_tail(&self.dir.join("vmm.stderr"))
     }
 
     /// The pid of the husk-vmm process we started (the jail's waiter when
@@ -294,6 +289,75 @@ impl Vm {
         self.agent()?.shutdown()?;
         self.wait(timeout)
     }
+}
+
+/// How much of the end of `vmm.stderr` error messages quote.
+const STDERR_TAIL_BYTES: u64 = 4096;
+
+/// The last lines of the VMM's stderr file, escaped. The VM directory is
+/// visible (read-write) inside the VMM's jail, so the file may have been
+/// swapped for a symlink to a host file, a FIFO, or grown huge: no symlinks
+/// are followed, only a regular file is read, and only its last few KiB.
+pub fn stderr_tail(path: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
+    let text = (|| -> std::io::Result<String> {
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)?;
+        let meta = f.metadata()?;
+        if !meta.is_file() {
+            return Ok(String::new());
+        }
+        let from = meta.len().saturating_sub(STDERR_TAIL_BYTES);
+        f.seek(SeekFrom::Start(from))?;
+        let mut buf = Vec::new();
+        f.take(STDERR_TAIL_BYTES).read_to_end(&mut buf)?;
+        let mut text = String::from_utf8_lossy(&buf).into_owned();
+        if from > 0 {
+            // The first line is cut: drop it.
+            text = text
+                .split_once('\n')
+                .map(|(_, r)| r.to_string())
+                .unwrap_or_default();
+        }
+        Ok(text)
+    })()
+    .unwrap_or_default();
+    let lines: Vec<String> = text
+        .lines()
+        .rev()
+        .take(5)
+        .map(|l| crate::untrusted::escape(l, 512))
+        .collect();
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ": {}",
+            lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        )
+    }
+}
+
+/// Creates `dir` (and missing parents) mode 0700 whatever the umask, and
+/// makes an existing `dir` 0700: it holds the VM's sockets, and whoever can
+/// connect to `vsock.sock` can run anything in the container.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::other("not a directory"));
+    }
+    if meta.permissions().mode() & 0o7777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 /// The child of husk-vmm process `pid` (the jailed VMM), if it has one.
