@@ -273,7 +273,8 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, BuildError> {
             xattr: f.xattr,
             ..FsOptions::default()
         };
-        let fs = Fs::new(&f.tag, f.shared_dir.clone(), opts).map_err(|e| {
+        let budget = crate::devices::virtio::fs::fd_budget(cfg.fs.len());
+        let fs = Fs::with_fd_budget(&f.tag, f.shared_dir.clone(), opts, budget).map_err(|e| {
             BuildError::Device(format!(
                 "virtio-fs {} ({}): {e}",
                 f.tag,

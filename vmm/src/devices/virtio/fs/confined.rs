@@ -14,8 +14,11 @@
 //! guest offers (writeback cache, no-open, killpriv_v2). This wrapper
 //! therefore validates every name itself and masks INIT.
 
+use std::collections::HashMap;
 use std::ffi::CStr;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
@@ -76,8 +79,35 @@ fn check_mknod(mode: u32, rdev: u32) -> io::Result<()> {
     }
 }
 
+fn enfile() -> io::Error {
+    io::Error::from_raw_os_error(libc::ENFILE)
+}
+
+/// What the guest holds of the descriptors PassthroughFs keeps for it: one
+/// `O_PATH` fd per inode it has looked up and not forgotten, one fd per open
+/// handle. Bounded, so the guest cannot take the VMM's whole fd table (vsock
+/// `accept4` shares it: the host would lose its way to the agent).
+#[derive(Default)]
+struct Held {
+    /// nodeid → lookups not forgotten yet (the root is not counted: its fd
+    /// is there for good).
+    inodes: HashMap<Inode, u64>,
+    handles: usize,
+}
+
+impl Held {
+    fn used(&self) -> usize {
+        self.inodes.len() + self.handles
+    }
+}
+
 pub(crate) struct ConfinedFs {
     inner: PassthroughFs<()>,
+    held: Mutex<Held>,
+    /// Most inodes + handles the guest may hold.
+    max_fds: usize,
+    /// Whether the bound was hit already (logged once).
+    refused: AtomicBool,
     /// `(st_dev, st_ino)` of the shared directory.
     root_id: (u64, u64),
     /// FUSE_INIT capabilities passed on to `PassthroughFs::init` (and the
@@ -90,7 +120,15 @@ pub(crate) struct ConfinedFs {
 impl ConfinedFs {
     /// Set up `PassthroughFs` on `root` (absolute, canonical, a directory) and
     /// open the root. Calls `umask(0)` (inside `import`): the caller restores it.
+    // The device uses `with_budget`; the fuzz entry point uses this.
+    #[cfg_attr(not(feature = "fuzzing"), allow(dead_code))]
     pub fn new(root: &str, opts: &FsOptions) -> io::Result<ConfinedFs> {
+        Self::with_budget(root, opts, super::fd_budget(1))
+    }
+
+    /// Like [`ConfinedFs::new`]; the guest may hold at most `max_fds` inodes
+    /// plus open handles (ENFILE beyond).
+    pub fn with_budget(root: &str, opts: &FsOptions, max_fds: usize) -> io::Result<ConfinedFs> {
         let (cache_policy, timeout) = match opts.cache {
             CacheMode::Never => (CachePolicy::Never, Duration::ZERO),
             CacheMode::Auto => (CachePolicy::Auto, Duration::from_secs(1)),
@@ -116,6 +154,14 @@ impl ConfinedFs {
             seal_size: false,
             enable_mntid: false,
             dax_file_size: None,
+            // Not `true`, although only then does PassthroughFs drop its
+            // id→nodeid entry of a forgotten inode (passthrough/mod.rs:779,
+            // `keep_mapping`): with it, nodeids come from a (dev, mnt_id)
+            // table that never frees and fails after 255 pairs
+            // (passthrough/util.rs:55-58), and every container restart in a
+            // pod brings new mounts. So that map grows with every distinct
+            // inode the guest ever looked up (~100 bytes each, charged to
+            // the VMM's memory cgroup); the fds are bounded (`max_fds`).
             use_host_ino: false,
             allow_direct_io: true,
         };
@@ -143,10 +189,87 @@ impl ConfinedFs {
         }
         Ok(ConfinedFs {
             inner,
+            held: Mutex::new(Held::default()),
+            max_fds,
+            refused: AtomicBool::new(false),
             root_id: (st.st_dev, st.st_ino),
             init_allowed,
             init_extra,
         })
+    }
+
+    fn held(&self) -> MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn refuse(&self) -> io::Error {
+        if !self.refused.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "virtio-fs: the guest holds {} inodes and open files, the most allowed; \
+                 answering ENFILE until it forgets or closes some (logged once)",
+                self.max_fds
+            );
+        }
+        enfile()
+    }
+
+    /// `ENFILE` unless `n` more inodes or handles fit. Checked before
+    /// anything is created, so a refused CREATE/MKDIR leaves nothing behind.
+    fn room_for(&self, n: usize) -> io::Result<()> {
+        if self.held().used() + n > self.max_fds {
+            return Err(self.refuse());
+        }
+        Ok(())
+    }
+
+    /// Whether a lookup of `inode` may be handed to the guest now.
+    fn admissible(&self, inode: Inode) -> bool {
+        let held = self.held();
+        inode == 0
+            || inode == ROOT_ID
+            || held.inodes.contains_key(&inode)
+            || held.used() < self.max_fds
+    }
+
+    /// Counts one lookup of `inode` handed to the guest.
+    fn count_lookup(&self, inode: Inode) {
+        if inode != 0 && inode != ROOT_ID {
+            let mut held = self.held();
+            let n = held.inodes.entry(inode).or_insert(0);
+            *n = n.saturating_add(1);
+        }
+    }
+
+    /// An entry the inner file system made for the guest: counted, or if it
+    /// is a new inode beyond the bound, given back and refused.
+    fn admit(&self, ctx: &Context, entry: Entry) -> io::Result<Entry> {
+        if !self.admissible(entry.inode) {
+            self.inner.forget(ctx, entry.inode, 1);
+            return Err(self.refuse());
+        }
+        self.count_lookup(entry.inode);
+        Ok(entry)
+    }
+
+    fn forgotten(&self, inode: Inode, count: u64) {
+        let mut held = self.held();
+        if let Some(n) = held.inodes.get_mut(&inode) {
+            *n = n.saturating_sub(count);
+            if *n == 0 {
+                held.inodes.remove(&inode);
+            }
+        }
+    }
+
+    fn opened(&self, handle: Option<Handle>) {
+        if handle.is_some() {
+            self.held().handles += 1;
+        }
+    }
+
+    fn released(&self) {
+        let mut held = self.held();
+        held.handles = held.handles.saturating_sub(1);
     }
 
     /// Whether `inode` is the shared directory (by identity, not just by number).
@@ -179,14 +302,19 @@ impl FileSystem for ConfinedFs {
             // Like a chroot: the parent of the root is the root.
             return self.inner.lookup(ctx, ROOT_ID, c".");
         }
-        self.inner.lookup(ctx, parent, name)
+        let entry = self.inner.lookup(ctx, parent, name)?;
+        self.admit(ctx, entry)
     }
 
     fn forget(&self, ctx: &Context, inode: Inode, count: u64) {
+        self.forgotten(inode, count);
         self.inner.forget(ctx, inode, count)
     }
 
     fn batch_forget(&self, ctx: &Context, requests: Vec<(Inode, u64)>) {
+        for &(inode, count) in &requests {
+            self.forgotten(inode, count);
+        }
         self.inner.batch_forget(ctx, requests)
     }
 
@@ -223,7 +351,9 @@ impl FileSystem for ConfinedFs {
         name: &CStr,
     ) -> io::Result<Entry> {
         check_component(name)?;
-        self.inner.symlink(ctx, linkname, parent, name)
+        self.room_for(1)?;
+        let entry = self.inner.symlink(ctx, linkname, parent, name)?;
+        self.admit(ctx, entry)
     }
 
     fn mknod(
@@ -237,7 +367,9 @@ impl FileSystem for ConfinedFs {
     ) -> io::Result<Entry> {
         check_component(name)?;
         check_mknod(mode, rdev)?;
-        self.inner.mknod(ctx, parent, name, mode, rdev, umask)
+        self.room_for(1)?;
+        let entry = self.inner.mknod(ctx, parent, name, mode, rdev, umask)?;
+        self.admit(ctx, entry)
     }
 
     fn mkdir(
@@ -249,7 +381,9 @@ impl FileSystem for ConfinedFs {
         umask: u32,
     ) -> io::Result<Entry> {
         check_component(name)?;
-        self.inner.mkdir(ctx, parent, name, mode, umask)
+        self.room_for(1)?;
+        let entry = self.inner.mkdir(ctx, parent, name, mode, umask)?;
+        self.admit(ctx, entry)
     }
 
     fn unlink(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
@@ -285,7 +419,8 @@ impl FileSystem for ConfinedFs {
         newname: &CStr,
     ) -> io::Result<Entry> {
         check_component(newname)?;
-        self.inner.link(ctx, inode, newparent, newname)
+        let entry = self.inner.link(ctx, inode, newparent, newname)?;
+        self.admit(ctx, entry)
     }
 
     fn open(
@@ -295,8 +430,12 @@ impl FileSystem for ConfinedFs {
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<(Option<Handle>, OpenOptions, Option<u32>)> {
-        self.inner
-            .open(ctx, inode, flags & !STRIPPED_OPEN_FLAGS, fuse_flags)
+        self.room_for(1)?;
+        let r = self
+            .inner
+            .open(ctx, inode, flags & !STRIPPED_OPEN_FLAGS, fuse_flags)?;
+        self.opened(r.0);
+        Ok(r)
     }
 
     fn create(
@@ -313,7 +452,13 @@ impl FileSystem for ConfinedFs {
             flags: args.flags & !((libc::O_PATH | libc::O_NOCTTY | O_TMPFILE_BIT) as u32),
             ..args
         };
-        self.inner.create(ctx, parent, name, args)
+        self.room_for(2)?;
+        let (entry, handle, opts, passthrough) = self.inner.create(ctx, parent, name, args)?;
+        self.opened(handle);
+        // Counted even beyond the bound (room was checked): the file exists
+        // and its handle is open, so refusing now would only leak both.
+        self.count_lookup(entry.inode);
+        Ok((entry, handle, opts, passthrough))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -399,7 +544,9 @@ impl FileSystem for ConfinedFs {
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
         self.inner
-            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)?;
+        self.released();
+        Ok(())
     }
 
     fn statfs(&self, ctx: &Context, inode: Inode) -> io::Result<statvfs64> {
@@ -442,7 +589,12 @@ impl FileSystem for ConfinedFs {
         inode: Inode,
         flags: u32,
     ) -> io::Result<(Option<Handle>, OpenOptions)> {
-        self.inner.opendir(ctx, inode, flags & !STRIPPED_OPEN_FLAGS)
+        self.room_for(1)?;
+        let r = self
+            .inner
+            .opendir(ctx, inode, flags & !STRIPPED_OPEN_FLAGS)?;
+        self.opened(r.0);
+        Ok(r)
     }
 
     fn readdir(
@@ -474,13 +626,33 @@ impl FileSystem for ConfinedFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
+        // Every entry is a lookup the guest then holds: same bound as LOOKUP.
+        let mut added = false;
+        let mut counted = |d: DirEntry, e: Entry| -> io::Result<usize> {
+            let ino = e.inode;
+            if !self.admissible(ino) {
+                if added {
+                    // "Buffer full": the inner fs gives the lookup back and
+                    // the guest asks again from here (then gets ENFILE).
+                    return Ok(0);
+                }
+                self.inner.forget(ctx, ino, 1);
+                return Err(self.refuse());
+            }
+            let n = add_entry(d, e)?;
+            if n > 0 {
+                self.count_lookup(ino);
+                added = true;
+            }
+            Ok(n)
+        };
         self.inner.readdirplus(
             ctx,
             inode,
             handle,
             size.min(MAX_BUFFER_SIZE),
             offset,
-            add_entry,
+            &mut counted,
         )
     }
 
@@ -501,7 +673,9 @@ impl FileSystem for ConfinedFs {
         flags: u32,
         handle: Handle,
     ) -> io::Result<()> {
-        self.inner.releasedir(ctx, inode, flags, handle)
+        self.inner.releasedir(ctx, inode, flags, handle)?;
+        self.released();
+        Ok(())
     }
 
     fn access(&self, ctx: &Context, inode: Inode, mask: u32) -> io::Result<()> {

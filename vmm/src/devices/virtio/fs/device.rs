@@ -52,6 +52,19 @@ impl Fs {
     /// passthrough file system's import insists on `umask(0)`); call it before
     /// other threads create files.
     pub fn new(tag: &str, shared_dir: impl Into<PathBuf>, opts: FsOptions) -> Result<Fs, FsError> {
+        Self::with_fd_budget(tag, shared_dir, opts, super::fd_budget(1))
+    }
+
+    /// Like [`Fs::new`]; the guest may hold at most `max_fds` inodes (each
+    /// an `O_PATH` fd on the host) plus open files and directories at once:
+    /// beyond it LOOKUP, OPEN, CREATE, ... get `ENFILE` until it sends
+    /// FORGET or RELEASE (see [`super::fd_budget`]).
+    pub fn with_fd_budget(
+        tag: &str,
+        shared_dir: impl Into<PathBuf>,
+        opts: FsOptions,
+        max_fds: usize,
+    ) -> Result<Fs, FsError> {
         validate_tag(tag)?;
         let requested = shared_dir.into();
         let path = std::fs::canonicalize(&requested).map_err(|source| FsError::SharedDir {
@@ -73,7 +86,7 @@ impl Fs {
             let _guard = UMASK_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
             // SAFETY: umask() only swaps the process file mode mask.
             let old = unsafe { libc::umask(0o077) };
-            let fs = ConfinedFs::new(root, &opts);
+            let fs = ConfinedFs::with_budget(root, &opts, max_fds);
             // SAFETY: as above; restores what `import` overwrote.
             unsafe { libc::umask(old) };
             fs

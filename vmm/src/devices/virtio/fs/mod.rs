@@ -61,7 +61,11 @@
 //!   `O_TMPFILE` bits. DAX (SETUPMAPPING) and ioctl are not offered.
 //!   Sizes that make PassthroughFs allocate (READDIR, GETXATTR, LISTXATTR) are
 //!   clamped. FUSE_INIT cannot switch on options we did not configure
-//!   (writeback cache, no-open, killpriv_v2, per-file DAX).
+//!   (writeback cache, no-open, killpriv_v2, per-file DAX). The inodes the
+//!   guest holds (looked up, not forgotten) and its open handles pin one host
+//!   fd each: their sum is bounded ([`fd_budget`]: RLIMIT_NOFILE minus
+//!   [`FD_RESERVE`] for vsock and the VMM), beyond which the guest gets
+//!   `ENFILE` until it forgets or closes something.
 //! * **The device** (`request`) bounds every chain: at most 1 MiB + 4 KiB
 //!   readable and writable (what a FUSE request with `max_pages` = 256 needs),
 //!   so no guest value sizes a host allocation beyond that. Chains without a
@@ -139,6 +143,25 @@ pub struct FsOptions {
     /// Let the guest use a writeback cache (ignored with [`CacheMode::Never`]).
     /// Only safe if the guest has the directory to itself.
     pub writeback: bool,
+}
+
+/// Descriptors left for everything but virtio-fs' inodes and handles: vsock
+/// connections and clients that have not said CONNECT yet (each one fd),
+/// the VMM's own (KVM, eventfds, epolls, console), and the fds a file
+/// system operation holds briefly. Keeps vsock `accept4` (the host's way to
+/// the agent) working whatever the guest does with virtio-fs.
+pub const FD_RESERVE: usize =
+    super::vsock::defs::MAX_CONNECTIONS + super::vsock::defs::MAX_PENDING_CLIENTS + 256;
+
+/// Each of `devices` virtio-fs devices' share of the VMM's RLIMIT_NOFILE
+/// (as the jail sets it), after [`FD_RESERVE`]: the most inodes (each an
+/// `O_PATH` fd) plus open handles the guest may hold at once on one device
+/// (see [`Fs::with_fd_budget`]).
+pub fn fd_budget(devices: usize) -> usize {
+    let nofile = usize::try_from(crate::jail::rlimits::Limits::for_vmm(1).nofile)
+        .unwrap_or(usize::MAX);
+    let total = nofile.saturating_sub(FD_RESERVE).max(nofile / 2);
+    total / devices.max(1)
 }
 
 impl Default for FsOptions {

@@ -220,8 +220,19 @@ impl Harness {
     }
 
     fn new_inactive(tag: &str, opts: FsOptions) -> Harness {
+        Self::new_inactive_with_budget(tag, opts, fd_budget(1))
+    }
+
+    /// Activated, at most `max_fds` inodes + handles for the guest.
+    fn with_fd_budget(tag: &str, max_fds: usize) -> Harness {
+        let mut h = Self::new_inactive_with_budget(tag, FsOptions::default(), max_fds);
+        h.activate();
+        h
+    }
+
+    fn new_inactive_with_budget(tag: &str, opts: FsOptions, max_fds: usize) -> Harness {
         let dirs = TestDirs::new(tag);
-        let dev = Fs::new("hostshare", &dirs.shared, opts).unwrap();
+        let dev = Fs::with_fd_budget("hostshare", &dirs.shared, opts, max_fds).unwrap();
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
         Harness {
             mem,
@@ -720,7 +731,7 @@ fn constructor_checks() {
         FsOptions {
             cache: CacheMode::Auto,
             xattr: false,
-            writeback: false
+            writeback: false,
         }
     );
 }
@@ -1585,4 +1596,117 @@ fn chain_size_is_checked_on_what_the_server_gets() {
     assert_eq!(h.dev().metrics().oversized_chains, 1);
     // The device goes on.
     assert_eq!(h.read_file(ROOT_ID, "hello.txt"), HELLO);
+}
+
+fn forget(h: &mut Harness, node: u64, nlookup: u64) {
+    let a = ForgetIn { nlookup };
+    let hdr = h.header(Opcode::Forget as u32, node, size_of::<ForgetIn>());
+    let req = [hdr.as_slice(), a.as_slice()].concat();
+    let ia = h.put(&req);
+    assert_eq!(h.send(HIPRIO_QUEUE, &[(ia, req.len() as u32, false)]), 0);
+}
+
+/// Review F13: inodes the guest looked up and did not forget, and handles
+/// it did not release, pin one host fd each; beyond the bound the guest
+/// gets ENFILE (the VMM's fd table, shared with vsock `accept4`, stays
+/// usable), and FORGET/RELEASE make room again.
+#[test]
+fn lookups_and_opens_beyond_the_fd_budget_get_enfile_until_forgotten() {
+    const MAX: usize = 8;
+    let mut h = Harness::with_fd_budget("fd-budget", MAX);
+    for i in 0..20 {
+        std::fs::write(h.dirs.shared.join(format!("f{i}")), b"x").unwrap();
+    }
+    h.init();
+    let mut nodes = Vec::new();
+    for i in 0..MAX {
+        nodes.push(h.lookup(ROOT_ID, &format!("f{i}")).unwrap().nodeid);
+    }
+    // Without FORGET, many more LOOKUPs: all refused.
+    for round in 0..1000 {
+        let i = MAX + round % 12;
+        assert_eq!(
+            h.lookup(ROOT_ID, &format!("f{i}")).unwrap_err(),
+            libc::ENFILE,
+            "f{i}"
+        );
+    }
+    // What the guest already holds stays usable, and the root always works.
+    assert_eq!(h.lookup(ROOT_ID, "f0").unwrap().nodeid, nodes[0]);
+    assert!(h.lookup(ROOT_ID, ".").is_ok());
+    assert_eq!(h.open(nodes[0], libc::O_RDONLY).unwrap_err(), libc::ENFILE);
+    assert_eq!(h.opendir(ROOT_ID).unwrap_err(), libc::ENFILE);
+    // Creating is refused before anything is created.
+    assert_eq!(h.mkdir(ROOT_ID, "newdir").unwrap_err(), libc::ENFILE);
+    assert!(!h.dirs.shared.join("newdir").exists());
+    assert_eq!(
+        h.create(ROOT_ID, "newfile", libc::O_RDWR, 0o644)
+            .unwrap_err(),
+        libc::ENFILE
+    );
+    assert!(!h.dirs.shared.join("newfile").exists());
+
+    // f0 was looked up twice: one FORGET of 1 is not enough.
+    forget(&mut h, nodes[0], 1);
+    assert_eq!(h.lookup(ROOT_ID, "f8").unwrap_err(), libc::ENFILE);
+    forget(&mut h, nodes[0], 1);
+    let f8 = h.lookup(ROOT_ID, "f8").unwrap().nodeid;
+    assert_eq!(h.lookup(ROOT_ID, "f9").unwrap_err(), libc::ENFILE);
+    // An open handle takes a slot, and its RELEASE gives it back.
+    forget(&mut h, f8, 1);
+    let fh = h.open(nodes[1], libc::O_RDONLY).unwrap();
+    assert_eq!(h.lookup(ROOT_ID, "f9").unwrap_err(), libc::ENFILE);
+    h.release(nodes[1], fh).unwrap();
+    assert!(h.lookup(ROOT_ID, "f9").is_ok());
+    // Forged FORGETs free nothing.
+    forget(&mut h, 0xdead_beef, 1 << 40);
+    assert_eq!(h.lookup(ROOT_ID, "f10").unwrap_err(), libc::ENFILE);
+    h.dirs.assert_outside_untouched();
+}
+
+/// READDIRPLUS hands out lookups as well: bounded the same way.
+#[test]
+fn readdirplus_respects_the_fd_budget() {
+    const MAX: usize = 4;
+    let mut h = Harness::with_fd_budget("fd-budget-plus", MAX);
+    for i in 0..20 {
+        std::fs::write(h.dirs.shared.join(format!("f{i}")), b"x").unwrap();
+    }
+    h.init();
+    let dh = h.opendir(ROOT_ID).unwrap();
+    let mut offset = 0;
+    let mut seen = 0;
+    let mut refused = false;
+    for _ in 0..100 {
+        let a = ReadIn {
+            fh: dh,
+            offset,
+            size: 4096,
+            ..Default::default()
+        };
+        let r = h.call(Opcode::Readdirplus, ROOT_ID, &[a.as_slice()]);
+        match r.result() {
+            Err(e) => {
+                assert_eq!(e, libc::ENFILE);
+                refused = true;
+                break;
+            }
+            Ok([]) => break,
+            Ok(data) => {
+                // fuse_direntplus: entry_out (128 bytes), then dirent
+                // (ino, off, namelen, type) and the name padded to 8.
+                let mut p = 0;
+                while p + 152 <= data.len() {
+                    let namelen =
+                        u32::from_ne_bytes(data[p + 144..p + 148].try_into().unwrap()) as usize;
+                    offset = u64::from_ne_bytes(data[p + 136..p + 144].try_into().unwrap());
+                    seen += 1;
+                    p += (152 + namelen + 7) & !7;
+                }
+            }
+        }
+    }
+    assert!(refused, "READDIRPLUS never refused ({seen} entries)");
+    // One handle (the dir) plus at most MAX - 1 inodes.
+    assert!(seen <= MAX + 2, "{seen} entries handed out");
 }
