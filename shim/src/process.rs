@@ -27,6 +27,10 @@ pub struct ProcState {
     pub status: Status,
     pub pid: u32,
     pub exit: Option<Exit>,
+    /// A Start is talking to the agent (no lock is held meanwhile).
+    pub starting: bool,
+    /// The exit came during that Start: its event waits for TaskStart's.
+    pub exit_deferred: bool,
 }
 
 pub struct Process {
@@ -54,6 +58,8 @@ impl Process {
                 status: Status::Created,
                 pid,
                 exit: None,
+                starting: false,
+                exit_deferred: false,
             }),
             exited: Condvar::new(),
             io: Mutex::new(Some(io)),
@@ -77,7 +83,10 @@ impl Process {
         self.io.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records the exit unless one was recorded already; true if this call did.
+    /// Records the exit unless one was recorded already; true if this call
+    /// did and the caller is to publish it (not while a Start is under way:
+    /// containerd must hear of the start first, and [`Process::end_start`]
+    /// hands the publishing to the Start).
     pub fn set_exited(&self, status: u32, at: SystemTime) -> bool {
         let mut st = self.lock();
         if st.exit.is_some() {
@@ -86,7 +95,35 @@ impl Process {
         st.status = Status::Stopped;
         st.exit = Some(Exit { status, at });
         self.exited.notify_all();
+        if st.starting {
+            st.exit_deferred = true;
+            return false;
+        }
         true
+    }
+
+    /// Marks a Start under way; false if one already is.
+    pub fn begin_start(&self) -> bool {
+        let mut st = self.lock();
+        !std::mem::replace(&mut st.starting, true)
+    }
+
+    /// Ends a Start: on success the process runs (unless it already exited)
+    /// with `pid` if given. Returns the state and whether an exit that came
+    /// meanwhile is still to be published.
+    pub fn end_start(&self, ok: bool, pid: Option<u32>) -> (ProcState, bool) {
+        let mut st = self.lock();
+        st.starting = false;
+        let deferred = std::mem::take(&mut st.exit_deferred);
+        if ok {
+            if st.exit.is_none() {
+                st.status = Status::Running;
+            }
+            if let Some(pid) = pid {
+                st.pid = pid;
+            }
+        }
+        (*st, deferred)
     }
 
     pub fn wait(&self) -> Exit {
@@ -148,5 +185,28 @@ mod tests {
         assert!(!p.set_exited(137, SystemTime::now()));
         assert_eq!(p.wait(), Exit { status: 3, at: t });
         assert_eq!(p.snapshot().status, Status::Stopped);
+    }
+
+    #[test]
+    fn exit_during_start_is_published_after_it() {
+        let p = Process::new("c", None, StdioPaths::default(), 1, Io::detached());
+        assert!(p.begin_start());
+        assert!(!p.begin_start(), "one start at a time");
+        // No lock is held across the guest round trip: state is readable.
+        assert_eq!(p.snapshot().status, Status::Created);
+        assert!(
+            !p.set_exited(137, SystemTime::now()),
+            "deferred to the start"
+        );
+        let (st, deferred) = p.end_start(true, Some(9));
+        assert!(deferred);
+        assert_eq!(st.status, Status::Stopped);
+        assert_eq!(st.pid, 9);
+        let q = Process::new("c", None, StdioPaths::default(), 1, Io::detached());
+        assert!(q.begin_start());
+        let (st, deferred) = q.end_start(true, None);
+        assert!(!deferred);
+        assert_eq!(st.status, Status::Running);
+        assert!(q.set_exited(0, SystemTime::now()));
     }
 }

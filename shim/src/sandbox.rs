@@ -184,6 +184,25 @@ impl Sandbox {
         Ok(self.agent()?.expect_ok(req)?)
     }
 
+    /// `expect_ok` with its own (shorter) bound on connect and reply.
+    pub fn expect_ok_within(&self, req: &Request, timeout: Duration) -> Result<()> {
+        if let Some(why) = self.lost() {
+            return Err(Error::Internal(format!("the sandbox VM is gone: {why}")));
+        }
+        Ok(AgentClient::connect(&self.vsock, timeout)?.expect_ok(req)?)
+    }
+
+    /// SIGKILLs husk-vmm (the jail's waiter; the VMM dies with it). Its
+    /// owner thread then reports the VM lost, and every task exits.
+    pub fn kill_vmm(&self) {
+        warn!("sandbox {}: killing husk-vmm {}", self.id, self.vmm_pid);
+        // The pid is our unreaped child (the owner thread holds it): no reuse.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.vmm_pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+
     /// Shuts the guest down (killing husk-vmm if it will not go), waits,
     /// and leaves and removes the sandbox's cgroup.
     pub fn shutdown(&self) {

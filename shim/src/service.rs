@@ -4,10 +4,10 @@
 //! processes are the agent's (keyed by container id and exec id). The init's
 //! pid, as containerd sees it, is husk-vmm's: the host process that runs it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
 
 use containerd_shim::api::{
@@ -46,6 +46,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const OOM_POLL: Duration = Duration::from_secs(2);
 /// Exit status of every process of a VM that went away.
 const LOST_EXIT: u32 = 128 + libc::SIGKILL as u32;
+/// How long a SIGKILL waits for the agent before the VMM is killed instead
+/// (when that kills nothing but the target).
+const KILL_GRACE: Duration = Duration::from_secs(2);
 
 pub struct Service {
     inner: Arc<Inner>,
@@ -58,8 +61,21 @@ struct Container {
     init: Arc<Process>,
     execs: HashMap<String, Arc<Process>>,
     paused: bool,
+    /// A Delete is under way (it talks to the agent without a lock held).
+    deleting: bool,
     /// oom_kill count last seen in the container's cgroup.
     oom_kills: u64,
+}
+
+/// Which containers are coming, and whether the VM is going. Held only for
+/// bookkeeping, never across a guest round trip: a stuck agent must not
+/// block Kill, Delete or State of other containers.
+#[derive(Default)]
+struct Life {
+    /// Ids whose Create is under way: the VM must stay for them.
+    creating: HashSet<String>,
+    /// The VM is being shut down; a Create waits for it to be gone.
+    ending: bool,
 }
 
 struct Inner {
@@ -67,8 +83,9 @@ struct Inner {
     address: String,
     events: Events,
     exit: Arc<ExitSignal>,
-    /// Serialises create and delete: the VM comes and goes with them.
-    lifecycle: Mutex<()>,
+    /// The VM comes with the first Create and goes with the last Delete.
+    lifecycle: Mutex<Life>,
+    ended: Condvar,
     sandbox: Mutex<Option<Arc<Sandbox>>>,
     containers: Mutex<HashMap<String, Container>>,
 }
@@ -94,7 +111,8 @@ impl Service {
                 address: address.to_string(),
                 events: Events::start(publisher, namespace.to_string()),
                 exit,
-                lifecycle: Mutex::new(()),
+                lifecycle: Mutex::new(Life::default()),
+                ended: Condvar::new(),
                 sandbox: Mutex::new(None),
                 containers: Mutex::new(HashMap::new()),
             }),
@@ -260,14 +278,35 @@ impl Inner {
         }
     }
 
-    /// Shuts the VM down and removes the sandbox directory.
-    fn end_sandbox(&self) {
-        let sb = lock(&self.sandbox).take();
+    /// Shuts the VM down and removes the sandbox directory once no
+    /// container is left or coming. The guest round trip of the shutdown
+    /// runs without a lock; Creates meanwhile wait for it to finish.
+    fn end_sandbox_if_idle(&self) {
+        let sb = {
+            let mut life = lock(&self.lifecycle);
+            if life.ending || !life.creating.is_empty() || !lock(&self.containers).is_empty() {
+                return;
+            }
+            let sb = lock(&self.sandbox).take();
+            life.ending = sb.is_some();
+            sb
+        };
         if let Some(sb) = sb {
             info!("sandbox {}: shutting the VM down", sb.id);
             sb.shutdown();
             sandbox::remove(&sb.dir);
+            lock(&self.lifecycle).ending = false;
+            self.ended.notify_all();
         }
+    }
+
+    /// Waits until no VM shutdown is under way.
+    fn wait_not_ending(&self) -> MutexGuard<'_, Life> {
+        let mut life = lock(&self.lifecycle);
+        while life.ending {
+            life = self.ended.wait(life).unwrap_or_else(|p| p.into_inner());
+        }
+        life
     }
 
     /// husk-vmm went away: every process still alive has exited, as if killed.
@@ -312,7 +351,8 @@ impl Inner {
             .name("watch".into())
             .spawn(move || {
                 let waited = sb.agent().and_then(|mut c| {
-                    let _ = c.stream().set_read_timeout(None);
+                    // Waits as long as the process runs, on this thread only.
+                    c.set_timeout(None);
                     Ok(c.request(&Request::WaitProcess {
                         id: p.container_id.clone(),
                         exec_id: p.exec_id.clone(),
@@ -331,7 +371,7 @@ impl Inner {
                         }
                         let why = sb.lost().unwrap_or_else(|| match other {
                             Err(e) => e.to_string(),
-                            Ok(r) => format!("unexpected wait reply {r:?}"),
+                            Ok(r) => husk::vm::unexpected("wait reply", &r).to_string(),
                         });
                         warn!(
                             "{} {}: lost the VM ({why}): reporting exit {LOST_EXIT}",
@@ -364,11 +404,7 @@ impl Inner {
             _ => return false,
         };
         let new = self
-            .container(id, |c| {
-                let new = kills > c.oom_kills;
-                c.oom_kills = c.oom_kills.max(kills);
-                Ok(new)
-            })
+            .container(id, |c| Ok(oom_increase(&mut c.oom_kills, kills)))
             .unwrap_or(false);
         if new {
             info!("container {id}: OOM kill in the guest");
@@ -422,16 +458,29 @@ impl Inner {
                 "husk cannot restore checkpoints".into(),
             ));
         }
-        let _l = lock(&self.lifecycle);
-        if lock(&self.containers).contains_key(&id) {
-            return Err(Error::AlreadyExists(format!(
-                "container {id}: already exists"
-            )));
+        {
+            let mut life = self.wait_not_ending();
+            if life.creating.contains(&id) || lock(&self.containers).contains_key(&id) {
+                return Err(Error::AlreadyExists(format!(
+                    "container {id}: already exists"
+                )));
+            }
+            life.creating.insert(id.clone());
         }
+        let r = self.create_claimed(&req);
+        // After the container is in `containers` (or its Create failed).
+        lock(&self.lifecycle).creating.remove(&id);
+        if r.is_err() {
+            self.end_sandbox_if_idle();
+        }
+        r
+    }
+
+    fn create_claimed(self: &Arc<Self>, req: &CreateTaskRequest) -> Result<CreateTaskResponse> {
         let bundle = PathBuf::from(&req.bundle);
         let target = bundle.join("rootfs");
         let mounted = rootfs::mount_all(&req.rootfs, &target)?;
-        match self.create_in(&req, &bundle, &target, mounted) {
+        match self.create_in(req, &bundle, &target, mounted) {
             Ok(r) => Ok(r),
             Err(e) => {
                 if mounted {
@@ -453,7 +502,7 @@ impl Inner {
         let b = Bundle::load(bundle).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let sandbox_id = sandbox::sandbox_id(id, b.spec.annotations().as_ref())
             .map_err(Error::InvalidArgument)?;
-        let (sb, launched) = self.sandbox_for(&sandbox_id, &b.spec)?;
+        let (sb, _launched) = self.sandbox_for(&sandbox_id, &b.spec)?;
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -490,9 +539,8 @@ impl Inner {
             Ok(init) => init,
             Err(e) => {
                 rootfs::unstage(&sb.share, id);
-                if launched {
-                    self.end_sandbox();
-                }
+                // A VM this Create booted goes in `create` once nothing
+                // else is in or coming into it.
                 return Err(e);
             }
         };
@@ -505,6 +553,7 @@ impl Inner {
                 init: init.clone(),
                 execs: HashMap::new(),
                 paused: false,
+                deleting: false,
                 oom_kills: 0,
             },
         );
@@ -599,17 +648,14 @@ impl Inner {
                 "sandbox container {} is not running: its namespaces cannot be joined",
                 sb.id
             ))),
-            other => Err(Error::Internal(format!("unexpected reply {other:?}"))),
+            other => Err(husk::vm::unexpected("reply", &other).into()),
         }
     }
 
     fn start(&self, req: StartRequest) -> Result<StartResponse> {
         let p = self.process(&req.id, &req.exec_id)?;
         let sb = self.sandbox()?;
-        // Held across the request so the watcher cannot report the exit
-        // before containerd heard of the start.
-        let mut st = p.lock();
-        match st.status {
+        match p.snapshot().status {
             Status::Created => {}
             Status::Running => {
                 return Err(Error::FailedPrecondition(format!(
@@ -624,29 +670,40 @@ impl Inner {
                 )))
             }
         }
-        match &p.exec_id {
-            None => {
-                sb.expect_ok(&Request::StartContainer { id: req.id.clone() })?;
-                st.status = Status::Running;
-                self.events.publish(
+        // No lock across the guest round trip (Kill and State must not wait
+        // on a stuck agent); an exit meanwhile is published after TaskStart.
+        if !p.begin_start() {
+            return Err(Error::FailedPrecondition(format!(
+                "process {} is being started",
+                p.id()
+            )));
+        }
+        let started = match &p.exec_id {
+            None => sb
+                .expect_ok(&Request::StartContainer { id: req.id.clone() })
+                .map(|()| None),
+            Some(exec_id) => sb
+                .expect_ok(&Request::StartProcess {
+                    id: req.id.clone(),
+                    exec_id: exec_id.clone(),
+                })
+                // A guest pid, as the guest reports it (there is no host
+                // process per exec): for display, never to signal on the host.
+                .map(|()| guest_pid(&sb, &req.id, exec_id)),
+        };
+        let (st, exit_deferred) =
+            p.end_start(started.is_ok(), started.as_ref().ok().copied().flatten());
+        if started.is_ok() {
+            match &p.exec_id {
+                None => self.events.publish(
                     topics::TASK_START_EVENT_TOPIC,
                     TaskStart {
                         container_id: req.id.clone(),
                         pid: st.pid,
                         ..Default::default()
                     },
-                );
-            }
-            Some(exec_id) => {
-                sb.expect_ok(&Request::StartProcess {
-                    id: req.id.clone(),
-                    exec_id: exec_id.clone(),
-                })?;
-                st.status = Status::Running;
-                if let Some(pid) = guest_pid(&sb, &req.id, exec_id) {
-                    st.pid = pid;
-                }
-                self.events.publish(
+                ),
+                Some(exec_id) => self.events.publish(
                     topics::TASK_EXEC_STARTED_EVENT_TOPIC,
                     TaskExecStarted {
                         container_id: req.id.clone(),
@@ -654,9 +711,13 @@ impl Inner {
                         pid: st.pid,
                         ..Default::default()
                     },
-                );
+                ),
             }
         }
+        if exit_deferred {
+            self.publish_exit(&p);
+        }
+        started?;
         Ok(StartResponse {
             pid: st.pid,
             ..Default::default()
@@ -664,7 +725,6 @@ impl Inner {
     }
 
     fn delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
-        let _l = lock(&self.lifecycle);
         match opt(&req.exec_id) {
             Some(exec_id) => self.delete_exec(&req.id, exec_id),
             None => self.delete_container(&req.id),
@@ -709,14 +769,21 @@ impl Inner {
     }
 
     fn delete_container(&self, id: &str) -> Result<DeleteResponse> {
-        let (init, execs, paused) =
-            self.container(id, |c| Ok((c.init.clone(), c.execs.clone(), c.paused)))?;
-        let st = init.snapshot();
-        if st.status == Status::Running || (paused && st.exit.is_none()) {
-            return Err(Error::FailedPrecondition(format!(
-                "cannot delete container {id}: it is running"
-            )));
-        }
+        let (init, execs, st) = self.container(id, |c| {
+            let st = c.init.snapshot();
+            if st.status == Status::Running || (c.paused && st.exit.is_none()) {
+                return Err(Error::FailedPrecondition(format!(
+                    "cannot delete container {id}: it is running"
+                )));
+            }
+            if c.deleting {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {id} is being deleted"
+                )));
+            }
+            c.deleting = true;
+            Ok((c.init.clone(), c.execs.clone(), st))
+        })?;
         let sb = self.sandbox().ok();
         if let Some(sb) = sb.as_ref().filter(|sb| sb.lost().is_none()) {
             // force: a created init, or execs still running, go too.
@@ -763,9 +830,7 @@ impl Inner {
                 ..Default::default()
             },
         );
-        if lock(&self.containers).is_empty() {
-            self.end_sandbox();
-        }
+        self.end_sandbox_if_idle();
         info!("container {id} deleted");
         Ok(DeleteResponse {
             pid: st.pid,
@@ -881,12 +946,33 @@ impl Inner {
             .ok()
             .filter(|s| (1..=64).contains(s))
             .ok_or_else(|| Error::InvalidArgument(format!("invalid signal {}", req.signal)))?;
-        self.sandbox()?.expect_ok(&Request::Signal {
+        let sb = self.sandbox()?;
+        let sig = Request::Signal {
             id: req.id.clone(),
             exec_id: opt(&req.exec_id).map(str::to_string),
             signal,
             all: req.all,
-        })
+        };
+        if signal != libc::SIGKILL {
+            return sb.expect_ok(&sig);
+        }
+        // SIGKILL must work against a guest that does not answer. Killing
+        // the VMM takes every container of the sandbox with it: only when
+        // that is what was asked (the sandbox's own init, whose end ends
+        // the pod) or when the target is all there is.
+        match sb.expect_ok_within(&sig, KILL_GRACE) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let alone = lock(&self.containers).len() == 1;
+                if p.exec_id.is_none() && (req.id == sb.id || alone) {
+                    warn!("{}: SIGKILL through the agent failed ({e})", req.id);
+                    sb.kill_vmm();
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
     }
 
     fn pause_resume(&self, id: &str, pause: bool) -> Result<()> {
@@ -935,7 +1021,7 @@ impl Inner {
         }
         let processes = match sb.request(&Request::ListProcesses { id: req.id.clone() })? {
             Response::Processes { processes } => processes,
-            other => return Err(Error::Internal(format!("unexpected reply {other:?}"))),
+            other => return Err(husk::vm::unexpected("reply", &other).into()),
         };
         Ok(PidsResponse {
             processes: processes
@@ -958,7 +1044,7 @@ impl Inner {
             .request(&Request::ContainerStats { id: req.id.clone() })?
         {
             Response::Stats(s) => s,
-            other => return Err(Error::Internal(format!("unexpected reply {other:?}"))),
+            other => return Err(husk::vm::unexpected("reply", &other).into()),
         };
         Ok(StatsResponse {
             stats: MessageField::some(crate::stats::to_any(&crate::stats::metrics(&s))?),
@@ -1006,6 +1092,17 @@ impl Inner {
         }
         Ok(())
     }
+}
+
+/// Records the guest's OOM-kill counter; true if it went up since the
+/// last report. The counter is the guest's word: only an increase over the
+/// highest value seen counts (a counter that drops and climbs again is not
+/// a new OOM each time), one event per increase however large, and at most
+/// one per poll.
+fn oom_increase(seen: &mut u64, reported: u64) -> bool {
+    let new = reported > *seen;
+    *seen = (*seen).max(reported);
+    new
 }
 
 /// The guest pid of a just-started exec (None if the agent cannot tell,
@@ -1122,14 +1219,37 @@ impl Task for Service {
     }
 
     fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
-        let _l = lock(&self.inner.lifecycle);
-        if !lock(&self.inner.containers).is_empty() {
-            return Ok(Empty::new());
+        {
+            let life = self.inner.wait_not_ending();
+            if !life.creating.is_empty() || !lock(&self.inner.containers).is_empty() {
+                return Ok(Empty::new());
+            }
         }
-        self.inner.end_sandbox();
+        self.inner.end_sandbox_if_idle();
+        drop(self.inner.wait_not_ending());
         self.inner.events.flush(Duration::from_secs(2));
         info!("no containers left: shim exits");
         self.inner.exit.signal();
         Ok(Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::oom_increase;
+
+    #[test]
+    fn oom_events_need_a_real_increase() {
+        let mut seen = 0;
+        let events: Vec<bool> = [0, 1, 1, 0, 1, 0, 1, 5, 5, 3, 6]
+            .into_iter()
+            .map(|r| oom_increase(&mut seen, r))
+            .collect();
+        assert_eq!(
+            events,
+            [false, true, false, false, false, false, false, true, false, false, true]
+        );
+        assert_eq!(seen, 6);
+        assert!(!oom_increase(&mut seen, u64::MIN));
     }
 }
