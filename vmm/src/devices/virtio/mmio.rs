@@ -75,6 +75,26 @@ pub struct MmioTransport {
     config_generation: u32,
     activated: bool,
     bad_access_logged: bool,
+    problems: MmioProblems,
+}
+
+/// What a driver got wrong, or what failed because of it. The guest can
+/// repeat each at will (reset, negotiate again: four register writes), so
+/// each kind is logged once per device and then only counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MmioProblems {
+    /// FEATURES_OK without VIRTIO_F_VERSION_1 (a legacy driver).
+    pub legacy_driver: u64,
+    /// DRIVER_OK with a ready queue outside guest memory or malformed.
+    pub invalid_queue: u64,
+    /// Activations the device (or the transport) could not do.
+    pub activation_failed: u64,
+}
+
+/// Counts one occurrence; true the first time (the caller logs then).
+fn first(counter: &mut u64) -> bool {
+    *counter = counter.saturating_add(1);
+    *counter == 1
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +140,13 @@ impl MmioTransport {
             config_generation: 0,
             activated: false,
             bad_access_logged: false,
+            problems: MmioProblems::default(),
         })
+    }
+
+    /// How often each driver problem happened (each is logged only once).
+    pub fn problems(&self) -> MmioProblems {
+        self.problems
     }
 
     /// The eventfds KVM should signal on `QueueNotify` writes, one per queue, in order.
@@ -260,7 +286,12 @@ impl MmioTransport {
                 if self.acked_features & VIRTIO_F_VERSION_1 == 0 {
                     // Legacy drivers are not supported; leaving FEATURES_OK
                     // unset tells the driver so.
-                    warn!("virtio-mmio: driver did not accept VIRTIO_F_VERSION_1");
+                    if first(&mut self.problems.legacy_driver) {
+                        warn!(
+                            "virtio-mmio: driver did not accept VIRTIO_F_VERSION_1 (further \
+                             occurrences only counted)"
+                        );
+                    }
                     return;
                 }
                 lock(&self.device).set_acked_features(self.acked_features);
@@ -282,35 +313,45 @@ impl MmioTransport {
             .iter()
             .position(|q| q.ready() && !q.is_valid(mem))
         {
-            error!("virtio-mmio: queue {i} is not valid; device needs reset");
+            if first(&mut self.problems.invalid_queue) {
+                error!(
+                    "virtio-mmio: queue {i} is not valid; device needs reset (further \
+                     occurrences only counted)"
+                );
+            }
             self.status |= status::DEVICE_NEEDS_RESET;
             return;
         }
-        let mut activated = Vec::with_capacity(self.queues.len());
-        for (q, kick) in self.queues.iter().zip(&self.kicks) {
-            let kick = match kick.try_clone() {
-                Ok(k) => k,
-                Err(e) => {
-                    error!("virtio-mmio: cannot clone queue eventfd: {e}");
-                    self.status |= status::DEVICE_NEEDS_RESET;
-                    return;
-                }
-            };
-            let Some(queue) = copy_queue(q, self.acked_features) else {
-                error!("virtio-mmio: cannot copy queue state");
-                self.status |= status::DEVICE_NEEDS_RESET;
-                return;
-            };
-            activated.push(ActivatedQueue { queue, kick });
-        }
+        let acked = self.acked_features;
+        let activated: Result<Vec<_>, String> = self
+            .queues
+            .iter()
+            .zip(&self.kicks)
+            .map(|(q, kick)| {
+                let kick = kick
+                    .try_clone()
+                    .map_err(|e| format!("cannot clone queue eventfd: {e}"))?;
+                let queue = copy_queue(q, acked).ok_or("cannot copy queue state")?;
+                Ok(ActivatedQueue { queue, kick })
+            })
+            .collect();
+        let activated = match activated {
+            Ok(a) => a,
+            Err(why) => return self.activation_failed(&why),
+        };
         let interrupt: Arc<dyn Interrupt> = self.interrupt.clone();
-        match lock(&self.device).activate(self.mem.clone(), interrupt, activated) {
+        let result = lock(&self.device).activate(self.mem.clone(), interrupt, activated);
+        match result {
             Ok(()) => self.activated = true,
-            Err(e) => {
-                error!("virtio-mmio: activation failed: {e}");
-                self.status |= status::DEVICE_NEEDS_RESET;
-            }
+            Err(e) => self.activation_failed(&e.to_string()),
         }
+    }
+
+    fn activation_failed(&mut self, why: &str) {
+        if first(&mut self.problems.activation_failed) {
+            error!("virtio-mmio: activation failed: {why} (further failures only counted)");
+        }
+        self.status |= status::DEVICE_NEEDS_RESET;
     }
 
     fn reset(&mut self) {

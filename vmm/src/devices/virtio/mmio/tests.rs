@@ -297,3 +297,76 @@ fn reset_before_and_after_activation() {
     w(&mut f.t, 0x30, 0);
     assert_eq!(r(&mut f.t, 0x44), 0, "queues reset");
 }
+
+thread_local! {
+    /// Log records emitted on this thread (tests run on threads of their own).
+    static RECORDS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts husk-vmm's records, per emitting thread. (virtio-queue logs
+/// every invalid queue too; husk-vmm's logger drops that crate below debug.)
+struct CountingLogger;
+
+impl log::Log for CountingLogger {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record) {
+        if r.target().starts_with("husk_vmm") {
+            RECORDS.with(|c| c.set(c.get() + 1));
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn records_on_this_thread() -> usize {
+    static LOGGER: CountingLogger = CountingLogger;
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        log::set_logger(&LOGGER).expect("no other logger in unit tests");
+        log::set_max_level(log::LevelFilter::Trace);
+    });
+    RECORDS.with(|c| c.get())
+}
+
+/// Review F4: a driver looping reset → ACKNOWLEDGE → DRIVER → FEATURES_OK
+/// without VERSION_1 (four MMIO writes) must not write a log line each time;
+/// nor a driver that activates an invalid queue again and again.
+#[test]
+fn repeated_driver_mistakes_are_logged_once() {
+    let mut f = fixture();
+    let before = records_on_this_thread();
+    for _ in 0..10_000 {
+        w(&mut f.t, 0x70, 0);
+        w(&mut f.t, 0x70, status::ACKNOWLEDGE);
+        w(&mut f.t, 0x70, status::ACKNOWLEDGE | status::DRIVER);
+        w(
+            &mut f.t,
+            0x70,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
+    }
+    assert!(
+        records_on_this_thread() - before <= 1,
+        "{} log records",
+        records_on_this_thread() - before
+    );
+    assert_eq!(f.t.problems().legacy_driver, 10_000);
+
+    let before = records_on_this_thread();
+    for _ in 0..1_000 {
+        w(&mut f.t, 0x70, 0);
+        negotiate(&mut f.t);
+        // Rings far outside the 1 MiB of guest memory.
+        setup_queue(&mut f.t, 0, 16, 0x10_0000_0000);
+        w(&mut f.t, 0x70, ALL_OK);
+        assert_ne!(r(&mut f.t, 0x70) & status::DEVICE_NEEDS_RESET, 0);
+    }
+    assert!(
+        records_on_this_thread() - before <= 1,
+        "{} log records",
+        records_on_this_thread() - before
+    );
+    assert_eq!(f.t.problems().invalid_queue, 1_000);
+    assert!(f.dev.lock().unwrap().activations.is_empty());
+}
