@@ -44,6 +44,12 @@ pub const CONN_BUF_ALLOC: u32 = 256 * 1024;
 /// have forwarded data it has not been told about, we send a credit update.
 pub const CREDIT_UPDATE_THRESHOLD: u32 = MAX_PKT_DATA;
 
+/// Most descriptor chains (TX and RX together) one event-loop turn handles.
+/// A guest that keeps both queues fed would otherwise keep the pump going
+/// and starve host connections (the agent's) on the same loop; the rest is
+/// picked up on the next turn (the device kicks itself).
+pub const PUMP_BUDGET: usize = QUEUE_MAX_SIZE as usize;
+
 /// Cap on live connections (both directions, including host connections that
 /// wait for the guest's answer).
 pub const MAX_CONNECTIONS: usize = 1024;

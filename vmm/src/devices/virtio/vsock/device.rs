@@ -114,24 +114,36 @@ impl Vsock {
     }
 
     /// Alternate TX and RX until neither makes progress: RX drains the RST
-    /// queue, which may un-stall TX; TX may produce more RX packets.
+    /// queue, which may un-stall TX; TX may produce more RX packets. At most
+    /// [`PUMP_BUDGET`] chains per call: if that runs out, the device kicks its
+    /// own TX queue so the event loop serves other sources first and then
+    /// comes back.
     fn pump(&mut self) {
         let mut signal = false;
+        let mut budget = PUMP_BUDGET;
         loop {
-            let tx = self.run_tx();
-            let rx = self.run_rx();
+            let tx = self.run_tx(&mut budget);
+            let rx = self.run_rx(&mut budget);
             signal |= tx | rx;
-            if !(tx || rx) {
+            if !(tx || rx) || budget == 0 {
                 break;
             }
         }
         if signal {
             self.signal_used();
         }
+        if budget == 0 {
+            if let Some(active) = self.active.as_ref() {
+                if let Err(e) = active.kicks[TXQ].write(1) {
+                    log::error!("vsock: cannot re-kick the TX queue: {e}");
+                }
+            }
+        }
     }
 
-    /// Consume TX chains; returns whether any were added to the used ring.
-    fn run_tx(&mut self) -> bool {
+    /// Consume TX chains (at most `budget`, which is decreased); returns
+    /// whether any were added to the used ring.
+    fn run_tx(&mut self, budget: &mut usize) -> bool {
         let Self {
             active,
             muxer,
@@ -148,7 +160,7 @@ impl Vsock {
         let mem = &active.mem;
         let queue = &mut active.queues[TXQ];
         let mut used = false;
-        while !muxer.tx_stalled() {
+        while *budget > 0 && !muxer.tx_stalled() {
             let Some(mut chain) = queue.pop_descriptor_chain(mem) else {
                 break;
             };
@@ -169,13 +181,15 @@ impl Vsock {
                 *broken = true;
                 break;
             }
+            *budget -= 1;
             used = true;
         }
         used
     }
 
-    /// Fill RX chains; returns whether any were added to the used ring.
-    fn run_rx(&mut self) -> bool {
+    /// Fill RX chains (at most `budget`, which is decreased); returns
+    /// whether any were added to the used ring.
+    fn run_rx(&mut self, budget: &mut usize) -> bool {
         let Self {
             active,
             muxer,
@@ -192,7 +206,7 @@ impl Vsock {
         let mem = &active.mem;
         let queue = &mut active.queues[RXQ];
         let mut used = false;
-        while muxer.has_rx_work() {
+        while *budget > 0 && muxer.has_rx_work() {
             let Some(mut chain) = queue.pop_descriptor_chain(mem) else {
                 break;
             };
@@ -227,6 +241,7 @@ impl Vsock {
                 *broken = true;
                 break;
             }
+            *budget -= 1;
             used = true;
         }
         used
