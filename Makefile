@@ -19,10 +19,10 @@ export HUSK_KERNEL  := $(GUEST)/vmlinux
 export HUSK_INITRD  := $(GUEST)/initrd.img
 
 .PHONY: build host-bins agent guest-image kernel initrd unit-test vm-test-build vm-test test \
-        demo bench lint clean help install test-rootfs
+        demo bench lint clean help install test-rootfs fuzz-build fuzz fuzz-smoke
 
 help:
-	@echo "targets: build guest-image unit-test vm-test test demo bench lint clean"
+	@echo "targets: build guest-image unit-test fuzz-smoke fuzz vm-test test demo bench lint clean"
 
 build: host-bins agent
 
@@ -64,7 +64,43 @@ test-rootfs:
 vm-test: build guest-image vm-test-build test-rootfs
 	HUSK_DEBIAN_ROOTFS=$$($(CURDIR)/tests/debian-rootfs.sh) $(CURDIR)/tests/run-vm-tests.sh
 
-test: unit-test vm-test
+test: unit-test fuzz-smoke vm-test
+
+# Fuzzing (fuzz/README.md): cargo-fuzz + libFuzzer on the stable toolchain; RUSTC_BOOTSTRAP=1
+# lets it pass -Zsanitizer=address. New corpus entries go to fuzz/corpus-new/<target> (not
+# committed), crashes to fuzz/artifacts/<target>/. `make fuzz FUZZ_SECONDS=3600 FUZZ_TARGETS=vsock`.
+FUZZ_TARGETS       ?= agent_frame mmio vsock fs_request
+FUZZ_SECONDS       ?= 600
+FUZZ_SMOKE_SECONDS ?= 20
+FUZZ_DIR           := $(CURDIR)/fuzz
+FUZZ_RUN = RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir $(FUZZ_DIR)
+FUZZ_OPTS = -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+
+fuzz-build:
+	@command -v cargo-fuzz >/dev/null || { echo "fuzz: cargo install --locked cargo-fuzz" >&2; exit 1; }
+	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz build --fuzz-dir $(FUZZ_DIR)
+
+fuzz: fuzz-build
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_DIR)/corpus-new/$$t; \
+	  $(FUZZ_RUN) $$t $(FUZZ_DIR)/corpus-new/$$t $(FUZZ_DIR)/corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) $(FUZZ_OPTS) || exit 1; \
+	done
+
+# Every seed, then FUZZ_SMOKE_SECONDS of fuzzing per target; what it finds is thrown away
+# unless it crashes (the reproducer is then in fuzz/artifacts/<target>/).
+fuzz-smoke: fuzz-build
+	for t in $(FUZZ_TARGETS); do \
+	  new=$$(mktemp -d); log=$$new.log; \
+	  if $(FUZZ_RUN) $$t $$new $(FUZZ_DIR)/corpus/$$t -- \
+	       -max_total_time=$(FUZZ_SMOKE_SECONDS) $(FUZZ_OPTS) > $$log 2>&1; then \
+	    echo "fuzz-smoke: $$t: $$(grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)' $$log | tr -s ' \t' ' ' | tr '\n' ';')"; \
+	    rm -rf $$new $$log; \
+	  else \
+	    tail -n 60 $$log; rm -rf $$new $$log; \
+	    echo "fuzz-smoke: $$t FAILED (reproducer in $(FUZZ_DIR)/artifacts/$$t/)" >&2; exit 1; \
+	  fi; \
+	done
 
 demo: build guest-image
 	$(VM_RUN) $(RELEASE)/husk boot --kernel $(HUSK_KERNEL) --initrd $(HUSK_INITRD)
