@@ -158,8 +158,8 @@ pub const FD_RESERVE: usize =
 /// `O_PATH` fd) plus open handles the guest may hold at once on one device
 /// (see [`Fs::with_fd_budget`]).
 pub fn fd_budget(devices: usize) -> usize {
-    let nofile = usize::try_from(crate::jail::rlimits::Limits::for_vmm(1).nofile)
-        .unwrap_or(usize::MAX);
+    let nofile =
+        usize::try_from(crate::jail::rlimits::Limits::for_vmm(1).nofile).unwrap_or(usize::MAX);
     let total = nofile.saturating_sub(FD_RESERVE).max(nofile / 2);
     total / devices.max(1)
 }
