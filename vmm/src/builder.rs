@@ -18,7 +18,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::arch::{cpuid, layout, mptable, regs};
 use crate::boot::pvh;
 use crate::config::{Console, FsCache, VmConfig};
-use crate::devices::legacy::{IrqTrigger, ResetRequest, Serial, I8042};
+use crate::devices::legacy::{Capped, IrqTrigger, ResetRequest, Serial, CONSOLE_FILE_LIMIT, I8042};
 use crate::devices::virtio::fs::{CacheMode, Fs, FsOptions};
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_LEN, NOTIFY_REG_OFFSET};
 use crate::devices::virtio::vsock::Vsock;
@@ -188,9 +188,8 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, BuildError> {
         Console::Off => None,
         Console::Stdout => Some(Box::new(std::io::stdout())),
         Console::File(p) => {
-            Some(Box::new(File::create(p).map_err(|e| {
-                BuildError::Console(p.display().to_string(), e)
-            })?))
+            let f = File::create(p).map_err(|e| BuildError::Console(p.display().to_string(), e))?;
+            Some(Box::new(Capped::new(f, CONSOLE_FILE_LIMIT)))
         }
     };
 

@@ -4,7 +4,7 @@ mod i8042;
 mod serial;
 
 pub use i8042::{ResetRequest, I8042};
-pub use serial::Serial;
+pub use serial::{Capped, Serial, CONSOLE_FILE_LIMIT};
 
 /// Signals an interrupt line by writing an eventfd registered as a KVM irqfd.
 pub struct IrqTrigger(pub vmm_sys_util::eventfd::EventFd);
