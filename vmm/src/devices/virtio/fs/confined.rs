@@ -93,6 +93,17 @@ struct Held {
     /// is there for good).
     inodes: HashMap<Inode, u64>,
     handles: usize,
+    /// Open file handle → the flags PassthroughFs keeps with it. READ and
+    /// WRITE pass these, not the guest's: PassthroughFs `fcntl(F_SETFL)`s a
+    /// handle whose flags differ, and when that fails (`O_DIRECT` on a
+    /// directory or on a file system without direct I/O, clearing
+    /// `O_APPEND` of an append-only file) fuse-backend-rs 0.14 closes the
+    /// handle's fd by mistake (sync_io.rs `read`/`write`: the borrowed
+    /// `File` is dropped on that early return), leaving the number to be
+    /// closed again later: fd confusion inside the VMM, found by
+    /// fuzz/fs_request. The guest kernel already applies its own file flags
+    /// (the offset of an `O_APPEND` write, for one), so nothing is lost.
+    file_flags: HashMap<Handle, u32>,
 }
 
 impl Held {
@@ -272,6 +283,22 @@ impl ConfinedFs {
         held.handles = held.handles.saturating_sub(1);
     }
 
+    fn track_file(&self, handle: Option<Handle>, flags: u32) {
+        if let Some(h) = handle {
+            self.held().file_flags.insert(h, flags);
+        }
+    }
+
+    /// The flags `handle` was opened with; EBADF for anything but an open
+    /// file handle (a directory handle, a forged number).
+    fn file_flags(&self, handle: Handle) -> io::Result<u32> {
+        self.held()
+            .file_flags
+            .get(&handle)
+            .copied()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
+    }
+
     /// Whether `inode` is the shared directory (by identity, not just by number).
     fn is_root(&self, ctx: &Context, inode: Inode) -> io::Result<bool> {
         if inode == ROOT_ID {
@@ -431,10 +458,10 @@ impl FileSystem for ConfinedFs {
         fuse_flags: u32,
     ) -> io::Result<(Option<Handle>, OpenOptions, Option<u32>)> {
         self.room_for(1)?;
-        let r = self
-            .inner
-            .open(ctx, inode, flags & !STRIPPED_OPEN_FLAGS, fuse_flags)?;
+        let flags = flags & !STRIPPED_OPEN_FLAGS;
+        let r = self.inner.open(ctx, inode, flags, fuse_flags)?;
         self.opened(r.0);
+        self.track_file(r.0, flags);
         Ok(r)
     }
 
@@ -453,8 +480,10 @@ impl FileSystem for ConfinedFs {
             ..args
         };
         self.room_for(2)?;
+        let flags = args.flags;
         let (entry, handle, opts, passthrough) = self.inner.create(ctx, parent, name, args)?;
         self.opened(handle);
+        self.track_file(handle, flags);
         // Counted even beyond the bound (room was checked): the file exists
         // and its handle is open, so refusing now would only leak both.
         self.count_lookup(entry.inode);
@@ -471,8 +500,9 @@ impl FileSystem for ConfinedFs {
         size: u32,
         offset: u64,
         lock_owner: Option<u64>,
-        flags: u32,
+        _flags: u32,
     ) -> io::Result<usize> {
+        let flags = self.file_flags(handle)?;
         self.inner
             .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
     }
@@ -488,9 +518,10 @@ impl FileSystem for ConfinedFs {
         offset: u64,
         lock_owner: Option<u64>,
         delayed_write: bool,
-        flags: u32,
+        _flags: u32,
         fuse_flags: u32,
     ) -> io::Result<usize> {
+        let flags = self.file_flags(handle)?;
         self.inner.write(
             ctx,
             inode,
@@ -546,6 +577,7 @@ impl FileSystem for ConfinedFs {
         self.inner
             .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)?;
         self.released();
+        self.held().file_flags.remove(&handle);
         Ok(())
     }
 

@@ -1721,10 +1721,9 @@ fn readdirplus_respects_the_fd_budget() {
 /// the VMM then holds under that number. `O_DIRECT` on a directory handle
 /// (EINVAL) is the easiest trigger; `O_DIRECT` on a file system without direct
 /// I/O, or clearing `O_APPEND` on an append-only file (EPERM), work too.
-/// Ignored until fixed (ConfinedFs or a patched fuse-backend-rs): triggering
-/// it in the shared test process closes a descriptor twice.
+/// ConfinedFs passes PassthroughFs the handle's own flags, so the `fcntl`
+/// never runs; READ on a directory handle is EBADF.
 #[test]
-#[ignore = "fuse-backend-rs 0.14 closes a handle's fd when F_SETFL fails (fuzz/RESULTS.md)"]
 fn read_with_flags_fcntl_refuses_keeps_the_handle_fd() {
     let mut h = Harness::new("setfl");
     h.init();
@@ -1747,5 +1746,33 @@ fn read_with_flags_fcntl_refuses_keeps_the_handle_fd() {
         std::mem::forget(h);
         panic!("READ with O_DIRECT closed the directory handle's fd: READDIR gives {names:?}");
     }
+    h.dirs.assert_outside_untouched();
+}
+
+/// The same on a file handle: a READ carrying flags the host cannot set
+/// (`O_DIRECT` where the host file system may refuse it) or that differ
+/// from the open's still reads through the handle, and the handle keeps
+/// its fd for the next READ.
+#[test]
+fn read_flags_from_the_guest_never_reach_fcntl() {
+    let mut h = Harness::new("setfl-file");
+    h.init();
+    let e = h.lookup(ROOT_ID, "hello.txt").unwrap();
+    let fh = h.open(e.nodeid, libc::O_RDONLY).unwrap();
+    for flags in [libc::O_DIRECT, libc::O_APPEND | libc::O_NONBLOCK, -1] {
+        let a = ReadIn {
+            fh,
+            size: 1024,
+            flags: flags as u32,
+            ..Default::default()
+        };
+        let r = h.call_with(Opcode::Read as u32, e.nodeid, &[a.as_slice()], 1024 + 16);
+        assert_eq!(
+            r.result().map(|d| d.to_vec()),
+            Ok(HELLO.to_vec()),
+            "flags {flags:#x}"
+        );
+    }
+    assert_eq!(h.read(e.nodeid, fh, 0, 1024), Ok(HELLO.to_vec()));
     h.dirs.assert_outside_untouched();
 }
