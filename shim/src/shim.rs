@@ -27,6 +27,20 @@ fn other(msg: String) -> containerd_shim::Error {
     containerd_shim::Error::Other(msg)
 }
 
+/// Removes the socket of a shim that was killed (nothing listens on it any
+/// more; a shim removes its own only when it shuts down normally).
+fn remove_stale_socket(path: &std::path::Path) {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        if let Err(e) = std::fs::remove_file(path) {
+            warn!(
+                "cannot remove the dead shim's socket {}: {e}",
+                path.display()
+            );
+        }
+    }
+}
+
 impl Shim for HuskShim {
     type T = Service;
 
@@ -70,11 +84,15 @@ impl Shim for HuskShim {
             });
         let socket = containerd_shim::socket_address(&self.address, &self.namespace, &group);
         let socket = socket.strip_prefix("unix://").unwrap_or(&socket);
-        let pid = if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            None
-        } else {
-            let dir = sandbox::sandbox_dir(&self.address, &self.namespace, &group);
-            sandbox::cleanup_dead(&dir)
+        let pid = match std::os::unix::net::UnixStream::connect(socket) {
+            Ok(_) => None,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    remove_stale_socket(std::path::Path::new(socket));
+                }
+                let dir = sandbox::sandbox_dir(&self.address, &self.namespace, &group);
+                sandbox::cleanup_dead(&dir)
+            }
         };
         crate::rootfs::unmount(&self.bundle.join("rootfs"));
         Ok(DeleteResponse {
