@@ -223,14 +223,19 @@ fn shim_staging_ignores_what_the_guest_plants() {
     let (victim, victim_dir) = (host.join("victim"), host.join("victim_dir"));
     std::fs::write(&victim, "secret\n").unwrap();
     std::fs::create_dir_all(&victim_dir).unwrap();
+    // The next container's id is known in advance (as pod members' names
+    // are): its directory is planted first, every mount point a link to the
+    // host directory (old husk followed them: deterministic); then, for
+    // whatever else appears, the racing loop of the review.
     let planter = format!(
         "mkdir -p /mnt/s && mount -t virtiofs husk /mnt/s || exit 3; \
+         mkdir -p /mnt/s/escapp/mounts 2>/dev/null; \
+         for i in $(seq 0 40); do ln -s {dir} /mnt/s/escapp/mounts/$i 2>/dev/null; done; \
          while :; do for d in /mnt/s/*/; do mkdir -p $d/mounts 2>/dev/null; \
-         for i in 0 1 2 3 4 5 6 7 8 9 10 11 12; do ln -s {} $d/mounts/$i 2>/dev/null; \
-         ln -s {} $d/mounts/1$i 2>/dev/null; done; ln -s {} $d/rootfs 2>/dev/null; done; done",
-        victim.display(),
-        victim_dir.display(),
-        victim_dir.display()
+         for i in 0 1 2 3 4 5 6 7 8 9 10 11 12; do ln -s {file} $d/mounts/$i 2>/dev/null; \
+         ln -s {dir} $d/mounts/1$i 2>/dev/null; done; ln -s {dir} $d/rootfs 2>/dev/null; done; done",
+        file = victim.display(),
+        dir = victim_dir.display(),
     );
     ctr_run(
         &c,
@@ -263,12 +268,17 @@ fn shim_staging_ignores_what_the_guest_plants() {
         ));
     }
     let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
-    ctr_run(&c, &opts, "escapp", &["sleep", "1000"]);
-    wait_running(&c, "escapp");
+    let mut v = vec!["run", "--runtime", RUNTIME, "-d"];
+    v.extend_from_slice(&opts);
+    v.extend([IMAGE, "escapp", "sleep", "1000"]);
+    let run = c.ctr_out(&v);
+    // The host first: whether or not the container came up.
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "secret\n");
     assert!(!mounted_at(&victim), "host file mounted over");
     assert!(!mounted_at(&victim_dir), "host directory mounted over");
     assert_eq!(std::fs::read_dir(&victim_dir).unwrap().count(), 0);
+    assert!(run.status.success(), "ctr run escapp: {}", err(&run));
+    wait_running(&c, "escapp");
     for i in 0..4 {
         let o = c.ctr_out(&[
             "task",
