@@ -361,7 +361,6 @@ impl Run {
         };
         let mut msg = hdr.as_slice().to_vec();
         msg.extend_from_slice(args);
-        known_bug_workaround(opcode, &mut msg);
 
         // Readable: `nr` descriptors, the first `first` bytes long.
         let mut descs = Vec::new();
@@ -473,26 +472,6 @@ impl Run {
 fn trace() -> bool {
     static T: OnceLock<bool> = OnceLock::new();
     *T.get_or_init(|| std::env::var_os("HUSK_FUZZ_TRACE").is_some())
-}
-
-/// Known, reported, not yet fixed: fuse-backend-rs 0.14 closes a handle's fd
-/// when READ/WRITE's `fcntl(F_SETFL, flags)` fails (`O_DIRECT` on a directory
-/// handle), see fuzz/RESULTS.md and the ignored test
-/// `read_with_flags_fcntl_refuses_keeps_the_handle_fd`. Until it is fixed,
-/// structured READ/WRITE requests go without `O_DIRECT` so the fuzzer gets past
-/// it; `HUSK_FUZZ_NO_WORKAROUND=1` sends them as they are (to check a fix).
-fn known_bug_workaround(opcode: u32, msg: &mut [u8]) {
-    static OFF: OnceLock<bool> = OnceLock::new();
-    if *OFF.get_or_init(|| std::env::var_os("HUSK_FUZZ_NO_WORKAROUND").is_some()) {
-        return;
-    }
-    // ReadIn/WriteIn.flags: after fh, offset, size, read/fuse flags, lock_owner.
-    const FLAGS_AT: usize = std::mem::size_of::<InHeader>() + 32;
-    if opcode == 15 || opcode == 16 {
-        if let Some(f) = msg.get_mut(FLAGS_AT + 1) {
-            *f &= !((libc::O_DIRECT >> 8) as u8);
-        }
-    }
 }
 
 fn run_one(base: &Path, data: &[u8]) {
