@@ -3,12 +3,10 @@
 //! stream (stdin EOF is a half-close of ours).
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -32,8 +30,8 @@ pub struct Io {
     /// Every socket we hold, to end the copies by force.
     sockets: Vec<UnixStream>,
     outputs: Vec<JoinHandle<()>>,
-    /// The stdin FIFO while its opener may still be blocked in open(2).
-    stdin_fifo: Option<(PathBuf, Arc<AtomicBool>)>,
+    /// Wakes the stdin relay (containerd's stdin FIFO): CloseIO or release.
+    stdin_wake: Option<OwnedFd>,
 }
 
 type Sink = Box<dyn Write + Send>;
@@ -95,7 +93,7 @@ impl Io {
             stdin: None,
             sockets: Vec::new(),
             outputs: Vec::new(),
-            stdin_fifo: None,
+            stdin_wake: None,
         }
     }
 
@@ -133,17 +131,23 @@ impl Io {
                 let _ = input.shutdown(std::net::Shutdown::Write);
             }
         } else {
-            let opened = Arc::new(AtomicBool::new(false));
-            io.stdin_fifo = Some((PathBuf::from(&p.stdin), opened.clone()));
-            spawn_stdin(PathBuf::from(&p.stdin), input, !p.terminal, opened)?;
+            io.stdin_wake = Some(spawn_stdin(&p.stdin, input, !p.terminal)?);
         }
         Ok(io)
     }
 
-    /// containerd's CloseIO: EOF on the process's stdin.
+    /// containerd's CloseIO: EOF on the process's stdin, after what the
+    /// client wrote before it. The client sends CloseIO as soon as its copy
+    /// into the FIFO is done, while those bytes may still be in the FIFO:
+    /// the relay drains them first, then half-closes.
     pub fn close_stdin(&self) {
-        if let Some(s) = &self.stdin {
-            let _ = s.shutdown(std::net::Shutdown::Write);
+        match &self.stdin_wake {
+            Some(w) => wake(w),
+            None => {
+                if let Some(s) = &self.stdin {
+                    let _ = s.shutdown(std::net::Shutdown::Write);
+                }
+            }
         }
     }
 
@@ -171,14 +175,8 @@ impl Io {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
         self.drain(Duration::ZERO);
-        // A stdin opener still waiting for a writer: be that writer, briefly.
-        if let Some((path, opened)) = self.stdin_fifo.take() {
-            if !opened.load(Ordering::SeqCst) {
-                let _ = OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_NONBLOCK)
-                    .open(&path);
-            }
+        if let Some(w) = self.stdin_wake.take() {
+            wake(&w);
         }
         self.stdin = None;
         self.sockets.clear();
@@ -202,28 +200,94 @@ fn spawn_copy(mut from: UnixStream, mut to: Sink) -> Result<JoinHandle<()>> {
         .map_err(|e| Error::internal("cannot start a stdio thread", e))
 }
 
-/// Opening a FIFO for reading blocks until a writer comes (the client may
-/// open its end after Create), so it happens on this thread.
-fn spawn_stdin(
-    path: PathBuf,
-    mut to: UnixStream,
-    half_close: bool,
-    opened: Arc<AtomicBool>,
-) -> Result<()> {
+fn wake(w: &OwnedFd) {
+    let _ = nix::unistd::write(w, b"x");
+}
+
+/// At most this much is drained from the stdin FIFO after CloseIO: what a
+/// client wrote before it (a pipe holds 64 KiB by default, up to 1 MiB),
+/// not whatever a writer that ignores CloseIO keeps pushing.
+const STDIN_DRAIN_MAX: usize = 1 << 20;
+
+/// Relays the stdin FIFO (or file) at `path` into `to` on its own thread;
+/// returns the write end of the pipe that wakes it to finish. The FIFO is
+/// opened non-blocking here, so nothing waits for the client's writer
+/// (poll reports no hang-up on a FIFO before its first writer has come).
+fn spawn_stdin(path: &str, to: UnixStream, half_close: bool) -> Result<OwnedFd> {
+    let from = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| Error::internal(&format!("cannot open {path}"), e))?;
+    let (wake_r, wake_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Error::internal("pipe", std::io::Error::from(e)))?;
     std::thread::Builder::new()
         .name("stdio-in".into())
         .spawn(move || {
-            let from = File::open(&path);
-            opened.store(true, Ordering::SeqCst);
-            if let Ok(mut from) = from {
-                let _ = husk::stdio::relay(&mut from, &mut to);
-            }
+            let mut to = to;
+            relay_stdin(from, &wake_r, &mut to);
             if half_close {
                 let _ = to.shutdown(std::net::Shutdown::Write);
             }
         })
-        .map(|_| ())
-        .map_err(|e| Error::internal("cannot start a stdio thread", e))
+        .map_err(|e| Error::internal("cannot start a stdio thread", e))?;
+    Ok(wake_w)
+}
+
+/// Copies `from` to `to` until EOF, an error, or a wake-up, after which it
+/// relays what `from` already holds.
+fn relay_stdin(mut from: File, wake: &OwnedFd, to: &mut UnixStream) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let (input, woken) = {
+            let mut fds = [
+                PollFd::new(from.as_fd(), PollFlags::POLLIN),
+                PollFd::new(wake.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+            }
+            let ready = |f: &PollFd| !f.revents().unwrap_or(PollFlags::empty()).is_empty();
+            (ready(&fds[0]), ready(&fds[1]))
+        };
+        if woken {
+            let mut left = STDIN_DRAIN_MAX;
+            while left > 0 {
+                let cap = buf.len().min(left);
+                match from.read(&mut buf[..cap]) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if to.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                        left -= n;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            return;
+        }
+        if input {
+            match from.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                    ) => {}
+                Err(_) => return,
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -247,6 +311,32 @@ mod tests {
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let mut w = open_output(fifo.to_str().unwrap()).unwrap();
         w.write_all(b"x").unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// CloseIO right after the client's write (ctr sends it as soon as its
+    /// copy into the FIFO returns): the bytes already in the FIFO reach the
+    /// process before its EOF, even while the client's writer is still open.
+    #[test]
+    fn close_io_relays_what_the_fifo_holds_first() {
+        let dir = std::env::temp_dir().join(format!("husk-shim-stdin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("stdin");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (ours, mut guest) = UnixStream::pair().unwrap();
+        // Opened before any writer: must neither block nor see EOF.
+        let wake_w = spawn_stdin(fifo.to_str().unwrap(), ours, true).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let mut w = OpenOptions::new().write(true).open(&fifo).unwrap();
+        w.write_all(b"piped through\n").unwrap();
+        wake(&wake_w);
+        guest
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut got = Vec::new();
+        guest.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"piped through\n");
+        drop(w);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

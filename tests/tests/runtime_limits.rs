@@ -81,7 +81,20 @@ fn errnos_inside(cg: &Path, paths: &[CString]) -> Vec<i32> {
     unsafe {
         libc::close(pipe[1]);
         let mut out = vec![0i32; paths.len()];
-        let n = libc::read(pipe[0], out.as_mut_ptr().cast(), 4 * paths.len());
+        // The child writes one answer at a time: read until its EOF.
+        let want = 4 * paths.len();
+        let mut n = 0usize;
+        while n < want {
+            let r = libc::read(
+                pipe[0],
+                out.as_mut_ptr().cast::<u8>().add(n).cast(),
+                want - n,
+            );
+            if r <= 0 {
+                break;
+            }
+            n += r as usize;
+        }
         libc::close(pipe[0]);
         let mut st = 0;
         libc::waitpid(pid, &mut st, 0);
@@ -89,7 +102,7 @@ fn errnos_inside(cg: &Path, paths: &[CString]) -> Vec<i32> {
             libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
             "child {st:#x}"
         );
-        assert_eq!(n as usize, 4 * paths.len());
+        assert_eq!(n, want);
         out
     }
 }
