@@ -198,11 +198,219 @@ fn invalid_ids_are_refused_by_every_command() {
     for args in cases {
         let (out, _) = run_within(husk(&sub, args), Duration::from_secs(30));
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        // runc: exec failures exit 255, everything else 1.
+        let code = if args[0] == "exec" { 255 } else { 1 };
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
         assert!(
             err.contains("invalid container ID format"),
             "{args:?}: {err}"
         );
     }
     assert!(root.0.join("etc").exists());
+}
+
+// ---- runc 1.1's lifecycle errors (issue 15, group 1) --------------------
+// Each expectation is what `runc` 1.1 prints (after its log prefix) and
+// its exit code.
+
+/// Runs `husk ARGS` under `root`; returns (exit code, stderr).
+fn husk_err(root: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let (out, _) = run_within(husk(root, args), Duration::from_secs(30));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[track_caller]
+fn expect(root: &Path, args: &[&str], code: i32, msg: &str) {
+    let (c, err) = husk_err(root, args);
+    assert_eq!(c, Some(code), "{args:?}: {err}");
+    assert_eq!(err, format!("husk: {msg}\n"), "{args:?}");
+}
+
+#[test]
+fn empty_ids_are_refused_like_runc() {
+    let root = TempRoot::new("empty");
+    let cases: &[&[&str]] = &[
+        &["state", ""],
+        &["start", ""],
+        &["kill", ""],
+        &["kill", "", "KILL"],
+        &["delete", ""],
+        &["delete", "--force", ""],
+        &["ps", ""],
+        &["pause", ""],
+        &["resume", ""],
+        &["events", "--stats", ""],
+        &["update", "--memory", "10000000", ""],
+        &["create", "--bundle", "/nonexistent", ""],
+        &["run", "--bundle", "/nonexistent", ""],
+    ];
+    for args in cases {
+        expect(&root.0, args, 1, "container id cannot be empty");
+    }
+    expect(
+        &root.0,
+        &["exec", "", "true"],
+        255,
+        "exec failed: container id cannot be empty",
+    );
+}
+
+#[test]
+fn unknown_ids_are_refused_like_runc() {
+    let root = TempRoot::new("unknown");
+    let cases: &[&[&str]] = &[
+        &["state", "nope"],
+        &["start", "nope"],
+        &["kill", "nope"],
+        &["kill", "nope", "KILL"],
+        // The container is looked up before the signal, as in runc.
+        &["kill", "nope", "NOSUCHSIGNAL"],
+        &["delete", "nope"],
+        &["ps", "nope"],
+        &["pause", "nope"],
+        &["resume", "nope"],
+        &["events", "--stats", "nope"],
+        &["update", "--memory", "10000000", "nope"],
+    ];
+    for args in cases {
+        expect(&root.0, args, 1, "container does not exist");
+    }
+    expect(
+        &root.0,
+        &["exec", "nope", "true"],
+        255,
+        "exec failed: container does not exist",
+    );
+    // Only --force is quiet about it.
+    let (c, err) = husk_err(&root.0, &["delete", "--force", "nope"]);
+    assert_eq!(c, Some(0), "{err}");
+    assert_eq!(err, "");
+}
+
+#[test]
+fn usage_errors_exit_like_runc() {
+    let root = TempRoot::new("usage");
+    for args in [
+        &["state"][..],
+        &["state", "a", "b"],
+        &["start", "a", "b"],
+        &["kill", "a", "KILL", "c"],
+        &["delete"],
+        &["state", "--bogus", "x"],
+    ] {
+        let (c, err) = husk_err(&root.0, args);
+        assert_eq!(c, Some(1), "{args:?}: {err}");
+    }
+    let (c, err) = husk_err(&root.0, &["bogusverb"]);
+    assert_eq!(c, Some(3), "{err}");
+}
+
+/// State for `id` in `status` (created, running, paused or stopped), with
+/// a `sleep` as its monitor (dead for stopped) and no VM: enough for every
+/// check the CLI makes before it talks to the guest.
+fn fake_container(root: &Path, id: &str, status: &str) -> Child {
+    let mut sleep = Command::new("sleep").arg("1000").spawn().unwrap();
+    let pid = sleep.id() as i32;
+    let pid_start = process_start_time(pid).unwrap();
+    if status == "stopped" {
+        sleep.kill().unwrap();
+        sleep.wait().unwrap();
+    }
+    let store = Store::new(root);
+    store.claim(id).unwrap();
+    let st = State {
+        id: id.into(),
+        oci_version: "1.0.2".into(),
+        bundle: "/nonexistent".into(),
+        rootfs: "/nonexistent/rootfs".into(),
+        created: State::now_rfc3339(),
+        owner: String::new(),
+        annotations: Default::default(),
+        pid,
+        pid_start,
+        vmm_pid: 0,
+        vmm_pid_start: 0,
+        started: status == "running" || status == "paused",
+        paused: status == "paused",
+    };
+    store.save(&st).unwrap();
+    sleep
+}
+
+#[test]
+fn state_errors_match_runc() {
+    let root = TempRoot::new("states");
+    let mut monitors = Vec::new();
+    for s in ["created", "running", "paused", "stopped"] {
+        monitors.push(fake_container(&root.0, s, s));
+    }
+    let r = &root.0;
+    expect(
+        r,
+        &["start", "running"],
+        1,
+        "cannot start an already running container",
+    );
+    expect(
+        r,
+        &["start", "paused"],
+        1,
+        "cannot start a container in the paused state",
+    );
+    expect(
+        r,
+        &["start", "stopped"],
+        1,
+        "cannot start a container that has stopped",
+    );
+    expect(r, &["kill", "stopped"], 1, "container not running");
+    expect(r, &["kill", "stopped", "KILL"], 1, "container not running");
+    expect(r, &["pause", "paused"], 1, "container not running");
+    expect(r, &["pause", "stopped"], 1, "container not running");
+    expect(r, &["resume", "running"], 1, "container not paused");
+    expect(r, &["resume", "created"], 1, "container not paused");
+    expect(r, &["resume", "stopped"], 1, "container not paused");
+    expect(
+        r,
+        &["update", "--memory", "10000000", "stopped"],
+        1,
+        "container not running",
+    );
+    expect(
+        r,
+        &["exec", "stopped", "true"],
+        255,
+        "exec failed: cannot exec in a stopped container",
+    );
+    expect(
+        r,
+        &["exec", "paused", "true"],
+        255,
+        "exec failed: cannot exec in a paused container (use --ignore-paused to override)",
+    );
+    for s in ["running", "paused"] {
+        expect(
+            r,
+            &["delete", s],
+            1,
+            &format!("cannot delete container {s} that is not stopped: {s}"),
+        );
+        assert!(r.join(s).join("state.json").exists(), "{s} was deleted");
+    }
+    // A stopped one goes without --force.
+    let (c, err) = husk_err(r, &["delete", "stopped"]);
+    assert_eq!(c, Some(0), "{err}");
+    assert!(!r.join("stopped").exists());
+    // runc 1.1 deletes a created container without --force: its init is killed.
+    let (c, err) = husk_err(r, &["delete", "created"]);
+    assert_eq!(c, Some(0), "{err}");
+    assert!(!r.join("created").exists());
+    assert_killed(monitors.remove(0));
+    for mut m in monitors {
+        let _ = m.kill();
+        let _ = m.wait();
+    }
 }

@@ -277,7 +277,13 @@ fn bad_ids_and_bundles() {
     for id in ["", "a/b", "..", "x y"] {
         let o = h.run(&["create", "--bundle", bundle, id]);
         assert_eq!(o.status.code(), Some(1), "{id:?}");
-        assert_eq!(err(&o), "husk: invalid container ID format\n");
+        // runc's wordings.
+        let want = if id.is_empty() {
+            "husk: container id cannot be empty\n"
+        } else {
+            "husk: invalid container ID format\n"
+        };
+        assert_eq!(err(&o), want);
     }
     // Invalid config.json: the error names the field.
     let mut bad = TestBundle::busybox("badcfg", &["true"]);

@@ -70,7 +70,9 @@ pub fn exec(store: &Store, root: &Path, a: &ExecArgs) -> anyhow::Result<ExitCode
     let st = store.load(&a.id)?;
     match st.status() {
         Status::Stopped => bail!("cannot exec in a stopped container"),
-        Status::Paused if !a.ignore_paused => bail!("cannot exec in a paused container"),
+        Status::Paused if !a.ignore_paused => {
+            bail!("cannot exec in a paused container (use --ignore-paused to override)")
+        }
         _ => {}
     }
     let dir = store.dir(&a.id)?;

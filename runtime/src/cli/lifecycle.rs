@@ -235,8 +235,9 @@ pub fn state(store: &Store, id: &str) -> anyhow::Result<()> {
 const KILL_GRACE: Duration = Duration::from_secs(1);
 
 pub fn kill(store: &Store, id: &str, signal: Option<&str>, all: bool) -> anyhow::Result<()> {
-    let sig = husk::signal::parse(signal.unwrap_or("SIGTERM"))?;
+    // runc's order: the container first, then the signal.
     let st = store.load(id)?;
+    let sig = husk::signal::parse(signal.unwrap_or("SIGTERM"))?;
     if st.status() == Status::Stopped {
         bail!("container not running");
     }
@@ -296,7 +297,9 @@ pub fn delete(store: &Store, id: &str, force: bool) -> anyhow::Result<()> {
     };
     let status = st.status();
     if status != Status::Stopped {
-        if !force {
+        // runc 1.1 deletes a created container without --force (its init
+        // never ran); running and paused ones need --force.
+        if !force && status != Status::Created {
             bail!("cannot delete container {id} that is not stopped: {status}");
         }
         if let Ok(mut agent) = monitor::agent_within(store, id, KILL_GRACE) {

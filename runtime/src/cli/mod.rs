@@ -152,7 +152,26 @@ fn ids(cmd: &Cmd) -> Vec<&str> {
     }
 }
 
+/// Marks an `exec` that failed before its process ran: runc says
+/// "exec failed: ..." and exits 255 (any other code is the process's own).
+#[derive(Debug)]
+pub struct ExecFailed;
+
+impl std::fmt::Display for ExecFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("exec failed")
+    }
+}
+
+/// runc's exit code for an exec that never ran.
+pub const EXEC_FAILED_CODE: u8 = 255;
+
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let is_exec = matches!(cli.command, Cmd::Exec(_));
+    dispatch_inner(cli).map_err(|e| if is_exec { e.context(ExecFailed) } else { e })
+}
+
+fn dispatch_inner(cli: Cli) -> anyhow::Result<ExitCode> {
     // Every id names a directory under --root: refuse bad ones first, as
     // runc does in every command (`Store::dir` refuses them too).
     for id in ids(&cli.command) {

@@ -15,10 +15,15 @@ pub enum IdError {
     // runc's wording (libcontainer.ErrInvalidID).
     #[error("invalid container ID format")]
     Invalid(String),
+    // runc checks this before the format, in every command.
+    #[error("container id cannot be empty")]
+    Empty,
 }
 
 pub fn validate_id(id: &str) -> Result<(), IdError> {
-    if husk_protocol::valid_container_id(id) {
+    if id.is_empty() {
+        Err(IdError::Empty)
+    } else if husk_protocol::valid_container_id(id) {
         Ok(())
     } else {
         Err(IdError::Invalid(id.to_string()))
@@ -35,6 +40,10 @@ mod tests {
         assert_eq!(
             validate_id("a/b").unwrap_err().to_string(),
             "invalid container ID format"
+        );
+        assert_eq!(
+            validate_id("").unwrap_err().to_string(),
+            "container id cannot be empty"
         );
     }
 }
