@@ -4,11 +4,18 @@
 //! all its threads (the VM's memory is the VMM's memory).
 //!
 //! The monitor joins it first thing ([`enter`]); husk-vmm, its child,
-//! inherits it. The limits come from the VM size, so a runaway VMM cannot
-//! take the host down: `memory.max` = guest memory + [`VMM_OVERHEAD_MIB`],
-//! `pids.max` = [`PIDS_BASE`] + vCPUs. `husk delete` removes it ([`remove`]).
-//! The limits the spec itself sets (`linux.resources`) are applied inside
-//! the guest by the agent; the VM size already follows them.
+//! inherits it. Two kinds of limits go there:
+//! - from the VM size, so a runaway VMM cannot take the host down:
+//!   `memory.max` = guest memory + [`VMM_OVERHEAD_MIB`], `pids.max` =
+//!   [`PIDS_BASE`] + vCPUs;
+//! - from the spec's `linux.resources` ([`HostSettings`]), so the VM as a
+//!   whole is held to what the engine asked and tools that read the cgroup
+//!   see it: CPU quota/period, weight (runc's conversion from shares),
+//!   idle, burst, cpuset; the memory limit plus the VM's fixed overhead
+//!   ([`host_memory_bytes`]). `husk update` changes them ([`prepare_update`]).
+//!   The agent applies the same resources inside the guest.
+//!
+//! `husk delete` removes it ([`remove`]).
 //!
 //! Paths: cgroupfs style (`/libpod_parent/libpod-<id>`, or relative) and
 //! systemd style (`slice:prefix:name` → `<slice path>/<prefix>-<name>.scope`,
@@ -20,7 +27,9 @@
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxResources, Spec};
+
+use crate::container::sizing::{memory_for_limit, VmSize};
 
 /// Host memory the sandbox may use beyond the guest's RAM: husk-vmm
 /// (code, heap, vsock buffers, virtio-fs inode table), KVM's page tables and
@@ -47,6 +56,13 @@ pub enum CgroupError {
     NotEmpty(PathBuf, usize),
     #[error("cgroup {0}: cannot set the device policy: {1}")]
     Devices(PathBuf, std::io::Error),
+    #[error("cgroup {0}: cannot apply {1}: the host's cgroup has no {2} here")]
+    Unsupported(PathBuf, &'static str, String),
+    #[error(
+        "cannot lower the VM's host memory limit to {0} bytes: it holds {1} bytes that cannot \
+         be reclaimed (guest memory, once touched, stays with the VM); nothing was changed"
+    )]
+    MemoryInUse(u64, u64),
 }
 
 /// The limits for a VM of `memory_mib` and `vcpus`.
@@ -61,6 +77,266 @@ pub fn limits(memory_mib: u32, vcpus: u8) -> Limits {
         memory_bytes: (u64::from(memory_mib) + VMM_OVERHEAD_MIB) << 20,
         pids: PIDS_BASE + u64::from(vcpus),
     }
+}
+
+/// cgroup v1 `cpu.shares` → v2 `cpu.weight` as runc (≥ 1.3.2, 1.4) and
+/// crun (≥ 1.23) convert it: a quadratic in log2(shares) through
+/// (2, 1), (1024, 100) and (262144, 10000), so the v1 default (1024) gets
+/// the v2 default (100). The linear map they used before gave 1024 → 39.
+/// 0 = unset.
+pub fn cpu_shares_to_weight(shares: u64) -> u64 {
+    match shares {
+        0 => 0,
+        1..=2 => 1,
+        262_144.. => 10_000,
+        _ => {
+            let l = (shares as f64).log2();
+            let exponent = (l * l + 125.0 * l) / 612.0 - 7.0 / 34.0;
+            // In 1..=10000 by construction; the clamp only guards rounding.
+            (10f64.powf(exponent).ceil() as u64).clamp(1, 10_000)
+        }
+    }
+}
+
+/// The host's `memory.max` for a container whose spec limits it to `limit`
+/// bytes, in a VM of `vm` (None: not recorded). The host limit holds the
+/// whole VM, so it is the spec's limit plus the VM's fixed overhead: the
+/// guest kernel and agent ([`crate::container::sizing::MEMORY_OVERHEAD_MIB`],
+/// which the VM was sized with) and husk-vmm ([`VMM_OVERHEAD_MIB`]); the limit
+/// is rounded up to MiB as the VM size is. It never exceeds what the VM can
+/// use (its RAM + [`VMM_OVERHEAD_MIB`]), which is also the limit without a
+/// spec limit. None: nothing to set (no limit and no VM size known).
+pub fn host_memory_bytes(limit: Option<i64>, vm: Option<VmSize>) -> Option<u64> {
+    let for_limit = limit.and_then(|l| memory_for_limit(l, None));
+    let mib = match (for_limit, vm.map(|v| v.memory_mib)) {
+        (Some(l), Some(v)) => l.min(v),
+        (Some(m), None) | (None, Some(m)) => m,
+        (None, None) => return None,
+    };
+    Some((u64::from(mib) + VMM_OVERHEAD_MIB) << 20)
+}
+
+/// The spec's `linux.resources` as they apply to the host cgroup, which
+/// holds the whole VM. The spec's pids limit stays in the guest (the host's
+/// follows the VM size); what the guest refuses (blockIO, realtime,
+/// hugepages, rdma, network) is not taken either.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostSettings {
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u64>,
+    /// `Some(None)`: no quota ("max"); None: leave as it is.
+    pub cpu_quota: Option<Option<u64>>,
+    pub cpu_period: Option<u64>,
+    pub cpu_burst: Option<u64>,
+    pub cpu_shares: Option<u64>,
+    pub cpu_idle: Option<i64>,
+    pub cpus: Option<String>,
+    pub mems: Option<String>,
+}
+
+impl HostSettings {
+    /// What `res` changes on the host, for a VM of `vm` (None: not recorded).
+    pub fn from_resources(res: &LinuxResources, vm: Option<VmSize>) -> HostSettings {
+        let mut s = HostSettings::default();
+        if let Some(limit) = res.memory().as_ref().and_then(|m| m.limit()) {
+            s.memory_bytes = host_memory_bytes(Some(limit), vm);
+        }
+        if let Some(c) = res.cpu() {
+            // As runc: quota 0 and period 0 are "unset", a negative quota "max".
+            s.cpu_quota = match c.quota() {
+                Some(q) if q > 0 => Some(Some(q as u64)),
+                Some(q) if q < 0 => Some(None),
+                _ => None,
+            };
+            s.cpu_period = c.period().filter(|p| *p > 0);
+            s.cpu_burst = c.burst();
+            s.cpu_shares = c.shares().filter(|s| *s > 0);
+            s.cpu_idle = c.idle();
+            let list = |v: &Option<String>| v.as_ref().filter(|l| !l.trim().is_empty()).cloned();
+            s.cpus = list(c.cpus());
+            s.mems = list(c.mems());
+        }
+        s
+    }
+
+    /// At create: the spec's settings (if any) and the VM-size limits.
+    fn for_create(res: Option<&LinuxResources>, vm: VmSize) -> HostSettings {
+        let mut s = res
+            .map(|r| HostSettings::from_resources(r, Some(vm)))
+            .unwrap_or_default();
+        if s.memory_bytes.is_none() {
+            s.memory_bytes = Some(limits(vm.memory_mib, vm.vcpus).memory_bytes);
+        }
+        s.pids = Some(limits(vm.memory_mib, vm.vcpus).pids);
+        s
+    }
+
+    /// The cgroup file writes, in order. `cur_cpu_max` is the v2 cgroup's
+    /// `cpu.max` now: a quota or period the spec leaves out is kept, as
+    /// `runc update` keeps it.
+    fn settings(&self, cur_cpu_max: &str) -> Vec<Setting> {
+        let mut out = Vec::new();
+        let mut push =
+            |ctrl, v2: Option<(&'static str, String)>, v1: Vec<(&'static str, String)>| {
+                out.push(Setting { ctrl, v2, v1 })
+            };
+        let both = |f: &'static str, v: String| (Some((f, v.clone())), vec![(f, v)]);
+        if let Some(c) = &self.cpus {
+            let (v2, v1) = both("cpuset.cpus", c.clone());
+            push("cpuset", v2, v1);
+        }
+        if let Some(m) = &self.mems {
+            let (v2, v1) = both("cpuset.mems", m.clone());
+            push("cpuset", v2, v1);
+        }
+        if let Some(m) = self.memory_bytes {
+            let m = m.to_string();
+            push(
+                "memory",
+                Some(("memory.max", m.clone())),
+                vec![("memory.limit_in_bytes", m)],
+            );
+        }
+        if let Some(p) = self.pids {
+            let (v2, v1) = both("pids.max", p.to_string());
+            push("pids", v2, v1);
+        }
+        if let Some(i) = self.cpu_idle {
+            let (v2, v1) = both("cpu.idle", i.to_string());
+            push("cpu", v2, v1);
+        }
+        // As runc: an idle cgroup has no weight to set.
+        if let Some(sh) = self.cpu_shares.filter(|_| self.cpu_idle.unwrap_or(0) == 0) {
+            push(
+                "cpu",
+                Some(("cpu.weight", cpu_shares_to_weight(sh).to_string())),
+                vec![("cpu.shares", sh.to_string())],
+            );
+        }
+        if self.cpu_quota.is_some() || self.cpu_period.is_some() {
+            let mut v1 = Vec::new();
+            if let Some(p) = self.cpu_period {
+                v1.push(("cpu.cfs_period_us", p.to_string()));
+            }
+            if let Some(q) = self.cpu_quota {
+                v1.push(("cpu.cfs_quota_us", q.map_or("-1".into(), |q| q.to_string())));
+            }
+            let max = cpu_max(cur_cpu_max, self.cpu_quota, self.cpu_period);
+            push("cpu", Some(("cpu.max", max)), v1);
+        }
+        if let Some(b) = self.cpu_burst {
+            push(
+                "cpu",
+                Some(("cpu.max.burst", b.to_string())),
+                vec![("cpu.cfs_burst_us", b.to_string())],
+            );
+        }
+        out
+    }
+}
+
+/// v2 `cpu.max` ("QUOTA PERIOD", QUOTA a number or "max") from the current
+/// one and what changes; a new cgroup's is "max 100000".
+pub fn cpu_max(current: &str, quota: Option<Option<u64>>, period: Option<u64>) -> String {
+    let mut cur = current.split_whitespace();
+    let cur_quota = cur
+        .next()
+        .filter(|q| *q == "max" || q.parse::<u64>().is_ok())
+        .unwrap_or("max");
+    let cur_period = cur
+        .next()
+        .filter(|p| p.parse::<u64>().is_ok())
+        .unwrap_or("100000");
+    let quota = match quota {
+        Some(Some(q)) => q.to_string(),
+        Some(None) => "max".to_string(),
+        None => cur_quota.to_string(),
+    };
+    let period = period.map_or(cur_period.to_string(), |p| p.to_string());
+    format!("{quota} {period}")
+}
+
+/// One value for the host cgroup: its file in a v2 cgroup, or its files in
+/// the v1 hierarchy of controller `ctrl` (empty: v1 has no such thing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Setting {
+    ctrl: &'static str,
+    v2: Option<(&'static str, String)>,
+    v1: Vec<(&'static str, String)>,
+}
+
+impl Setting {
+    /// The VM-size limits are best effort, as they always were (a host may
+    /// keep memory or pids from us); what the spec asks must be applied.
+    fn required(&self) -> bool {
+        !matches!(self.ctrl, "memory" | "pids")
+    }
+
+    fn name(&self) -> &'static str {
+        self.v2
+            .as_ref()
+            .map(|(f, _)| *f)
+            .or(self.v1.first().map(|(f, _)| *f))
+            .unwrap_or(self.ctrl)
+    }
+
+    /// The writes for this setting in hierarchy `h` at `dir`: empty when
+    /// `h` does not take it, or when one of its files is absent there.
+    fn writes(&self, h: &Hierarchy, dir: &Path) -> Vec<(PathBuf, &str)> {
+        let (_, v2, ctrls) = h;
+        let files: Vec<(PathBuf, &str)> = if *v2 {
+            self.v2
+                .iter()
+                .map(|(f, v)| (dir.join(f), v.as_str()))
+                .collect()
+        } else if ctrls.iter().any(|c| c == self.ctrl) {
+            self.v1
+                .iter()
+                .map(|(f, v)| (dir.join(f), v.as_str()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if files.iter().all(|(f, _)| f.exists()) {
+            files
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// Fails, before anything is written, if a setting the spec asks for has
+/// nowhere to go (no controller for it in any hierarchy).
+fn check_available(hs: &[Hierarchy], rel: &Path, settings: &[Setting]) -> Result<(), CgroupError> {
+    for s in settings.iter().filter(|s| s.required()) {
+        if !hs.iter().any(|h| !s.writes(h, &h.0.join(rel)).is_empty()) {
+            let dir = hs.first().map(|h| h.0.join(rel)).unwrap_or_default();
+            return Err(CgroupError::Unsupported(
+                dir,
+                s.name(),
+                format!("{} controller", s.ctrl),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn apply_settings(h: &Hierarchy, dir: &Path, settings: &[Setting]) -> Result<(), CgroupError> {
+    for s in settings {
+        for (file, value) in s.writes(h, dir) {
+            write(&file, value)?;
+        }
+    }
+    Ok(())
+}
+
+/// The v2 `cpu.max` of `rel` now (the first v2 hierarchy's), or a new
+/// cgroup's.
+fn current_cpu_max(hs: &[Hierarchy], rel: &Path) -> String {
+    hs.iter()
+        .filter(|h| h.1)
+        .find_map(|h| std::fs::read_to_string(h.0.join(rel).join("cpu.max")).ok())
+        .unwrap_or_else(|| "max 100000".into())
 }
 
 /// The cgroup path relative to the hierarchy root, from `linux.cgroupsPath`.
@@ -181,20 +457,25 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     std::fs::write(path, value).map_err(|e| CgroupError::Io(path.into(), e))
 }
 
-/// Creates the container's cgroup, sets the limits for the VM size and the
+/// Creates the container's cgroup, sets the limits for the VM size, the
+/// spec's `linux.resources` when `spec_limits` ([`HostSettings`]) and the
 /// device policy ([`crate::devices`]) and moves the calling process (the
 /// monitor) into it; records it in `state_dir`. A cgroup that already has
 /// processes is refused, as runc does: `cgroupsPath` could name someone
 /// else's (`/system.slice/sshd.service`), whose limits we would set and
-/// whose processes `delete` would kill.
+/// whose processes `delete` would kill. `spec_limits` is false for a CRI
+/// pod's VM, which holds every container of the pod: the pod's limits are
+/// the kubelet's, on the parent cgroup.
 pub fn enter(
     state_dir: &Path,
     spec: &Spec,
     id: &str,
     memory_mib: u32,
     vcpus: u8,
+    spec_limits: bool,
 ) -> Result<(), CgroupError> {
-    enter_in(&hierarchies()?, state_dir, spec, id, memory_mib, vcpus)
+    let vm = VmSize { memory_mib, vcpus };
+    enter_in(&hierarchies()?, state_dir, spec, id, vm, spec_limits)
 }
 
 type Hierarchy = (PathBuf, bool, Vec<String>);
@@ -204,12 +485,16 @@ fn enter_in(
     state_dir: &Path,
     spec: &Spec,
     id: &str,
-    memory_mib: u32,
-    vcpus: u8,
+    vm: VmSize,
+    spec_limits: bool,
 ) -> Result<(), CgroupError> {
-    let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+    let linux = spec.linux().as_ref();
+    let cgroups_path = linux.and_then(|l| l.cgroups_path().clone());
     let rel = relative_path(cgroups_path.as_ref().and_then(|p| p.to_str()), id)?;
-    let lim = limits(memory_mib, vcpus);
+    let resources = linux
+        .and_then(|l| l.resources().as_ref())
+        .filter(|_| spec_limits);
+    let wanted = HostSettings::for_create(resources, vm);
     let pid = std::process::id().to_string();
     // Checked everywhere before anything is written anywhere.
     for (mnt, _, _) in hierarchies {
@@ -224,50 +509,196 @@ fn enter_in(
     let v1_devices = hierarchies
         .iter()
         .any(|(_, v2, c)| !v2 && c.iter().any(|x| x == "devices"));
-    for (mnt, v2, ctrls) in hierarchies {
-        let (mnt, v2) = (mnt.as_path(), *v2);
+    create_in(hierarchies, &rel)?;
+    let settings = wanted.settings(&current_cpu_max(hierarchies, &rel));
+    check_available(hierarchies, &rel, &settings)?;
+    for h in hierarchies {
+        let (mnt, v2, ctrls) = h;
         let dir = mnt.join(&rel);
-        if v2 {
-            enable_v2_controllers(mnt, &rel);
-        }
-        std::fs::create_dir_all(&dir).map_err(|e| CgroupError::Io(dir.clone(), e))?;
-        if v2 && !v1_devices {
+        if *v2 && !v1_devices {
             crate::devices::apply_v2(&dir).map_err(|e| CgroupError::Devices(dir.clone(), e))?;
         }
         if !v2 && ctrls.iter().any(|c| c == "devices") {
             crate::devices::apply_v1(&dir).map_err(|e| CgroupError::Devices(dir.clone(), e))?;
         }
-        if v2 {
-            // Absent when the controller is not enabled here: v2 hosts that
-            // keep memory/pids from us, the "unified" tree of hybrid hosts.
-            let mem = dir.join("memory.max");
-            if mem.exists() {
-                write(&mem, &lim.memory_bytes.to_string())?;
-            }
-            let pids = dir.join("pids.max");
-            if pids.exists() {
-                write(&pids, &lim.pids.to_string())?;
-            }
-        } else {
-            let has = |c: &str| ctrls.iter().any(|x| x == c);
-            if has("cpuset") {
-                inherit_cpuset(mnt, &rel);
-            }
-            if has("memory") {
-                write(
-                    &dir.join("memory.limit_in_bytes"),
-                    &lim.memory_bytes.to_string(),
-                )?;
-            }
-            if has("pids") {
-                write(&dir.join("pids.max"), &lim.pids.to_string())?;
-            }
-        }
+        apply_settings(h, &dir, &settings)?;
         write(&dir.join("cgroup.procs"), &pid)?;
     }
-    let record = state_dir.join(RECORD);
-    std::fs::write(&record, rel.as_os_str().as_encoded_bytes())
-        .map_err(|e| CgroupError::Io(record, e))
+    let record = Record {
+        rel,
+        vm: Some(vm),
+        spec_limits,
+    };
+    let path = state_dir.join(RECORD);
+    std::fs::write(&path, record.to_string()).map_err(|e| CgroupError::Io(path, e))
+}
+
+/// Creates cgroup `rel` in every hierarchy, its controllers enabled (v2) or
+/// its cpuset filled in (v1).
+fn create_in(hierarchies: &[Hierarchy], rel: &Path) -> Result<(), CgroupError> {
+    for (mnt, v2, ctrls) in hierarchies {
+        let dir = mnt.join(rel);
+        if *v2 {
+            enable_v2_controllers(mnt, rel);
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| CgroupError::Io(dir.clone(), e))?;
+        if !v2 && ctrls.iter().any(|c| c == "cpuset") {
+            inherit_cpuset(mnt, rel);
+        }
+    }
+    Ok(())
+}
+
+/// What `enter` records in the state directory: the cgroup, the VM size
+/// and whether the spec's limits apply there. Line 1 is the path alone (all
+/// an older husk wrote).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Record {
+    rel: PathBuf,
+    vm: Option<VmSize>,
+    spec_limits: bool,
+}
+
+impl std::fmt::Display for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{}", self.rel.display())?;
+        if let Some(vm) = self.vm {
+            writeln!(
+                f,
+                "{} {} {}",
+                vm.memory_mib,
+                vm.vcpus,
+                u8::from(self.spec_limits)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Record {
+    /// None: no record, or not one `enter` could have written.
+    fn load(state_dir: &Path) -> Result<Option<Record>, CgroupError> {
+        let path = state_dir.join(RECORD);
+        let text = match std::fs::read(&path) {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(CgroupError::Io(path, e)),
+        };
+        Ok(Record::parse(&text))
+    }
+
+    fn parse(text: &str) -> Option<Record> {
+        let mut lines = text.lines();
+        let rel = PathBuf::from(lines.next()?);
+        if rel.as_os_str().is_empty()
+            || rel.is_absolute()
+            || rel.components().any(|c| !matches!(c, Component::Normal(_)))
+        {
+            return None;
+        }
+        let nums: Vec<u32> = lines
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        let (vm, spec_limits) = match nums[..] {
+            [m, v, l] => (
+                u8::try_from(v).ok().map(|vcpus| VmSize {
+                    memory_mib: m,
+                    vcpus,
+                }),
+                l == 1,
+            ),
+            // An older husk's: it applied only the VM-size limits.
+            _ => (None, false),
+        };
+        Some(Record {
+            rel,
+            vm,
+            spec_limits,
+        })
+    }
+}
+
+/// A `husk update` (or the shim's Update) of the host cgroup, checked and
+/// ready: [`prepare_update`] before the guest is updated, [`Self::apply`]
+/// after, so a refusal on either side changes nothing.
+#[derive(Debug)]
+pub struct Update {
+    rel: PathBuf,
+    hierarchies: Vec<Hierarchy>,
+    settings: Vec<Setting>,
+}
+
+/// Checks what updating the host cgroup recorded in `state_dir` to `res`
+/// takes. None: there is nothing to do there (no cgroup recorded, or one
+/// whose limits are not the spec's: a CRI pod's, an older husk's).
+///
+/// Lowering the memory limit below what the VM holds and cannot give back
+/// is refused (v2): guest RAM the guest once touched stays allocated to
+/// husk-vmm even when the guest has freed it, so the host would OOM-kill
+/// the whole VM where runc would have reclaimed the container's cache.
+pub fn prepare_update(
+    state_dir: &Path,
+    res: &LinuxResources,
+) -> Result<Option<Update>, CgroupError> {
+    let Some(record) = Record::load(state_dir)? else {
+        return Ok(None);
+    };
+    if !record.spec_limits {
+        return Ok(None);
+    }
+    prepare_update_in(hierarchies()?, record, res).map(Some)
+}
+
+fn prepare_update_in(
+    hierarchies: Vec<Hierarchy>,
+    record: Record,
+    res: &LinuxResources,
+) -> Result<Update, CgroupError> {
+    let rel = record.rel;
+    let wanted = HostSettings::from_resources(res, record.vm);
+    let settings = wanted.settings(&current_cpu_max(&hierarchies, &rel));
+    check_available(&hierarchies, &rel, &settings)?;
+    if let Some(new) = wanted.memory_bytes {
+        for (mnt, _, _) in hierarchies.iter().filter(|h| h.1) {
+            if let Some(held) = unreclaimable_bytes(&mnt.join(&rel)).filter(|h| *h > new) {
+                return Err(CgroupError::MemoryInUse(new, held));
+            }
+        }
+    }
+    Ok(Update {
+        rel,
+        hierarchies,
+        settings,
+    })
+}
+
+impl Update {
+    pub fn apply(&self) -> Result<(), CgroupError> {
+        for h in &self.hierarchies {
+            apply_settings(h, &h.0.join(&self.rel), &self.settings)?;
+        }
+        Ok(())
+    }
+}
+
+/// v2: what the cgroup charges that reclaim cannot take back without swap:
+/// everything but file pages (`memory.current` − `file` of `memory.stat`).
+fn unreclaimable_bytes(dir: &Path) -> Option<u64> {
+    let current: u64 = std::fs::read_to_string(dir.join("memory.current"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(dir.join("memory.stat")).ok()?;
+    let file: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("file "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    Some(current.saturating_sub(file))
 }
 
 /// Processes in cgroup `dir` and its descendants (`depth` levels down).
@@ -289,15 +720,16 @@ fn processes_below(dir: &Path, depth: u32) -> usize {
 }
 
 /// v2: a controller works in a cgroup only if every ancestor enables it
-/// for its children. Best effort: a parent that has processes of its own
-/// (or a host that withholds a controller) refuses, and the limit is then
-/// simply not there.
+/// for its children (runc enables them the same way). Best effort: a parent
+/// that has processes of its own (or a host that withholds a controller)
+/// refuses; a VM-size limit is then simply not there, and a limit the spec
+/// asks for fails with [`CgroupError::Unsupported`].
 fn enable_v2_controllers(root: &Path, rel: &Path) {
     let mut dir = root.to_path_buf();
     let parents: Vec<_> = rel.components().collect();
     for (i, c) in parents.iter().enumerate() {
         let available = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
-        for ctrl in ["memory", "pids", "cpu", "io"] {
+        for ctrl in ["memory", "pids", "cpu", "cpuset", "io"] {
             if available.split_whitespace().any(|a| a == ctrl) {
                 let _ = std::fs::write(dir.join("cgroup.subtree_control"), format!("+{ctrl}"));
             }
@@ -334,15 +766,10 @@ fn inherit_cpuset(root: &Path, rel: &Path) {
 /// to notice, so an EBUSY is retried for up to a second.
 pub fn remove(state_dir: &Path) -> Result<(), CgroupError> {
     let record = state_dir.join(RECORD);
-    let rel = match std::fs::read(&record) {
-        Ok(b) => PathBuf::from(String::from_utf8_lossy(&b).into_owned()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(CgroupError::Io(record, e)),
-    };
     // Only a path `enter` could have written.
-    if rel.is_absolute() || rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+    let Some(Record { rel, .. }) = Record::load(state_dir)? else {
         return Ok(());
-    }
+    };
     for (mnt, _, _) in hierarchies()? {
         let dir = mnt.join(&rel);
         kill_all(&dir);
@@ -379,6 +806,339 @@ fn kill_all(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const VM64: VmSize = VmSize {
+        memory_mib: 64,
+        vcpus: 1,
+    };
+    const MIB: u64 = 1 << 20;
+
+    fn resources(v: serde_json::Value) -> LinuxResources {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn shares_to_weight_as_runc() {
+        // runc >= 1.3.2 / crun >= 1.23 (and the values kubernetes documents).
+        for (shares, weight) in [
+            (0, 0),
+            (1, 1),
+            (2, 1),
+            (3, 2),
+            (10, 4),
+            (100, 17),
+            (512, 59),
+            (1000, 99),
+            (1024, 100),
+            (2000, 170),
+            (2048, 174),
+            (4096, 303),
+            (100_000, 4340),
+            (262_143, 10_000),
+            (262_144, 10_000),
+            (u64::MAX, 10_000),
+        ] {
+            assert_eq!(cpu_shares_to_weight(shares), weight, "shares {shares}");
+        }
+        // Monotonic over the whole range.
+        let mut last = 0;
+        for s in (2..=262_144).step_by(97) {
+            let w = cpu_shares_to_weight(s);
+            assert!(w >= last && (1..=10_000).contains(&w), "{s} -> {w}");
+            last = w;
+        }
+    }
+
+    #[test]
+    fn cpu_max_formatting() {
+        let new = "max 100000";
+        assert_eq!(cpu_max(new, Some(Some(50_000)), None), "50000 100000");
+        assert_eq!(
+            cpu_max(new, Some(Some(20_000)), Some(50_000)),
+            "20000 50000"
+        );
+        assert_eq!(cpu_max(new, Some(None), Some(50_000)), "max 50000");
+        // What the update leaves out stays (runc update keeps it too).
+        assert_eq!(cpu_max("20000 100000\n", None, Some(50_000)), "20000 50000");
+        assert_eq!(
+            cpu_max("20000 50000", Some(Some(30_000)), None),
+            "30000 50000"
+        );
+        assert_eq!(cpu_max("20000 50000", Some(None), None), "max 50000");
+        // An unreadable current value counts as a new cgroup's.
+        assert_eq!(cpu_max("", Some(Some(1000)), None), "1000 100000");
+        assert_eq!(cpu_max("junk -5", None, Some(7000)), "max 7000");
+        // From the spec: quota and period 0 are unset, a negative quota max.
+        let s = |q: i64, p: u64| {
+            HostSettings::from_resources(
+                &resources(serde_json::json!({"cpu": {"quota": q, "period": p}})),
+                None,
+            )
+        };
+        assert_eq!((s(0, 0).cpu_quota, s(0, 0).cpu_period), (None, None));
+        assert_eq!(s(-1, 0).cpu_quota, Some(None));
+        assert_eq!(s(50_000, 0).cpu_quota, Some(Some(50_000)));
+        assert_eq!(s(50_000, 25_000).cpu_period, Some(25_000));
+    }
+
+    #[test]
+    fn host_memory_holds_the_whole_vm() {
+        use crate::container::sizing::{vm_size, MEMORY_OVERHEAD_MIB};
+        let vm = |m| {
+            Some(VmSize {
+                memory_mib: m,
+                vcpus: 1,
+            })
+        };
+        let over = u64::from(MEMORY_OVERHEAD_MIB) + VMM_OVERHEAD_MIB;
+        // The spec's limit + the fixed overhead of guest kernel and VMM.
+        assert_eq!(
+            host_memory_bytes(Some(128 << 20), vm(192)),
+            Some((128 + over) * MIB)
+        );
+        assert_eq!(
+            host_memory_bytes(Some(128 << 20), None),
+            Some((128 + over) * MIB)
+        );
+        // Rounded up to MiB, as the VM size is.
+        assert_eq!(
+            host_memory_bytes(Some((32 << 20) + 1), vm(1024)),
+            Some((33 + over) * MIB)
+        );
+        // Never more than the VM can use; no limit: all the VM can use.
+        assert_eq!(
+            host_memory_bytes(Some(1 << 30), vm(192)),
+            Some((192 + VMM_OVERHEAD_MIB) * MIB)
+        );
+        for unlimited in [-1, 0, i64::MAX] {
+            assert_eq!(
+                host_memory_bytes(Some(unlimited), vm(192)),
+                Some((192 + VMM_OVERHEAD_MIB) * MIB)
+            );
+            assert_eq!(host_memory_bytes(Some(unlimited), None), None);
+        }
+        assert_eq!(host_memory_bytes(None, None), None);
+        // A VM sized from the spec gets exactly the VM-size limit: the same
+        // number whichever way it is read.
+        for limit in [1 << 20, 32 << 20, 100_000_000, 512 << 20] {
+            let spec: Spec = serde_json::from_value(serde_json::json!({
+                "ociVersion": "1.0.2",
+                "linux": {"resources": {"memory": {"limit": limit}}}
+            }))
+            .unwrap();
+            let v = vm_size(&spec, VM64).unwrap();
+            assert_eq!(
+                host_memory_bytes(Some(limit), Some(v)),
+                Some(limits(v.memory_mib, v.vcpus).memory_bytes),
+                "{limit}"
+            );
+        }
+    }
+
+    #[test]
+    fn settings_for_v2_and_v1() {
+        let r = resources(serde_json::json!({
+            "memory": {"limit": 134217728, "swap": 134217728},
+            "pids": {"limit": 10},
+            "cpu": {"quota": 20000, "period": 50000, "shares": 2048, "burst": 1000,
+                    "cpus": "0-1", "mems": "0"},
+            "blockIO": {"weight": 10}
+        }));
+        let vm = VmSize {
+            memory_mib: 192,
+            vcpus: 1,
+        };
+        let s = HostSettings::for_create(Some(&r), vm);
+        assert_eq!(s.memory_bytes, Some(256 * MIB));
+        // The host's pids limit is the VM's, not the spec's.
+        assert_eq!(s.pids, Some(PIDS_BASE + 1));
+        let settings = s.settings("max 100000");
+        let v2: Vec<_> = settings
+            .iter()
+            .filter_map(|s| s.v2.clone())
+            .map(|(f, v)| format!("{f}={v}"))
+            .collect();
+        assert_eq!(
+            v2,
+            [
+                "cpuset.cpus=0-1",
+                "cpuset.mems=0",
+                "memory.max=268435456",
+                "pids.max=129",
+                "cpu.weight=174",
+                "cpu.max=20000 50000",
+                "cpu.max.burst=1000"
+            ]
+        );
+        let v1: Vec<_> = settings
+            .iter()
+            .flat_map(|s| s.v1.iter().map(move |(f, v)| format!("{}:{f}={v}", s.ctrl)))
+            .collect();
+        assert_eq!(
+            v1,
+            [
+                "cpuset:cpuset.cpus=0-1",
+                "cpuset:cpuset.mems=0",
+                "memory:memory.limit_in_bytes=268435456",
+                "pids:pids.max=129",
+                "cpu:cpu.shares=2048",
+                "cpu:cpu.cfs_period_us=50000",
+                "cpu:cpu.cfs_quota_us=20000",
+                "cpu:cpu.cfs_burst_us=1000"
+            ]
+        );
+        // Idle: no weight, as runc.
+        let idle = HostSettings::from_resources(
+            &resources(serde_json::json!({"cpu": {"shares": 2048, "idle": 1}})),
+            None,
+        );
+        let files: Vec<_> = idle
+            .settings("max 100000")
+            .iter()
+            .filter_map(|s| s.v2.clone())
+            .collect();
+        assert_eq!(files, [("cpu.idle", "1".to_string())]);
+        // Without the spec's limits (a CRI pod's VM): the VM size only.
+        let pod = HostSettings::for_create(None, vm);
+        assert_eq!(
+            pod,
+            HostSettings {
+                memory_bytes: Some(256 * MIB),
+                pids: Some(PIDS_BASE + 1),
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn record_round_trip() {
+        let r = Record {
+            rel: PathBuf::from("a/b"),
+            vm: Some(VmSize {
+                memory_mib: 192,
+                vcpus: 2,
+            }),
+            spec_limits: true,
+        };
+        assert_eq!(Record::parse(&r.to_string()), Some(r));
+        // An older husk's record: the path alone, no spec limits on the host.
+        let old = Record::parse("husk/c1").unwrap();
+        assert_eq!(
+            (old.rel.to_str(), old.vm, old.spec_limits),
+            (Some("husk/c1"), None, false)
+        );
+        for bad in ["", "/etc", "a/../../b", "../x"] {
+            assert_eq!(Record::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    /// A fake hybrid layout in a temp dir (a v2 tree whose controller files
+    /// exist, and a v1 devices hierarchy that takes the device policy):
+    /// what `enter` and an update write, and what they refuse.
+    #[test]
+    fn enter_and_update_write_the_spec_limits() {
+        let base = std::env::temp_dir().join(format!("husk-cg-fake-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let (state, v2, v1) = (base.join("state"), base.join("v2"), base.join("v1"));
+        let dir = v2.join("pod/c");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::create_dir_all(&v1).unwrap();
+        let files = [
+            ("cgroup.procs", ""),
+            ("memory.max", "max"),
+            ("pids.max", "max"),
+            ("cpu.max", "max 100000"),
+            ("cpu.weight", "100"),
+            ("cpuset.cpus", ""),
+            ("cpuset.mems", ""),
+            ("memory.current", "0"),
+            ("memory.stat", "anon 0\nfile 0\n"),
+        ];
+        for (f, v) in files {
+            std::fs::write(dir.join(f), v).unwrap();
+        }
+        let h = vec![
+            (v2.clone(), true, Vec::new()),
+            (v1.clone(), false, vec!["devices".to_string()]),
+        ];
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        let spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": {"cgroupsPath": "/pod/c", "resources": {
+                "memory": {"limit": 134217728},
+                "cpu": {"quota": 20000, "period": 100000, "shares": 1024, "cpus": "0", "mems": "0"}
+            }}
+        }))
+        .unwrap();
+        let vm = VmSize {
+            memory_mib: 192,
+            vcpus: 1,
+        };
+        enter_in(&h, &state, &spec, "c", vm, true).unwrap();
+        assert_eq!(read("cpu.max"), "20000 100000");
+        assert_eq!(read("cpu.weight"), "100");
+        assert_eq!(read("cpuset.cpus"), "0");
+        assert_eq!(read("cpuset.mems"), "0");
+        assert_eq!(read("memory.max"), (256 * MIB).to_string());
+        assert_eq!(read("pids.max"), (PIDS_BASE + 1).to_string());
+        assert_eq!(read("cgroup.procs"), std::process::id().to_string());
+        let record = Record::load(&state).unwrap().unwrap();
+        assert!(record.spec_limits);
+        assert_eq!(record.vm, Some(vm));
+
+        // An update: the period alone keeps the quota; memory follows the
+        // spec's new limit, capped by the VM.
+        let upd = |v| prepare_update_in(h.clone(), record.clone(), &resources(v));
+        upd(serde_json::json!({"memory": {"limit": 67108864}, "cpu": {"period": 50000}}))
+            .unwrap()
+            .apply()
+            .unwrap();
+        assert_eq!(read("cpu.max"), "20000 50000");
+        assert_eq!(read("memory.max"), (192 * MIB).to_string());
+        upd(serde_json::json!({"memory": {"limit": 1073741824}}))
+            .unwrap()
+            .apply()
+            .unwrap();
+        assert_eq!(
+            read("memory.max"),
+            ((192 + VMM_OVERHEAD_MIB) * MIB).to_string()
+        );
+
+        // Below what the VM holds (file pages do not count): refused.
+        std::fs::write(dir.join("memory.current"), (200 * MIB).to_string()).unwrap();
+        std::fs::write(
+            dir.join("memory.stat"),
+            format!("anon 1\nfile {}\n", 20 * MIB),
+        )
+        .unwrap();
+        let e = upd(serde_json::json!({"memory": {"limit": 33554432}})).unwrap_err();
+        assert!(
+            matches!(e, CgroupError::MemoryInUse(n, h) if n == 160 * MIB && h == 180 * MIB),
+            "{e}"
+        );
+        upd(serde_json::json!({"memory": {"limit": 67108864}})).unwrap();
+        // Nothing to write cpu.idle to: refused before anything is written.
+        let e = upd(serde_json::json!({"cpu": {"idle": 1, "quota": 10000}})).unwrap_err();
+        assert!(e.to_string().contains("cpu.idle"), "{e}");
+        assert_eq!(read("cpu.max"), "20000 50000");
+
+        // A pod's VM (no spec limits): only the VM size, and updates leave
+        // the host alone.
+        for d in [&dir, &v1.join("pod/c")] {
+            std::fs::write(d.join("cgroup.procs"), "").unwrap();
+        }
+        std::fs::write(dir.join("cpu.max"), "max 100000").unwrap();
+        enter_in(&h, &state, &spec, "c", vm, false).unwrap();
+        assert_eq!(read("cpu.max"), "max 100000");
+        assert_eq!(
+            read("memory.max"),
+            ((192 + VMM_OVERHEAD_MIB) * MIB).to_string()
+        );
+        let r = resources(serde_json::json!({"cpu": {"quota": 1000}}));
+        assert!(prepare_update(&state, &r).unwrap().is_none());
+        let _ = std::fs::remove_dir_all(&base);
+    }
 
     #[test]
     fn cgroupfs_and_systemd_paths() {
@@ -429,7 +1189,15 @@ mod tests {
             .unwrap()
         };
         let h = vec![(mnt.clone(), false, Vec::new())];
-        let e = enter_in(&h, &state, &spec("/system.slice/sshd.service"), "c", 64, 1).unwrap_err();
+        let e = enter_in(
+            &h,
+            &state,
+            &spec("/system.slice/sshd.service"),
+            "c",
+            VM64,
+            true,
+        )
+        .unwrap_err();
         assert!(
             e.to_string()
                 .starts_with("container's cgroup is not empty: 1 process(es)"),
@@ -443,11 +1211,11 @@ mod tests {
         // Processes in a child cgroup count too.
         let parent = spec("/system.slice");
         assert!(matches!(
-            enter_in(&h, &state, &parent, "c", 64, 1),
+            enter_in(&h, &state, &parent, "c", VM64, true),
             Err(CgroupError::NotEmpty(_, 1))
         ));
         // An empty (or new) one is joined and recorded.
-        enter_in(&h, &state, &spec("/husk-empty"), "c", 64, 1).unwrap();
+        enter_in(&h, &state, &spec("/husk-empty"), "c", VM64, true).unwrap();
         assert_eq!(
             std::fs::read_to_string(mnt.join("husk-empty/cgroup.procs")).unwrap(),
             std::process::id().to_string()
@@ -468,6 +1236,97 @@ mod tests {
     }
 
     /// Needs root and a writable cgroup file system (v1, hybrid or v2):
+    /// `cargo test -p husk --lib cgroups -- --ignored`. The spec's limits
+    /// in a scratch cgroup of each hierarchy, which no process joins; removed
+    /// afterwards.
+    #[test]
+    #[ignore]
+    fn spec_limits_on_this_hosts_cgroups() {
+        let hs = hierarchies().unwrap();
+        let rel = PathBuf::from(format!("husk-unit-spec-{}", std::process::id()));
+        create_in(&hs, &rel).unwrap();
+        let vm = VmSize {
+            memory_mib: 192,
+            vcpus: 1,
+        };
+        let r = resources(serde_json::json!({
+            "memory": {"limit": 134217728},
+            "cpu": {"quota": 20000, "period": 100000, "shares": 512, "cpus": "0", "mems": "0"}
+        }));
+        let settings = HostSettings::for_create(Some(&r), vm).settings(&current_cpu_max(&hs, &rel));
+        let applied = check_available(&hs, &rel, &settings).and_then(|()| {
+            for h in &hs {
+                apply_settings(h, &h.0.join(&rel), &settings)?;
+            }
+            prepare_update_in(
+                hs.clone(),
+                Record {
+                    rel: rel.clone(),
+                    vm: Some(vm),
+                    spec_limits: true,
+                },
+                &resources(
+                    serde_json::json!({"memory": {"limit": 67108864}, "cpu": {"period": 50000}}),
+                ),
+            )?
+            .apply()
+        });
+        let mut seen = Vec::new();
+        for (mnt, v2, ctrls) in &hs {
+            let d = mnt.join(&rel);
+            let read = |f: &str| std::fs::read_to_string(d.join(f)).map(|v| v.trim().to_string());
+            if *v2 {
+                if let Ok(v) = read("cpu.max") {
+                    seen.push(format!("cpu.max={v}"));
+                    seen.push(format!("cpu.weight={}", read("cpu.weight").unwrap()));
+                }
+                if let Ok(v) = read("memory.max") {
+                    seen.push(format!("memory={v}"));
+                }
+                if let Ok(v) = read("cpuset.cpus") {
+                    seen.push(format!("cpus={v}"));
+                }
+            }
+            for c in ctrls {
+                match c.as_str() {
+                    "cpu" => {
+                        seen.push(format!("cpu.shares={}", read("cpu.shares").unwrap()));
+                        seen.push(format!(
+                            "cfs={} {}",
+                            read("cpu.cfs_quota_us").unwrap(),
+                            read("cpu.cfs_period_us").unwrap()
+                        ));
+                    }
+                    "memory" => {
+                        seen.push(format!("memory={}", read("memory.limit_in_bytes").unwrap()))
+                    }
+                    "cpuset" => seen.push(format!("cpus={}", read("cpuset.cpus").unwrap())),
+                    _ => {}
+                }
+            }
+        }
+        for (mnt, _, _) in &hs {
+            let _ = std::fs::remove_dir(mnt.join(&rel));
+        }
+        applied.unwrap();
+        seen.sort();
+        seen.dedup();
+        let mem = format!("memory={}", 192 * MIB);
+        let want_v2 = ["cpu.max=20000 50000", "cpu.weight=59", "cpus=0", &mem];
+        let want_v1 = ["cfs=20000 50000", "cpu.shares=512", "cpus=0", &mem];
+        let mut want: Vec<&str> = if hs.iter().any(|h| !h.1) {
+            want_v1.to_vec()
+        } else {
+            want_v2.to_vec()
+        };
+        want.sort();
+        assert_eq!(seen, want);
+        for (mnt, _, _) in &hs {
+            assert!(!mnt.join(&rel).exists());
+        }
+    }
+
+    /// Needs root and a writable cgroup file system (v1, hybrid or v2):
     /// `cargo test -p husk --lib cgroups -- --ignored`. Moves the test
     /// process into a new cgroup and back.
     #[test]
@@ -482,7 +1341,7 @@ mod tests {
             "linux": {"cgroupsPath": rel}
         }))
         .unwrap();
-        enter(&dir, &spec, "x", 64, 2).unwrap();
+        enter(&dir, &spec, "x", 64, 2, true).unwrap();
         let now = std::fs::read_to_string("/proc/self/cgroup").unwrap();
         let lim = limits(64, 2);
         for (mnt, v2, ctrls) in hierarchies().unwrap() {

@@ -148,7 +148,7 @@ enum Event {
 }
 
 fn setup(store: &Store, dir: &Path, req: &CreateRequest) -> Result<Running, String> {
-    crate::cgroups::enter(dir, &req.spec, &req.id, req.memory_mib, req.vcpus)
+    crate::cgroups::enter(dir, &req.spec, &req.id, req.memory_mib, req.vcpus, true)
         .map_err(|e| e.to_string())?;
     let mut spec = VmSpec::new(req.vmm.clone(), req.kernel.clone(), req.initrd.clone());
     spec.jail = !req.no_jail;

@@ -226,8 +226,15 @@ impl Inner {
             )
             .map_err(|e| Error::internal(&format!("cannot share {}", share_dir.display()), e))?;
             // The whole sandbox (this shim and the VMM, which inherits it) in
-            // the cgroup the sandbox's spec names, limited to the VM's size.
-            husk::cgroups::enter(&dir, spec, sandbox_id, size.memory_mib, size.vcpus)
+            // the cgroup the sandbox's spec names, limited to the VM's size;
+            // a sandbox of one (`ctr run`) also to its spec's resources. A CRI
+            // pod's VM holds every container of the pod: its limits are the
+            // kubelet's on the pod cgroup, not the pause container's.
+            let pod = spec
+                .annotations()
+                .as_ref()
+                .is_some_and(|a| a.contains_key(sandbox::ANN_CONTAINER_TYPE));
+            husk::cgroups::enter(&dir, spec, sandbox_id, size.memory_mib, size.vcpus, !pod)
                 .map_err(|e| Error::Internal(e.to_string()))?;
             sandbox::raise_pids_limit();
             let mut vs = VmSpec::new(cfg.vmm, cfg.kernel, cfg.initrd);
@@ -1060,10 +1067,23 @@ impl Inner {
             .ok_or_else(|| Error::InvalidArgument("update without resources".into()))?;
         let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&any.value)
             .map_err(|e| Error::InvalidArgument(format!("invalid resources: {e}")))?;
-        self.sandbox()?.expect_ok(&Request::UpdateContainer {
+        // As `husk update`: the host cgroup (a sandbox of one's) is checked
+        // first and changed once the guest took the update.
+        let sb = self.sandbox()?;
+        let host = husk::cgroups::prepare_update(&sb.dir, &resources)
+            .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+        sb.expect_ok(&Request::UpdateContainer {
             id: req.id.clone(),
             resources: Box::new(resources),
-        })
+        })?;
+        if let Some(host) = host {
+            host.apply().map_err(|e| {
+                Error::Internal(format!(
+                    "the guest was updated, the host cgroup was not: {e}"
+                ))
+            })?;
+        }
+        Ok(())
     }
 
     fn resize_pty(&self, req: ResizePtyRequest) -> Result<()> {

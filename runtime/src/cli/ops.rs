@@ -1,4 +1,5 @@
-//! Operations on a running container's guest: ps, pause, resume, events, update.
+//! Operations on a running container's guest: ps, pause, resume, events,
+//! update (which changes the host cgroup too).
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -221,10 +222,17 @@ pub fn update(store: &Store, a: &UpdateArgs) -> anyhow::Result<()> {
         }
         None => resources_from_flags(a)?,
     };
+    // The host cgroup holds the whole VM: checked first, changed after the
+    // guest took the update, so a refusal on either side changes nothing.
+    let host = husk::cgroups::prepare_update(&store.dir(&a.id)?, &resources)?;
     monitor::agent(store, &a.id)?.expect_ok(&Request::UpdateContainer {
         id: a.id.clone(),
         resources: Box::new(resources),
     })?;
+    if let Some(host) = host {
+        host.apply()
+            .context("the guest was updated, the host cgroup was not")?;
+    }
     Ok(())
 }
 

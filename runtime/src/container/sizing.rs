@@ -56,7 +56,7 @@ fn host_memory_mib() -> Option<u32> {
 /// as runc reads -1, or an unlimited sentinel); a limit the host cannot
 /// give is capped at the host's RAM (runc would set it and the container
 /// would simply never reach it).
-fn memory_for_limit(limit: i64, host_mib: Option<u32>) -> Option<u32> {
+pub(crate) fn memory_for_limit(limit: i64, host_mib: Option<u32>) -> Option<u32> {
     if limit <= 0 || limit >= UNLIMITED_BYTES {
         return None;
     }
