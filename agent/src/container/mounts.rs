@@ -13,13 +13,47 @@ use oci_spec::runtime::{LinuxDeviceType, LinuxNamespaceType, Mount};
 use super::init::InitConfig;
 use super::spec;
 
-/// A mount's `options` split into flags, propagation changes and fs data.
+/// A mount's `options` split into flags, propagation changes, recursive
+/// attributes and fs data.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct MountOpts {
     pub flags: c_ulong,
     pub propagation: Vec<c_ulong>,
+    /// `MOUNT_ATTR_*` set and cleared on the mount and every submount
+    /// (`rro`, `rnosuid`, ...: mount_setattr with AT_RECURSIVE).
+    pub rec_set: u64,
+    pub rec_clr: u64,
+    /// Paths below a bind's source that are mounts of their own on the host
+    /// (`x-husk-submount=`, added by the runtime's share): made guest mounts
+    /// of their own too, so the bind's flags stay off them as in runc.
+    pub submounts: Vec<PathBuf>,
     pub data: Vec<String>,
 }
+
+/// The option naming a host submount of a bind's source (see `MountOpts`).
+pub const SUBMOUNT_OPTION: &str = "x-husk-submount=";
+
+/// runc's recursive attributes: (name, clear, MOUNT_ATTR_* flag).
+const RECURSIVE_ATTRS: [(&str, bool, u64); 18] = [
+    ("rro", false, libc::MOUNT_ATTR_RDONLY),
+    ("rrw", true, libc::MOUNT_ATTR_RDONLY),
+    ("rnosuid", false, libc::MOUNT_ATTR_NOSUID),
+    ("rsuid", true, libc::MOUNT_ATTR_NOSUID),
+    ("rnodev", false, libc::MOUNT_ATTR_NODEV),
+    ("rdev", true, libc::MOUNT_ATTR_NODEV),
+    ("rnoexec", false, libc::MOUNT_ATTR_NOEXEC),
+    ("rexec", true, libc::MOUNT_ATTR_NOEXEC),
+    ("rnodiratime", false, libc::MOUNT_ATTR_NODIRATIME),
+    ("rdiratime", true, libc::MOUNT_ATTR_NODIRATIME),
+    ("rrelatime", false, libc::MOUNT_ATTR_RELATIME),
+    ("rnorelatime", true, libc::MOUNT_ATTR_RELATIME),
+    ("rnoatime", false, libc::MOUNT_ATTR_NOATIME),
+    ("ratime", true, libc::MOUNT_ATTR_NOATIME),
+    ("rstrictatime", false, libc::MOUNT_ATTR_STRICTATIME),
+    ("rnostrictatime", true, libc::MOUNT_ATTR_STRICTATIME),
+    ("rnosymfollow", false, libc::MOUNT_ATTR_NOSYMFOLLOW),
+    ("rsymfollow", true, libc::MOUNT_ATTR_NOSYMFOLLOW),
+];
 
 /// Flag for a propagation option ("rslave" → MS_SLAVE|MS_REC).
 pub fn propagation_flag(o: &str) -> Option<c_ulong> {
@@ -81,6 +115,21 @@ pub fn parse_options(options: &[String]) -> MountOpts {
             other => {
                 if let Some(p) = propagation_flag(other) {
                     m.propagation.push(p);
+                } else if let Some(&(_, clear, flag)) =
+                    RECURSIVE_ATTRS.iter().find(|(n, _, _)| *n == other)
+                {
+                    // As runc: an access-time mode is set by clearing the
+                    // whole MOUNT_ATTR__ATIME field along with it.
+                    if clear {
+                        m.rec_clr |= flag;
+                    } else {
+                        m.rec_set |= flag;
+                        if flag & libc::MOUNT_ATTR__ATIME == flag {
+                            m.rec_clr |= libc::MOUNT_ATTR__ATIME;
+                        }
+                    }
+                } else if let Some(p) = other.strip_prefix(SUBMOUNT_OPTION) {
+                    m.submounts.push(PathBuf::from(p));
                 } else {
                     m.data.push(other.to_string());
                 }
@@ -258,12 +307,88 @@ fn touch(p: &Path) -> Result<(), String> {
 
 const BIND_ONLY_FLAGS: c_ulong = libc::MS_BIND | libc::MS_REC | libc::MS_REMOUNT;
 
+/// mount_setattr(2) with AT_RECURSIVE: `set`/`clr` on the mount at `p` and
+/// every mount below it.
+pub fn set_recursive_attrs(p: &Path, set: u64, clr: u64) -> Result<(), String> {
+    if set == 0 && clr == 0 {
+        return Ok(());
+    }
+    let c = cstr(p)?;
+    let mut attr = libc::mount_attr {
+        attr_set: set,
+        attr_clr: clr,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: a valid path and a mount_attr of the size we pass; the kernel
+    // only reads it.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &mut attr as *mut libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if r < 0 {
+        return Err(format!(
+            "set recursive mount attributes on {}: {}",
+            p.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// Binds each of a bind's host submounts onto itself in the guest, so that
+/// they are guest mounts of their own before the bind's top is remounted:
+/// over virtio-fs the whole source is one guest mount, and `ro` on it
+/// would reach the submounts, which runc leaves as they are (the host keeps
+/// their flags). Shallowest first; paths that are not there are skipped.
+fn bind_submounts(dest: &Path, submounts: &[PathBuf]) -> Result<(), String> {
+    let mut rel: Vec<&PathBuf> = submounts.iter().collect();
+    rel.sort_by_key(|p| p.components().count());
+    for r in rel {
+        let inner = r.strip_prefix("/").unwrap_or(r);
+        if inner.as_os_str().is_empty() {
+            continue;
+        }
+        let p = secure_join(dest, inner)?;
+        if fs::symlink_metadata(&p).is_err() {
+            continue;
+        }
+        mount(Some(&p), &p, None, libc::MS_BIND, None)?;
+    }
+    Ok(())
+}
+
+/// runc refuses to mount proc or sysfs anywhere but on a real directory
+/// (or where nothing is yet): a symlink there could send it elsewhere.
+fn check_proc_sys_destination(rootfs: &Path, m: &Mount, typ: &str) -> Result<(), String> {
+    let dest = m.destination();
+    let Some(name) = dest.file_name() else {
+        return Ok(());
+    };
+    let parent = secure_join(rootfs, dest.parent().unwrap_or(Path::new("/")))?;
+    match fs::symlink_metadata(parent.join(name)) {
+        Ok(md) if !md.is_dir() => Err(format!(
+            "filesystem {typ:?} must be mounted on ordinary directory"
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn mount_one(cfg: &InitConfig, rootfs: &Path, m: &Mount, i: usize) -> Result<bool, String> {
     let field = format!("mounts[{i}] ({})", m.destination().display());
     let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
     let typ = m.typ().clone().unwrap_or_default();
-    let dest = secure_join(rootfs, m.destination()).map_err(|e| format!("{field}: {e}"))?;
     let bind = typ == "bind" || opts.flags & libc::MS_BIND != 0;
+    if !bind && matches!(typ.as_str(), "proc" | "sysfs") {
+        check_proc_sys_destination(rootfs, m, &typ).map_err(|e| format!("{field}: {e}"))?;
+    }
+    let dest = secure_join(rootfs, m.destination()).map_err(|e| format!("{field}: {e}"))?;
     let spec = &cfg.spec;
     if bind {
         let src = m.source().clone().unwrap_or_default();
@@ -275,8 +400,14 @@ fn mount_one(cfg: &InitConfig, rootfs: &Path, m: &Mount, i: usize) -> Result<boo
             touch(&dest)
         }
         .map_err(|e| format!("{field}: {e}"))?;
-        let flags = libc::MS_BIND | (opts.flags & libc::MS_REC);
+        let rec = opts.flags & libc::MS_REC;
+        let flags = libc::MS_BIND | rec;
         mount(Some(&src), &dest, None, flags, None).map_err(|e| format!("{field}: {e}"))?;
+        if rec != 0 {
+            bind_submounts(&dest, &opts.submounts).map_err(|e| format!("{field}: {e}"))?;
+        }
+        // As runc: the remount changes the top mount only (MS_REC does not
+        // apply to a remount); `rro` and friends below are the recursive form.
         let extra = opts.flags & !BIND_ONLY_FLAGS;
         if extra != 0 {
             remount_bind(&dest, extra).map_err(|e| format!("{field}: {e}"))?;
@@ -313,6 +444,8 @@ fn mount_one(cfg: &InitConfig, rootfs: &Path, m: &Mount, i: usize) -> Result<boo
                     if extra != 0 {
                         remount_bind(&dest, extra).map_err(|e| format!("{field}: {e}"))?;
                     }
+                    set_recursive_attrs(&dest, opts.rec_set, opts.rec_clr)
+                        .map_err(|e| format!("{field}: {e}"))?;
                     for p in &opts.propagation {
                         mount(None, &dest, None, *p, None).map_err(|e| format!("{field}: {e}"))?;
                     }
@@ -326,6 +459,7 @@ fn mount_one(cfg: &InitConfig, rootfs: &Path, m: &Mount, i: usize) -> Result<boo
         mount(Some(&source), &dest, Some(&fstype), flags, Some(&data))
             .map_err(|e| format!("{field}: {e}"))?;
     }
+    set_recursive_attrs(&dest, opts.rec_set, opts.rec_clr).map_err(|e| format!("{field}: {e}"))?;
     for p in &opts.propagation {
         mount(None, &dest, None, *p, None).map_err(|e| format!("{field}: {e}"))?;
     }
@@ -568,9 +702,15 @@ pub fn readonly_root() -> Result<(), String> {
     remount_bind(Path::new("/"), libc::MS_RDONLY).map_err(|e| format!("root.readonly: {e}"))
 }
 
+/// A readonly/masked path after pivot_root: a relative one is taken from
+/// the container's root, as runc does.
+fn in_root(p: &str) -> PathBuf {
+    Path::new("/").join(p)
+}
+
 /// linux.readonlyPaths: bind each onto itself read-only; missing paths are skipped.
 pub fn readonly_path(p: &str) -> Result<(), String> {
-    let path = Path::new(p);
+    let path = &in_root(p);
     if !path.exists() {
         return Ok(());
     }
@@ -582,7 +722,7 @@ pub fn readonly_path(p: &str) -> Result<(), String> {
 /// linux.maskedPaths: /dev/null over files, an empty read-only tmpfs over
 /// directories; missing paths are skipped.
 pub fn mask_path(p: &str) -> Result<(), String> {
-    let path = Path::new(p);
+    let path = &in_root(p);
     let md = match fs::metadata(path) {
         Ok(md) => md,
         Err(_) => return Ok(()),
@@ -634,6 +774,66 @@ mod tests {
         let m = parse_options(&o(&["bind", "private"]));
         assert_eq!(m.flags, libc::MS_BIND);
         assert_eq!(m.propagation, vec![libc::MS_PRIVATE]);
+    }
+
+    #[test]
+    fn recursive_attributes() {
+        let m = parse_options(&o(&["rbind", "ro", "rnosuid", "rnoexec", "rnodev"]));
+        assert_eq!(m.flags, libc::MS_BIND | libc::MS_REC | libc::MS_RDONLY);
+        assert_eq!(
+            m.rec_set,
+            libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NOEXEC | libc::MOUNT_ATTR_NODEV
+        );
+        assert_eq!(m.rec_clr, 0);
+        assert!(m.data.is_empty());
+        let m = parse_options(&o(&["rro", "rrw", "rsuid", "rsymfollow"]));
+        assert_eq!(m.rec_set, libc::MOUNT_ATTR_RDONLY);
+        assert_eq!(
+            m.rec_clr,
+            libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NOSYMFOLLOW
+        );
+        // An access-time mode clears the whole field (mount_setattr(2)).
+        let m = parse_options(&o(&["rnoatime"]));
+        assert_eq!(m.rec_set, libc::MOUNT_ATTR_NOATIME);
+        assert_eq!(m.rec_clr, libc::MOUNT_ATTR__ATIME);
+        let m = parse_options(&o(&["rrelatime"]));
+        assert_eq!((m.rec_set, m.rec_clr), (0, libc::MOUNT_ATTR__ATIME));
+        let m = parse_options(&o(&["rstrictatime", "rnodiratime"]));
+        assert_eq!(
+            m.rec_set,
+            libc::MOUNT_ATTR_STRICTATIME | libc::MOUNT_ATTR_NODIRATIME
+        );
+        assert_eq!(m.rec_clr, libc::MOUNT_ATTR__ATIME);
+        for a in RECURSIVE_ATTRS.map(|(n, _, _)| n) {
+            let m = parse_options(&o(&[a]));
+            assert!(m.data.is_empty(), "{a} became fs data");
+        }
+        let m = parse_options(&o(&["rbind", "x-husk-submount=a/b", "x-husk-submount=c"]));
+        assert_eq!(m.submounts, vec![PathBuf::from("a/b"), PathBuf::from("c")]);
+        assert!(m.data.is_empty());
+    }
+
+    #[test]
+    fn proc_and_sys_only_on_directories() {
+        let dir = std::env::temp_dir().join(format!("husk-procdst-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("sys")).unwrap();
+        symlink("/symlink", dir.join("proc")).unwrap();
+        fs::write(dir.join("file"), "").unwrap();
+        let m = |d: &str| -> Mount {
+            serde_json::from_value(serde_json::json!({"destination": d, "type": "proc"})).unwrap()
+        };
+        assert_eq!(
+            check_proc_sys_destination(&dir, &m("/proc"), "proc").unwrap_err(),
+            "filesystem \"proc\" must be mounted on ordinary directory"
+        );
+        assert_eq!(
+            check_proc_sys_destination(&dir, &m("/file"), "sysfs").unwrap_err(),
+            "filesystem \"sysfs\" must be mounted on ordinary directory"
+        );
+        check_proc_sys_destination(&dir, &m("/sys"), "sysfs").unwrap();
+        check_proc_sys_destination(&dir, &m("/new"), "proc").unwrap();
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -238,31 +238,6 @@ pub fn validate(spec: &Spec) -> Result<(), String> {
                     "mounts[{i}].options: {o:?} (id-mapped mounts) is not supported"
                 ));
             }
-            if matches!(
-                o.as_str(),
-                "rro"
-                    | "rrw"
-                    | "rnosuid"
-                    | "rsuid"
-                    | "rnodev"
-                    | "rdev"
-                    | "rnoexec"
-                    | "rexec"
-                    | "rnoatime"
-                    | "ratime"
-                    | "rrelatime"
-                    | "rnorelatime"
-                    | "rnodiratime"
-                    | "rdiratime"
-                    | "rstrictatime"
-                    | "rnostrictatime"
-                    | "rnosymfollow"
-                    | "rsymfollow"
-            ) {
-                return Err(format!(
-                    "mounts[{i}].options: recursive attribute {o:?} is not supported"
-                ));
-            }
         }
     }
 
@@ -284,12 +259,8 @@ pub fn validate(spec: &Spec) -> Result<(), String> {
                 return Err(format!("linux.rootfsPropagation: invalid value {p:?}"));
             }
         }
-        for (i, p) in linux.masked_paths().iter().flatten().enumerate() {
-            absolute(Path::new(p), &format!("linux.maskedPaths[{i}]"))?;
-        }
-        for (i, p) in linux.readonly_paths().iter().flatten().enumerate() {
-            absolute(Path::new(p), &format!("linux.readonlyPaths[{i}]"))?;
-        }
+        // Relative maskedPaths/readonlyPaths are taken from the container's
+        // root, as runc does (mounts::in_root).
         for (i, d) in linux.devices().iter().flatten().enumerate() {
             absolute(d.path(), &format!("linux.devices[{i}].path"))?;
             if !d.path().starts_with("/dev/") {
@@ -410,15 +381,6 @@ mod tests {
             "mounts[0].source must be an absolute path (got \"data\")"
         );
         let e = with(|v| {
-            v["mounts"] =
-                json!([{ "destination": "/data", "source": "/x", "options": ["rbind", "rro"] }])
-        })
-        .unwrap_err();
-        assert!(
-            e.contains("mounts[0].options: recursive attribute \"rro\""),
-            "{e}"
-        );
-        let e = with(|v| {
             v["process"]["rlimits"] = json!([{ "type": "RLIMIT_NOFILE", "soft": 10, "hard": 5 }])
         })
         .unwrap_err();
@@ -449,8 +411,16 @@ mod tests {
             v["process"]["apparmorProfile"] = json!("docker-default");
             v["mounts"] = json!([
                 { "destination": "/proc", "type": "proc", "source": "proc" },
-                { "destination": "/data", "source": "/run/husk/share/c1/mounts/0", "options": ["rbind", "ro"] }
+                { "destination": "/data", "source": "/run/husk/share/c1/mounts/0", "options": ["rbind", "ro"] },
+                { "destination": "/rec", "source": "/run/husk/share/c1/mounts/1",
+                  "options": ["rbind", "rro", "rrw", "rnosuid", "rsuid", "rnodev", "rdev", "rnoexec",
+                              "rexec", "rnoatime", "ratime", "rdiratime", "rnodiratime", "rrelatime",
+                              "rnorelatime", "rstrictatime", "rnostrictatime", "rnosymfollow",
+                              "rsymfollow"] },
+                { "destination": "/t", "type": "tmpfs", "source": "tmpfs", "options": ["rnoexec"] }
             ]);
+            v["linux"]["maskedPaths"] = json!(["proc/kcore", "/proc/keys"]);
+            v["linux"]["readonlyPaths"] = json!(["proc/sys"]);
         })
         .unwrap();
     }

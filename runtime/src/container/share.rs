@@ -30,7 +30,7 @@ use oci_spec::runtime::Spec;
 
 use husk_protocol::SHARE_MOUNT;
 
-use super::mountfd::{self, ATTR_NODEV, ATTR_NOSUID, ATTR_RDONLY};
+use super::mountfd::{self, ATTR_NODEV, ATTR_NOEXEC, ATTR_NOSUID, ATTR_RDONLY};
 use super::mountpoints;
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +73,9 @@ pub struct ReadOnly {
     pub top: bool,
     /// Every submount too.
     pub recursive: bool,
+    /// `rnoexec` (last of `rnoexec`/`rexec`): noexec all the way down, on
+    /// the host too (issue 15). nosuid/nodev are always on here.
+    pub noexec: bool,
 }
 
 impl ReadOnly {
@@ -84,6 +87,8 @@ impl ReadOnly {
                 "rw" => r.top = false,
                 "rro" => r.recursive = true,
                 "rrw" => r.recursive = false,
+                "rnoexec" => r.noexec = true,
+                "rexec" => r.noexec = false,
                 _ => {}
             }
         }
@@ -110,6 +115,9 @@ fn bind_at(
     let mut all = ATTR_NOSUID | ATTR_NODEV;
     if ro.recursive {
         all |= ATTR_RDONLY;
+    }
+    if ro.noexec {
+        all |= ATTR_NOEXEC;
     }
     mountfd::set_attrs(tree.as_fd(), true, all, 0).map_err(e)?;
     if ro.top {
@@ -202,7 +210,7 @@ pub fn stage(
     let root_dst = mkdir_in(base.as_fd(), "rootfs", &root_path)?;
     let ro = ReadOnly {
         top: readonly,
-        recursive: false,
+        ..ReadOnly::default()
     };
     bind_at(rootfs, true, ro, root_dst.as_fd(), &root_path)?;
     if let Some(root) = spec.root_mut() {
@@ -240,6 +248,19 @@ pub fn stage(
         let recursive = options.iter().any(|o| o == "rbind");
         let ro = ReadOnly::from_options(&options);
         bind_at(&src, recursive, ro, dst.as_fd(), &dst_path)?;
+        if recursive {
+            // Issue 15: the guest sees the whole rbind as one virtio-fs
+            // mount, so its `ro` (and other top-only flags) would reach the
+            // host submounts too. Name them for the agent, which makes each
+            // a guest mount of its own first (agent mounts::bind_submounts).
+            let mut options = options;
+            options.extend(
+                submounts_of(&dst_path)
+                    .into_iter()
+                    .map(|r| format!("x-husk-submount={}", r.display())),
+            );
+            m.set_options(Some(options));
+        }
         m.set_source(Some(guest_base.join("mounts").join(name)));
     }
     Ok(())
@@ -271,6 +292,18 @@ fn detach_quietly(m: &Path) -> Result<(), ShareError> {
         Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => Ok(()),
         Err(e) => Err(ShareError::Unmount(m.into(), e)),
     }
+}
+
+/// The mounts strictly below the staged bind at `dst`, relative to it.
+fn submounts_of(dst: &Path) -> Vec<PathBuf> {
+    let dst = std::fs::canonicalize(dst).unwrap_or_else(|_| dst.to_path_buf());
+    let mut v: Vec<PathBuf> = mounts_below(&dst)
+        .into_iter()
+        .filter_map(|p| p.strip_prefix(&dst).ok().map(Path::to_path_buf))
+        .filter(|r| !r.as_os_str().is_empty())
+        .collect();
+    v.sort();
+    v
 }
 
 /// Every mount point at or below `dir`, deepest first, from /proc/self/mountinfo.
@@ -489,6 +522,7 @@ mod tests {
                     {"destination": "/rw", "type": "bind", "source": vol, "options": ["bind", "rw"]},
                     {"destination": "/etc/hosts", "type": "bind", "source": t.join("hosts"), "options": ["bind", "ro"]},
                     {"destination": "/proc/sub", "type": "bind", "source": vol, "options": ["bind"]},
+                    {"destination": "/xtree", "type": "bind", "source": tree, "options": ["rbind", "rnoexec"]},
                 ]),
                 true,
             );
@@ -517,6 +551,33 @@ mod tests {
                     "mounts/{i} not nosuid,nodev: {f:?}"
                 );
             }
+            for i in ["7", "7/sub"] {
+                check!(
+                    flags(&m.join(i)).contains(FsFlags::ST_NOEXEC),
+                    "`rnoexec` mounts/{i} not noexec on the host"
+                );
+            }
+            check!(
+                !flags(&m.join("2")).contains(FsFlags::ST_NOEXEC),
+                "noexec without `rnoexec`"
+            );
+            // The host submounts of an rbind are named for the agent.
+            let opts = |i: usize| spec.mounts().as_ref().unwrap()[i].options().clone();
+            check!(
+                opts(2)
+                    == Some(vec![
+                        "rbind".into(),
+                        "ro".into(),
+                        "x-husk-submount=sub".into()
+                    ]),
+                "rbind submounts not named: {:?}",
+                opts(2)
+            );
+            check!(
+                opts(1) == Some(vec!["rbind".into(), "ro".into()]),
+                "submounts named where there are none: {:?}",
+                opts(1)
+            );
             let root = share.join("c1/rootfs");
             check!(erofs(&root), "root.readonly rootfs writable on the host");
             // Made on the host before the read-only bind; /proc/sub lands
@@ -723,30 +784,34 @@ mod tests {
             o(&["rbind", "ro"]),
             ReadOnly {
                 top: true,
-                recursive: false
+                ..Default::default()
             }
         );
-        assert_eq!(
-            o(&["ro", "rw"]),
-            ReadOnly {
-                top: false,
-                recursive: false
-            }
-        );
+        assert_eq!(o(&["ro", "rw"]), ReadOnly::default());
         assert_eq!(
             o(&["rro"]),
             ReadOnly {
-                top: false,
-                recursive: true
+                recursive: true,
+                ..Default::default()
             }
         );
         assert_eq!(
             o(&["rro", "rrw", "ro"]),
             ReadOnly {
                 top: true,
-                recursive: false
+                ..Default::default()
             }
         );
+    }
+
+    #[test]
+    fn noexec_options() {
+        let o = |v: &[&str]| {
+            ReadOnly::from_options(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>()).noexec
+        };
+        assert!(o(&["rbind", "rnoexec"]));
+        assert!(!o(&["rnoexec", "rexec"]));
+        assert!(!o(&["noexec"]));
     }
 
     #[test]
