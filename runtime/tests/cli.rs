@@ -414,3 +414,74 @@ fn state_errors_match_runc() {
         let _ = m.wait();
     }
 }
+
+/// Issue 15: whatever hangs behind the monitor (here a "VMM" that never
+/// boots), `create` gives up with an error at its deadline, and leaves no
+/// process or state behind.
+#[test]
+fn create_has_a_deadline() {
+    let root = TempRoot::new("deadline");
+    let d = &root.0;
+    let bundle = d.join("bundle");
+    std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
+    std::fs::write(
+        bundle.join("config.json"),
+        r#"{"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+            "process": {"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "linux": {"namespaces": [{"type": "mount"}]}}"#,
+    )
+    .unwrap();
+    for f in ["kernel", "initrd"] {
+        std::fs::write(d.join(f), "").unwrap();
+    }
+    let vmm = d.join("vmm");
+    let pid_file = d.join("vmm.pid");
+    std::fs::write(
+        &vmm,
+        format!(
+            "#!/bin/sh\necho $$ > {}\nexec sleep 1000\n",
+            pid_file.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&vmm, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = d.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "kernel = {:?}\ninitrd = {:?}\nvmm = {:?}\n",
+            d.join("kernel"),
+            d.join("initrd"),
+            vmm
+        ),
+    )
+    .unwrap();
+    let state = d.join("state");
+    let mut cmd = husk(
+        &state,
+        &["create", "--bundle", bundle.to_str().unwrap(), "dl1"],
+    );
+    cmd.env("HUSK_CONFIG", &config)
+        .env("HUSK_CREATE_TIMEOUT", "3")
+        .stdin(Stdio::null());
+    let (out, took) = run_within(cmd, Duration::from_secs(60));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err,
+        "husk: the container was not created within 3s (its monitor or guest did not answer)\n"
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert!(!state.join("dl1").exists(), "state left behind");
+    // The "VMM" went with its monitor (PR_SET_PDEATHSIG).
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("the fake VMM never ran")
+        .trim()
+        .parse()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process_start_time(pid).is_some() {
+        assert!(Instant::now() < deadline, "the VMM survived create");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

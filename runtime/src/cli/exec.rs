@@ -140,7 +140,7 @@ fn spawn_monitor(root: &Path, dir: &Path, req: &ExecRequest) -> anyhow::Result<u
             return Err(e);
         }
     };
-    if let Err(e) = monitor::read_sync(rd) {
+    if let Err(e) = super::sync::read_within(rd, super::sync::create_timeout()) {
         let _ = child.kill();
         let _ = child.wait();
         let _ = std::fs::remove_file(&path);

@@ -197,7 +197,7 @@ fn create_in(
         .spawn()
         .context("cannot start the container monitor")?;
     drop(wr);
-    if let Err(e) = monitor::read_sync(rd) {
+    if let Err(e) = super::sync::read_within(rd, super::sync::create_timeout()) {
         let mut child = child;
         let _ = child.kill();
         let _ = child.wait();

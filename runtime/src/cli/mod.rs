@@ -5,6 +5,7 @@ mod exec;
 mod lifecycle;
 mod misc;
 mod ops;
+mod sync;
 
 use std::io::Write;
 use std::path::PathBuf;
