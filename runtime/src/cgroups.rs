@@ -235,6 +235,29 @@ impl HostSettings {
     }
 }
 
+/// What of `res` the guest gets: all but `cpu.cpus` and `cpu.mems`. They
+/// name the host's CPUs and memory nodes: they pin the VM on the host
+/// ([`HostSettings`]) and mean nothing in the guest, whose CPUs are its
+/// vCPUs (a guest with fewer vCPUs than the highest CPU named would refuse
+/// them with EINVAL, and the container would not start).
+pub fn for_guest(res: &mut LinuxResources) {
+    if let Some(c) = res.cpu_mut() {
+        c.set_cpus(None);
+        c.set_mems(None);
+    }
+}
+
+/// [`for_guest`] on the spec's `linux.resources`.
+pub fn spec_for_guest(spec: &mut Spec) {
+    if let Some(r) = spec
+        .linux_mut()
+        .as_mut()
+        .and_then(|l| l.resources_mut().as_mut())
+    {
+        for_guest(r);
+    }
+}
+
 /// v2 `cpu.max` ("QUOTA PERIOD", QUOTA a number or "max") from the current
 /// one and what changes; a new cgroup's is "max 100000".
 pub fn cpu_max(current: &str, quota: Option<Option<u64>>, period: Option<u64>) -> String {
@@ -1008,6 +1031,36 @@ mod tests {
                 ..Default::default()
             }
         );
+    }
+
+    #[test]
+    fn cpuset_stays_on_the_host() {
+        let mut spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": {"resources": {"cpu": {"cpus": "2-3", "mems": "1", "quota": 5000}}}
+        }))
+        .unwrap();
+        spec_for_guest(&mut spec);
+        let cpu = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .resources()
+            .as_ref()
+            .unwrap()
+            .cpu()
+            .clone()
+            .unwrap();
+        assert_eq!((cpu.cpus().as_deref(), cpu.mems().as_deref()), (None, None));
+        assert_eq!(cpu.quota(), Some(5000));
+        let mut none: Spec =
+            serde_json::from_value(serde_json::json!({"ociVersion": "1.0.2"})).unwrap();
+        spec_for_guest(&mut none);
+        assert!(none
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .is_none());
     }
 
     #[test]

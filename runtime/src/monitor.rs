@@ -171,10 +171,12 @@ fn setup(store: &Store, dir: &Path, req: &CreateRequest) -> Result<Running, Stri
     let connect = || AgentClient::connect(&uds, AGENT_TIMEOUT).map_err(|e| e.to_string());
 
     let terminal = req.console_socket.is_some();
+    let mut guest_spec = req.spec.clone();
+    crate::cgroups::spec_for_guest(&mut guest_spec);
     connect()?
         .expect_ok(&Request::CreateContainer(Box::new(CreateContainer {
             id: req.id.clone(),
-            spec: req.spec.clone(),
+            spec: guest_spec,
             terminal,
         })))
         .map_err(|e| e.to_string())?;

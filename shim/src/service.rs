@@ -519,6 +519,7 @@ impl Inner {
         let io = (|| {
             let mut guest_spec = b.spec.clone();
             self.guest_namespaces(&sb, id, &mut guest_spec)?;
+            husk::cgroups::spec_for_guest(&mut guest_spec);
             share::stage(&sb.share, id, &b.dir, &b.rootfs, &mut guest_spec)?;
             sb.expect_ok(&Request::CreateContainer(Box::new(CreateContainer {
                 id: id.clone(),
@@ -1072,6 +1073,8 @@ impl Inner {
         let sb = self.sandbox()?;
         let host = husk::cgroups::prepare_update(&sb.dir, &resources)
             .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+        let mut resources = resources;
+        husk::cgroups::for_guest(&mut resources);
         sb.expect_ok(&Request::UpdateContainer {
             id: req.id.clone(),
             resources: Box::new(resources),

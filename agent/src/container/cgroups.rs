@@ -62,11 +62,21 @@ fn read_words(p: &Path) -> Vec<String> {
         .collect()
 }
 
-/// cgroup v1 `cpu.shares` → v2 `cpu.weight` (the OCI/runc linear mapping:
-/// [2, 262144] → [1, 10000]).
+/// cgroup v1 `cpu.shares` → v2 `cpu.weight` as runc (≥ 1.3.2) and crun
+/// (≥ 1.23) convert it: a quadratic in log2(shares) through (2, 1),
+/// (1024, 100) and (262144, 10000), so the v1 default gets the v2 default
+/// (their old linear map gave 1024 → 39). The host cgroup gets the same
+/// (`husk::cgroups::cpu_shares_to_weight`).
 pub fn cpu_shares_to_weight(shares: u64) -> u64 {
-    let shares = shares.clamp(2, 262_144);
-    1 + ((shares - 2) * 9999) / 262_142
+    match shares {
+        0..=2 => 1,
+        262_144.. => 10_000,
+        _ => {
+            let l = (shares as f64).log2();
+            let exponent = (l * l + 125.0 * l) / 612.0 - 7.0 / 34.0;
+            (10f64.powf(exponent).ceil() as u64).clamp(1, 10_000)
+        }
+    }
 }
 
 /// OCI `memory.swap` (memory + swap) → v2 `memory.swap.max` (swap only), as
@@ -346,7 +356,9 @@ mod tests {
     #[test]
     fn shares_to_weight() {
         assert_eq!(cpu_shares_to_weight(2), 1);
-        assert_eq!(cpu_shares_to_weight(1024), 39);
+        assert_eq!(cpu_shares_to_weight(512), 59);
+        assert_eq!(cpu_shares_to_weight(1024), 100);
+        assert_eq!(cpu_shares_to_weight(2000), 170);
         assert_eq!(cpu_shares_to_weight(262_144), 10_000);
         assert_eq!(cpu_shares_to_weight(1), 1);
         assert_eq!(cpu_shares_to_weight(1_000_000), 10_000);
@@ -401,7 +413,7 @@ mod tests {
         assert_eq!(get("memory.max"), Some("67108864"));
         assert_eq!(get("memory.low"), Some("33554432"));
         assert_eq!(get("memory.swap.max"), Some("67108864"));
-        assert_eq!(get("cpu.weight"), Some("39"));
+        assert_eq!(get("cpu.weight"), Some("100"));
         assert_eq!(get("cpu.max"), Some("50000 100000"));
         assert_eq!(get("cpuset.cpus"), Some("0-1"));
         assert_eq!(get("cpuset.mems"), Some("0"));

@@ -225,6 +225,8 @@ pub fn update(store: &Store, a: &UpdateArgs) -> anyhow::Result<()> {
     // The host cgroup holds the whole VM: checked first, changed after the
     // guest took the update, so a refusal on either side changes nothing.
     let host = husk::cgroups::prepare_update(&store.dir(&a.id)?, &resources)?;
+    let mut resources = resources;
+    husk::cgroups::for_guest(&mut resources);
     monitor::agent(store, &a.id)?.expect_ok(&Request::UpdateContainer {
         id: a.id.clone(),
         resources: Box::new(resources),
