@@ -72,8 +72,55 @@ impl Bundle {
             Ok(_) => return Err(BundleError::RootfsNotDir(rootfs)),
             Err(_) => return Err(BundleError::NoRootfs(rootfs)),
         }
+        check_unsupported(&spec).map_err(|e| BundleError::Invalid(path.clone(), e))?;
+        check_proc_sys(&spec, &rootfs).map_err(|e| BundleError::Invalid(path.clone(), e))?;
         Ok(Bundle { dir, rootfs, spec })
     }
+}
+
+/// What no guest can do, refused before a VM is booted for it.
+fn check_unsupported(spec: &Spec) -> Result<(), String> {
+    use oci_spec::runtime::LinuxSeccompAction;
+    if let Some(s) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        // The notify fd would have to leave the guest for an agent on the
+        // host: husk has no such path (the agent refuses it too).
+        let notify = s.default_action() == LinuxSeccompAction::ScmpActNotify
+            || s.syscalls()
+                .iter()
+                .flatten()
+                .any(|r| r.action() == LinuxSeccompAction::ScmpActNotify);
+        if s.listener_path().is_some() || notify {
+            return Err(
+                "linux.seccomp: SCMP_ACT_NOTIFY and listenerPath are not supported \
+                        (no seccomp agent can reach a process inside the VM)"
+                    .into(),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// runc refuses a proc or sysfs mount whose destination exists in the
+/// rootfs as anything but a directory (a symlink there could send it
+/// elsewhere); the agent checks again in the guest.
+fn check_proc_sys(spec: &Spec, rootfs: &Path) -> Result<(), String> {
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
+        let typ = m.typ().as_deref().unwrap_or("");
+        if !matches!(typ, "proc" | "sysfs") {
+            continue;
+        }
+        // Lexically, as runc does: no symlink in it is followed.
+        let rel = m.destination().strip_prefix("/").unwrap_or(m.destination());
+        if let Ok(md) = std::fs::symlink_metadata(rootfs.join(rel)) {
+            if !md.is_dir() {
+                return Err(format!(
+                    "mounts[{i}] ({}): filesystem {typ:?} must be mounted on ordinary directory",
+                    m.destination().display()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -127,6 +174,49 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("invalid "));
+
+        // Issue 15: refused here, before any VM, with runc's wording.
+        let d = bundle(
+            "procsymlink",
+            &GOOD.replace(
+                "\"process\"",
+                r#""mounts":[{"destination":"/proc","type":"proc","source":"proc"}],"process""#,
+            ),
+            true,
+        );
+        std::os::unix::fs::symlink("/symlink", d.join("rootfs/proc")).unwrap();
+        let e = Bundle::load(&d).unwrap_err().to_string();
+        assert!(
+            e.ends_with(
+                "mounts[0] (/proc): filesystem \"proc\" must be mounted on ordinary directory"
+            ),
+            "{e}"
+        );
+        std::fs::remove_file(d.join("rootfs/proc")).unwrap();
+        std::fs::create_dir(d.join("rootfs/proc")).unwrap();
+        Bundle::load(&d).unwrap();
+
+        for seccomp in [
+            r#"{"defaultAction":"SCMP_ACT_NOTIFY"}"#,
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","listenerPath":"/run/agent.sock",
+                "syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_NOTIFY"}]}"#,
+            r#"{"defaultAction":"SCMP_ACT_ALLOW",
+                "syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_NOTIFY"}]}"#,
+        ] {
+            let d = bundle(
+                "notify",
+                &GOOD.replace(
+                    "\"process\"",
+                    &format!(r#""linux":{{"seccomp":{seccomp}}},"process""#),
+                ),
+                true,
+            );
+            let e = Bundle::load(&d).unwrap_err().to_string();
+            assert!(
+                e.ends_with("linux.seccomp: SCMP_ACT_NOTIFY and listenerPath are not supported (no seccomp agent can reach a process inside the VM)"),
+                "{e}"
+            );
+        }
 
         let e = Bundle::load(Path::new("/nonexistent-bundle"))
             .unwrap_err()
