@@ -1547,3 +1547,139 @@ fn full_root_update_and_stats() {
         .contains("does not exist"));
     a.delete(&c, true);
 }
+
+/// A tmpfs mounted for a test, lazily detached when dropped.
+struct TmpfsMount(PathBuf);
+
+impl TmpfsMount {
+    fn new(p: &Path) -> TmpfsMount {
+        std::fs::create_dir_all(p).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(p)
+            .status()
+            .expect("mount(8)");
+        assert!(st.success(), "mount tmpfs on {}", p.display());
+        TmpfsMount(p.to_path_buf())
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = nix_umount(&self.0);
+    }
+}
+
+fn nix_umount(p: &Path) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid path.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Issue 15, group 3: runc's recursive attributes, rbind + ro leaving
+/// submounts as they are (with the submount option the runtime adds),
+/// relative readonly/masked paths.
+#[test]
+#[ignore = "needs root: cargo test -p husk-agent --test containers -- --ignored --test-threads=1"]
+fn root_mount_options() {
+    require_root();
+    let a = Agent::start("mntopts");
+    let rootfs = busybox_rootfs(&a);
+    let data = agent_data(&a);
+    let _sub = TmpfsMount::new(&data.join("sub"));
+    std::fs::write(rootfs.join("home/app/secret"), "s").unwrap();
+    let script = "w() { touch $1/probe 2>/dev/null && echo $1=rw || echo $1=ro; }; \
+                  w /ro; w /ro/sub; w /rro; w /rro/sub; w /etc; w /tmp; \
+                  opts() { awk -v m=$1 '$5 == m { print m \"=\" $6 }' /proc/self/mountinfo | tail -1; }; \
+                  opts /x; opts /x/sub; opts /t; \
+                  ls /home/app | wc -l";
+    let mut s = spec(&rootfs, &["sh", "-c", script]);
+    let mounts = s["mounts"].as_array_mut().unwrap();
+    mounts.push(json!({
+        "destination": "/ro", "type": "bind", "source": data,
+        "options": ["rbind", "ro", "x-husk-submount=sub"]
+    }));
+    mounts.push(json!({
+        "destination": "/rro", "type": "bind", "source": data, "options": ["rbind", "rro"]
+    }));
+    mounts.push(json!({
+        "destination": "/x", "type": "bind", "source": data,
+        "options": ["rbind", "rnoexec", "rnosuid", "rnodev", "x-husk-submount=sub"]
+    }));
+    mounts.push(json!({
+        "destination": "/t", "type": "tmpfs", "source": "tmpfs",
+        "options": ["rnoatime", "rnosymfollow", "rro"]
+    }));
+    s["linux"]["readonlyPaths"] = json!(["etc"]);
+    s["linux"]["maskedPaths"] = json!(["home/app"]);
+    let (st, out, err) = a.run(&id("mntopts"), s);
+    assert_eq!(st, ExitStatus::Code(0), "stdout: {out}\nstderr: {err}");
+    for want in [
+        "/ro=ro\n",
+        "/ro/sub=rw\n",
+        "/rro=ro\n",
+        "/rro/sub=ro\n",
+        "/etc=ro\n",
+        "/tmp=rw\n",
+    ] {
+        assert!(
+            out.contains(want),
+            "missing {want:?} in:\n{out}\nstderr: {err}"
+        );
+    }
+    let opts = |m: &str| -> Vec<String> {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{m}=")))
+            .unwrap_or_else(|| panic!("no mount at {m} in:\n{out}\nstderr: {err}"));
+        line[m.len() + 1..].split(',').map(str::to_string).collect()
+    };
+    for m in ["/x", "/x/sub"] {
+        let o = opts(m);
+        for f in ["noexec", "nosuid", "nodev"] {
+            assert!(o.iter().any(|x| x == f), "{m} not {f}: {o:?}");
+        }
+    }
+    let o = opts("/t");
+    for f in ["ro", "noatime", "nosymfollow"] {
+        assert!(o.iter().any(|x| x == f), "/t not {f}: {o:?}");
+    }
+    // The masked directory is empty.
+    assert!(out.ends_with("0\n"), "{out}");
+}
+
+/// Issue 15, group 3: proc and sysfs are refused on a symlink (runc's
+/// wording), and the error comes back at once instead of a hang.
+#[test]
+#[ignore = "needs root: cargo test -p husk-agent --test containers -- --ignored --test-threads=1"]
+fn root_proc_on_a_symlink_is_refused() {
+    require_root();
+    let a = Agent::start("procsym");
+    for (dir, typ) in [("proc", "proc"), ("sys", "sysfs")] {
+        let rootfs = busybox_rootfs(&a);
+        std::fs::remove_dir(rootfs.join(dir)).unwrap();
+        std::os::unix::fs::symlink("/symlink", rootfs.join(dir)).unwrap();
+        let start = Instant::now();
+        match a.create(&id(dir), spec(&rootfs, &["true"]), false) {
+            Response::Error { message } => assert!(
+                message.contains(&format!(
+                    "filesystem \"{typ}\" must be mounted on ordinary directory"
+                )),
+                "{message}"
+            ),
+            other => panic!("{dir}: {other:?}"),
+        }
+        assert!(start.elapsed() < Duration::from_secs(30));
+        assert!(
+            !rootfs.join("symlink").exists(),
+            "{typ} mounted through the link"
+        );
+        // Reused for the next round.
+        std::fs::remove_file(rootfs.join(dir)).unwrap();
+        std::fs::create_dir(rootfs.join(dir)).unwrap();
+    }
+}
