@@ -6,6 +6,7 @@ pub mod config;
 pub mod container;
 pub mod devices;
 pub mod exec;
+pub mod hooks;
 pub mod monitor;
 pub mod signal;
 pub mod stdio;

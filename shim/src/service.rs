@@ -29,6 +29,7 @@ use husk::config::HuskConfig;
 use husk::container::bundle::Bundle;
 use husk::container::share;
 use husk::container::sizing::{vm_size, VmSize};
+use husk::hooks::{self, Kind};
 use husk::vm::VmSpec;
 use husk_protocol::{CreateContainer, ExecProcess, Request, Response, SHARE_TAG};
 use log::{info, warn};
@@ -65,6 +66,9 @@ struct Container {
     deleting: bool,
     /// oom_kill count last seen in the container's cgroup.
     oom_kills: u64,
+    /// The spec and bundle, kept for the start and stop hooks (when the
+    /// spec has hooks).
+    hooks: Option<HookContext>,
 }
 
 /// Which containers are coming, and whether the VM is going. Held only for
@@ -507,6 +511,7 @@ impl Inner {
     ) -> Result<CreateTaskResponse> {
         let id = &req.id;
         let b = Bundle::load(bundle).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        hooks::validate(&b.spec).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let sandbox_id = sandbox::sandbox_id(id, b.spec.annotations().as_ref())
             .map_err(Error::InvalidArgument)?;
         let (sb, _launched) = self.sandbox_for(&sandbox_id, &b.spec)?;
@@ -526,7 +531,18 @@ impl Inner {
                 spec: guest_spec,
                 terminal: req.terminal,
             })))?;
-            Io::attach(&sb, id, None, &stdio).inspect_err(|_| {
+            let io = Io::attach(&sb, id, None, &stdio);
+            // The container exists (its task pid is the VMM's): prestart and
+            // createRuntime, then createContainer, all on the host
+            // (husk::hooks); a failure undoes the create.
+            let hooked = io.and_then(|io| {
+                let ctx = (Arc::new(b.spec.clone()), b.dir.clone());
+                [Kind::Prestart, Kind::CreateRuntime, Kind::CreateContainer]
+                    .into_iter()
+                    .try_for_each(|k| run_hooks(id, sb.vmm_pid, Some(&ctx), k))
+                    .map(|()| io)
+            });
+            hooked.inspect_err(|_| {
                 let _ = sb.expect_ok(&Request::DeleteContainer {
                     id: id.clone(),
                     force: true,
@@ -563,6 +579,11 @@ impl Inner {
                 paused: false,
                 deleting: false,
                 oom_kills: 0,
+                hooks: b
+                    .spec
+                    .hooks()
+                    .is_some()
+                    .then(|| (Arc::new(b.spec.clone()), b.dir.clone())),
             },
         );
         self.events.publish(
@@ -686,9 +707,23 @@ impl Inner {
                 p.id()
             )));
         }
+        let hooks = match &p.exec_id {
+            None => self.container(&req.id, |c| Ok(c.hooks.clone()))?,
+            Some(_) => None,
+        };
         let started = match &p.exec_id {
-            None => sb
-                .expect_ok(&Request::StartContainer { id: req.id.clone() })
+            None => run_hooks(&req.id, sb.vmm_pid, hooks.as_ref(), Kind::StartContainer)
+                .inspect_err(|_| {
+                    // The process never runs: the container ends, as a runc
+                    // init whose startContainer hook fails does.
+                    let _ = sb.expect_ok(&Request::Signal {
+                        id: req.id.clone(),
+                        exec_id: None,
+                        signal: libc::SIGKILL,
+                        all: true,
+                    });
+                })
+                .and_then(|()| sb.expect_ok(&Request::StartContainer { id: req.id.clone() }))
                 .map(|()| None),
             Some(exec_id) => sb
                 .expect_ok(&Request::StartProcess {
@@ -726,6 +761,8 @@ impl Inner {
             self.publish_exit(&p);
         }
         started?;
+        // Failures are warnings (runtime spec), logged by run_hooks.
+        let _ = run_hooks(&req.id, sb.vmm_pid, hooks.as_ref(), Kind::Poststart);
         Ok(StartResponse {
             pid: st.pid,
             ..Default::default()
@@ -826,6 +863,8 @@ impl Inner {
             if c.rootfs_mounted {
                 rootfs::unmount(&c.rootfs);
             }
+            // After everything is gone; failures are warnings (runtime spec).
+            let _ = run_hooks(id, 0, c.hooks.as_ref(), Kind::Poststop);
         }
         self.events.publish(
             topics::TASK_DELETE_EVENT_TOPIC,
@@ -1126,6 +1165,29 @@ fn oom_increase(seen: &mut u64, reported: u64) -> bool {
     let new = reported > *seen;
     *seen = (*seen).max(reported);
     new
+}
+
+/// A container's spec (for its hooks) and bundle directory.
+type HookContext = (Arc<oci_spec::runtime::Spec>, PathBuf);
+
+/// Runs the container's hooks of `kind` on the host (husk::hooks). The
+/// first failure of a hook that must succeed is the error; poststart and
+/// poststop failures are logged and the rest still run.
+fn run_hooks(id: &str, pid: u32, ctx: Option<&HookContext>, kind: Kind) -> Result<()> {
+    let Some((spec, bundle)) = ctx else {
+        return Ok(());
+    };
+    let pid = i32::try_from(pid).ok().filter(|_| kind != Kind::Poststop);
+    let state = hooks::state_json(kind, id, pid, bundle, spec);
+    match kind {
+        Kind::Poststart | Kind::Poststop => {
+            for e in hooks::run_all(kind, spec, &state, bundle) {
+                warn!("{id}: {e}");
+            }
+            Ok(())
+        }
+        _ => hooks::run(kind, spec, &state, bundle).map_err(|e| Error::Internal(e.to_string())),
+    }
 }
 
 /// The guest pid of a just-started exec (None if the agent cannot tell,

@@ -11,6 +11,7 @@ use husk::container::bundle::Bundle;
 use husk::container::sizing::{vm_size, VmSize};
 use husk::container::state::{process_alive, StoreError};
 use husk::container::{share, validate_id, State, Status, Store};
+use husk::hooks::{self, Kind};
 use husk::monitor::{self, CreateRequest};
 use husk_protocol::{ExitStatus, Request};
 
@@ -127,6 +128,7 @@ pub fn create(store: &Store, a: &CreateArgs) -> anyhow::Result<std::process::Chi
     // Everything that can be wrong with the input is checked before anything
     // is written, so a bad request leaves no trace.
     let bundle = Bundle::load(&a.bundle)?;
+    husk::hooks::validate(&bundle.spec)?;
     let cfg = husk_config()?;
     let size = vm_size(
         &bundle.spec,
@@ -197,11 +199,23 @@ fn create_in(
         .spawn()
         .context("cannot start the container monitor")?;
     drop(wr);
+    let mut child = child;
     if let Err(e) = super::sync::read_within(rd, super::sync::create_timeout()) {
-        let mut child = child;
         let _ = child.kill();
         let _ = child.wait();
         bail!("{e}");
+    }
+    // The runtime environment exists (VM up, container created in the
+    // guest, pid known): prestart and createRuntime, then createContainer,
+    // as runc orders them. A failure undoes the create.
+    let hooks = [Kind::Prestart, Kind::CreateRuntime, Kind::CreateContainer];
+    if let Err(e) = hooks.iter().try_for_each(|&k| {
+        let state = hooks::state_json(k, &a.id, Some(child.id() as i32), &bundle.dir, &bundle.spec);
+        hooks::run(k, &bundle.spec, &state, &bundle.dir)
+    }) {
+        let _ = delete(store, &a.id, true);
+        let _ = child.wait();
+        return Err(e.into());
     }
     if let Some(p) = &a.pid_file {
         write_pid_file(p, child.id())?;
@@ -217,9 +231,29 @@ pub fn start(store: &Store, id: &str) -> anyhow::Result<()> {
         Status::Running => bail!("cannot start an already running container"),
         s => bail!("cannot start a container in the {s} state"),
     }
+    let spec = monitor::load_create_request(&store.dir(id)?)
+        .map_err(|e| anyhow!(e))?
+        .spec;
+    let state = |k| hooks::state_json(k, id, Some(st.pid), &st.bundle, &spec);
+    // startContainer runs before the user's process does; if it fails the
+    // process never runs and the container ends, as with runc (whose init
+    // dies at that point).
+    if let Err(e) = hooks::run(
+        Kind::StartContainer,
+        &spec,
+        &state(Kind::StartContainer),
+        &st.bundle,
+    ) {
+        let _ = kill(store, id, Some("SIGKILL"), true);
+        return Err(e.into());
+    }
     monitor::agent(store, id)?.expect_ok(&Request::StartContainer { id: id.to_string() })?;
     st.started = true;
     store.save(&st)?;
+    // A poststart failure is a warning (runtime spec): the container runs on.
+    for e in hooks::run_all(Kind::Poststart, &spec, &state(Kind::Poststart), &st.bundle) {
+        eprintln!("husk: warning: {e}");
+    }
     Ok(())
 }
 
@@ -319,7 +353,17 @@ pub fn delete(store: &Store, id: &str, force: bool) -> anyhow::Result<()> {
     {
         std::thread::sleep(Duration::from_millis(10));
     }
-    cleanup(&store.dir(id)?)
+    let dir = store.dir(id)?;
+    let spec = monitor::load_create_request(&dir).ok().map(|r| r.spec);
+    cleanup(&dir)?;
+    // poststop after everything is gone; a failure is a warning (runtime spec).
+    if let Some(spec) = spec {
+        let state = hooks::state_json(Kind::Poststop, id, None, &st.bundle, &spec);
+        for e in hooks::run_all(Kind::Poststop, &spec, &state, &st.bundle) {
+            eprintln!("husk: warning: {e}");
+        }
+    }
+    Ok(())
 }
 
 pub fn run(store: &Store, a: &RunArgs) -> anyhow::Result<ExitCode> {

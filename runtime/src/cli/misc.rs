@@ -68,7 +68,7 @@ pub fn features() -> anyhow::Result<()> {
     let v = serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.1.0",
-        "hooks": [],
+        "hooks": husk::hooks::Kind::ALL.iter().map(|k| k.name()).collect::<Vec<_>>(),
         "mountOptions": ["ro", "rw", "bind", "rbind", "nosuid", "nodev", "noexec", "relatime", "private", "rprivate"],
         "linux": {
             "namespaces": ["mount", "uts", "ipc", "pid", "network", "cgroup"],
