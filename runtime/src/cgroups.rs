@@ -58,11 +58,6 @@ pub enum CgroupError {
     Devices(PathBuf, std::io::Error),
     #[error("cgroup {0}: cannot apply {1}: the host's cgroup has no {2} here")]
     Unsupported(PathBuf, &'static str, String),
-    #[error(
-        "cannot lower the VM's host memory limit to {0} bytes: it holds {1} bytes that cannot \
-         be reclaimed (guest memory, once touched, stays with the VM); nothing was changed"
-    )]
-    MemoryInUse(u64, u64),
 }
 
 /// The limits for a VM of `memory_mib` and `vcpus`.
@@ -99,17 +94,22 @@ pub fn cpu_shares_to_weight(shares: u64) -> u64 {
 }
 
 /// The host's `memory.max` for a container whose spec limits it to `limit`
-/// bytes, in a VM of `vm` (None: not recorded). The host limit holds the
-/// whole VM, so it is the spec's limit plus the VM's fixed overhead: the
-/// guest kernel and agent ([`crate::container::sizing::MEMORY_OVERHEAD_MIB`],
-/// which the VM was sized with) and husk-vmm ([`VMM_OVERHEAD_MIB`]); the limit
-/// is rounded up to MiB as the VM size is. It never exceeds what the VM can
-/// use (its RAM + [`VMM_OVERHEAD_MIB`]), which is also the limit without a
-/// spec limit. None: nothing to set (no limit and no VM size known).
+/// bytes, in a VM of `vm` (None: not recorded): the spec's limit plus the
+/// VM's fixed overhead, the guest kernel and agent
+/// ([`crate::container::sizing::MEMORY_OVERHEAD_MIB`], which the VM is sized
+/// with) and husk-vmm ([`VMM_OVERHEAD_MIB`]), the limit rounded up to MiB as
+/// the VM size is; for a VM sized from the spec, exactly its VM-size limit.
+///
+/// Never less than the whole VM needs (guest RAM + [`VMM_OVERHEAD_MIB`]),
+/// which is also the limit without a spec limit: the VM cannot shrink, and
+/// guest RAM once touched stays with husk-vmm even after the guest freed it
+/// (there is no balloon), so a host limit below it would sooner or later
+/// OOM-kill the whole VM while its container keeps within its own limit.
+/// None: nothing to set (no limit and no VM size known).
 pub fn host_memory_bytes(limit: Option<i64>, vm: Option<VmSize>) -> Option<u64> {
     let for_limit = limit.and_then(|l| memory_for_limit(l, None));
     let mib = match (for_limit, vm.map(|v| v.memory_mib)) {
-        (Some(l), Some(v)) => l.min(v),
+        (Some(l), Some(v)) => l.max(v),
         (Some(m), None) | (None, Some(m)) => m,
         (None, None) => return None,
     };
@@ -657,11 +657,6 @@ pub struct Update {
 /// Checks what updating the host cgroup recorded in `state_dir` to `res`
 /// takes. None: there is nothing to do there (no cgroup recorded, or one
 /// whose limits are not the spec's: a CRI pod's, an older husk's).
-///
-/// Lowering the memory limit below what the VM holds and cannot give back
-/// is refused (v2): guest RAM the guest once touched stays allocated to
-/// husk-vmm even when the guest has freed it, so the host would OOM-kill
-/// the whole VM where runc would have reclaimed the container's cache.
 pub fn prepare_update(
     state_dir: &Path,
     res: &LinuxResources,
@@ -684,13 +679,6 @@ fn prepare_update_in(
     let wanted = HostSettings::from_resources(res, record.vm);
     let settings = wanted.settings(&current_cpu_max(&hierarchies, &rel));
     check_available(&hierarchies, &rel, &settings)?;
-    if let Some(new) = wanted.memory_bytes {
-        for (mnt, _, _) in hierarchies.iter().filter(|h| h.1) {
-            if let Some(held) = unreclaimable_bytes(&mnt.join(&rel)).filter(|h| *h > new) {
-                return Err(CgroupError::MemoryInUse(new, held));
-            }
-        }
-    }
     Ok(Update {
         rel,
         hierarchies,
@@ -705,23 +693,6 @@ impl Update {
         }
         Ok(())
     }
-}
-
-/// v2: what the cgroup charges that reclaim cannot take back without swap:
-/// everything but file pages (`memory.current` − `file` of `memory.stat`).
-fn unreclaimable_bytes(dir: &Path) -> Option<u64> {
-    let current: u64 = std::fs::read_to_string(dir.join("memory.current"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let stat = std::fs::read_to_string(dir.join("memory.stat")).ok()?;
-    let file: u64 = stat
-        .lines()
-        .find_map(|l| l.strip_prefix("file "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    Some(current.saturating_sub(file))
 }
 
 /// Processes in cgroup `dir` and its descendants (`depth` levels down).
@@ -925,13 +896,19 @@ mod tests {
         );
         // Rounded up to MiB, as the VM size is.
         assert_eq!(
-            host_memory_bytes(Some((32 << 20) + 1), vm(1024)),
+            host_memory_bytes(Some((32 << 20) + 1), None),
             Some((33 + over) * MIB)
         );
-        // Never more than the VM can use; no limit: all the VM can use.
+        // Above the VM's size (a raise the VM cannot follow): as asked.
         assert_eq!(
             host_memory_bytes(Some(1 << 30), vm(192)),
-            Some((192 + VMM_OVERHEAD_MIB) * MIB)
+            Some((1024 + over) * MIB)
+        );
+        // Never less than the whole VM needs (a bigger VM from the
+        // annotations, a lowering update); no limit: what the VM needs.
+        assert_eq!(
+            host_memory_bytes(Some(32 << 20), vm(1024)),
+            Some((1024 + VMM_OVERHEAD_MIB) * MIB)
         );
         for unlimited in [-1, 0, i64::MAX] {
             assert_eq!(
@@ -1105,8 +1082,6 @@ mod tests {
             ("cpu.weight", "100"),
             ("cpuset.cpus", ""),
             ("cpuset.mems", ""),
-            ("memory.current", "0"),
-            ("memory.stat", "anon 0\nfile 0\n"),
         ];
         for (f, v) in files {
             std::fs::write(dir.join(f), v).unwrap();
@@ -1141,36 +1116,19 @@ mod tests {
         assert_eq!(record.vm, Some(vm));
 
         // An update: the period alone keeps the quota; memory follows the
-        // spec's new limit, capped by the VM.
+        // spec's new limit up, and down to what the VM needs.
         let upd = |v| prepare_update_in(h.clone(), record.clone(), &resources(v));
-        upd(serde_json::json!({"memory": {"limit": 67108864}, "cpu": {"period": 50000}}))
+        upd(serde_json::json!({"memory": {"limit": 1073741824}, "cpu": {"period": 50000}}))
             .unwrap()
             .apply()
             .unwrap();
         assert_eq!(read("cpu.max"), "20000 50000");
-        assert_eq!(read("memory.max"), (192 * MIB).to_string());
-        upd(serde_json::json!({"memory": {"limit": 1073741824}}))
+        assert_eq!(read("memory.max"), ((1024 + 128) * MIB).to_string());
+        upd(serde_json::json!({"memory": {"limit": 33554432}}))
             .unwrap()
             .apply()
             .unwrap();
-        assert_eq!(
-            read("memory.max"),
-            ((192 + VMM_OVERHEAD_MIB) * MIB).to_string()
-        );
-
-        // Below what the VM holds (file pages do not count): refused.
-        std::fs::write(dir.join("memory.current"), (200 * MIB).to_string()).unwrap();
-        std::fs::write(
-            dir.join("memory.stat"),
-            format!("anon 1\nfile {}\n", 20 * MIB),
-        )
-        .unwrap();
-        let e = upd(serde_json::json!({"memory": {"limit": 33554432}})).unwrap_err();
-        assert!(
-            matches!(e, CgroupError::MemoryInUse(n, h) if n == 160 * MIB && h == 180 * MIB),
-            "{e}"
-        );
-        upd(serde_json::json!({"memory": {"limit": 67108864}})).unwrap();
+        assert_eq!(read("memory.max"), (256 * MIB).to_string());
         // Nothing to write cpu.idle to: refused before anything is written.
         let e = upd(serde_json::json!({"cpu": {"idle": 1, "quota": 10000}})).unwrap_err();
         assert!(e.to_string().contains("cpu.idle"), "{e}");
@@ -1364,7 +1322,7 @@ mod tests {
         applied.unwrap();
         seen.sort();
         seen.dedup();
-        let mem = format!("memory={}", 192 * MIB);
+        let mem = format!("memory={}", 256 * MIB);
         let want_v2 = ["cpu.max=20000 50000", "cpu.weight=59", "cpus=0", &mem];
         let want_v1 = ["cfs=20000 50000", "cpu.shares=512", "cpus=0", &mem];
         let mut want: Vec<&str> = if hs.iter().any(|h| !h.1) {
