@@ -525,3 +525,58 @@ fn oom_kill_is_reported() {
     assert_eq!(json_of(&oom[0])["container_id"], "oom1");
     c.assert_clean();
 }
+
+/// The spec's hooks run through the shim too, on the host, with the task's
+/// state on stdin (a spec from `ctr oci spec` given with `--config`).
+#[test]
+fn oci_hooks_run_in_the_shim() {
+    let c = setup("hooks");
+    let d = c.base.join("hooks");
+    std::fs::create_dir_all(&d).unwrap();
+    let o = c.ctr_out(&["oci", "spec"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let mut spec: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    spec["process"]["args"] = serde_json::json!(["sleep", "1000"]);
+    spec["process"]["terminal"] = false.into();
+    spec["linux"]["cgroupsPath"] = format!("/husk-hooks-{}/hk1", std::process::id()).into();
+    let rec = |kind: &str| {
+        serde_json::json!({
+            "path": "/bin/sh",
+            "args": ["sh", "-c", format!("cat > {d}/{kind}.json && echo {kind} >> {d}/order", d = d.display())],
+        })
+    };
+    spec["hooks"] = serde_json::json!({
+        "createRuntime": [rec("createRuntime")],
+        "startContainer": [rec("startContainer")],
+        "poststart": [rec("poststart")],
+        "poststop": [rec("poststop")],
+    });
+    let file = c.base.join("hooks-spec.json");
+    std::fs::write(&file, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let o = run(&c, &["-d", "--config", file.to_str().unwrap()], "hk1", &[]);
+    assert!(o.status.success(), "{}\n{}", err(&o), c.log_tail(40));
+    let pid = wait_status(&c, "hk1", "RUNNING");
+    let order = || std::fs::read_to_string(d.join("order")).unwrap_or_default();
+    assert_eq!(order(), "createRuntime\nstartContainer\npoststart\n");
+    let state = |k: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(d.join(format!("{k}.json"))).unwrap()).unwrap()
+    };
+    let s = state("createRuntime");
+    assert_eq!(
+        (s["id"].clone(), s["status"].clone()),
+        ("hk1".into(), "creating".into())
+    );
+    assert_eq!(s["pid"], pid, "{s}");
+    assert!(s["bundle"].as_str().unwrap().ends_with("/hk1"), "{s}");
+    assert_eq!(state("startContainer")["status"], "created");
+    assert_eq!(state("poststart")["status"], "running");
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "hk1"]);
+    wait_status(&c, "hk1", "STOPPED");
+    remove(&c, "hk1");
+    assert_eq!(
+        order(),
+        "createRuntime\nstartContainer\npoststart\npoststop\n"
+    );
+    assert_eq!(state("poststop")["status"], "stopped");
+    c.assert_clean();
+}
