@@ -485,3 +485,31 @@ fn create_has_a_deadline() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `features` lists the mount options husk applies: runc's, the recursive
+/// attributes included (issue 15).
+#[test]
+fn features_list_runc_mount_options() {
+    let root = TempRoot::new("features");
+    let (out, _) = run_within(husk(&root.0, &["features"]), Duration::from_secs(30));
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let opts: Vec<&str> = v["mountOptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_str().unwrap())
+        .collect();
+    for o in [
+        "rro",
+        "rrw",
+        "rnosuid",
+        "rnodev",
+        "rnoexec",
+        "rnoatime",
+        "rnosymfollow",
+        "rbind",
+    ] {
+        assert!(opts.contains(&o), "{o} missing from {opts:?}");
+    }
+}

@@ -69,7 +69,18 @@ pub fn features() -> anyhow::Result<()> {
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.1.0",
         "hooks": husk::hooks::Kind::ALL.iter().map(|k| k.name()).collect::<Vec<_>>(),
-        "mountOptions": ["ro", "rw", "bind", "rbind", "nosuid", "nodev", "noexec", "relatime", "private", "rprivate"],
+        // runc's option table as the agent applies it (tmpcopyup is not).
+        "mountOptions": [
+            "acl", "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec",
+            "iversion", "lazytime", "loud", "mand", "noacl", "noatime", "nodev", "nodiratime",
+            "noexec", "noiversion", "nolazytime", "nomand", "norelatime", "nostrictatime",
+            "nosuid", "nosymfollow", "private", "ratime", "rbind", "rdev", "rdiratime",
+            "relatime", "remount", "rexec", "rnoatime", "rnodev", "rnodiratime", "rnoexec",
+            "rnorelatime", "rnostrictatime", "rnosuid", "rnosymfollow", "ro", "rprivate",
+            "rrelatime", "rro", "rrw", "rshared", "rslave", "rstrictatime", "rsuid",
+            "rsymfollow", "runbindable", "rw", "shared", "silent", "slave", "strictatime",
+            "suid", "symfollow", "sync", "unbindable"
+        ],
         "linux": {
             "namespaces": ["mount", "uts", "ipc", "pid", "network", "cgroup"],
             "capabilities": caps::all().into_iter().map(|c| c.to_string()).collect::<Vec<_>>(),
