@@ -282,3 +282,53 @@ fn the_host_quota_holds_a_vm_whose_container_left_its_guest_cgroup() {
         "without the quota the VM used {free:.3} CPUs (with it: {held:.3})"
     );
 }
+
+/// containerd's shim: a sandbox of one (`ctr run`) gets its spec's limits on
+/// the host cgroup it sits in, as `husk create` does. (ctr 1.6 has no task
+/// update; the shim's Update takes the same path as `husk update`.)
+#[test]
+fn a_ctr_sandbox_of_one_gets_its_limits_on_the_host() {
+    use husk_tests::containerd::{Containerd, IMAGE, NAMESPACE, RUNTIME};
+    let c = Containerd::start("hostcg");
+    c.import_busybox();
+    let id = "hcg1";
+    let mem = (128 * MIB).to_string();
+    let o = c.ctr_out(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--cpus",
+        "0.5",
+        "--cpu-shares",
+        "512",
+        "--memory-limit",
+        &mem,
+        IMAGE,
+        id,
+        "sleep",
+        "1000",
+    ]);
+    assert!(o.status.success(), "{}\n{}", err(&o), c.log_tail(40));
+    // ctr's cgroupsPath: /<namespace>/<id>.
+    let dir = Path::new("/sys/fs/cgroup").join(NAMESPACE).join(id);
+    let got: Vec<String> = ["cpu.max", "cpu.weight", "memory.max"]
+        .iter()
+        .map(|f| read(&dir, f))
+        .collect();
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", id]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !c.ctr_ok(&["task", "ls"]).contains("STOPPED") {
+        assert!(Instant::now() < deadline, "{id} never stopped");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.ctr_ok(&["task", "delete", id]);
+    c.ctr_ok(&["container", "rm", id]);
+    c.assert_clean();
+    assert_eq!(
+        got,
+        ["50000 100000", "59", &(256 * MIB).to_string()],
+        "cpu.max, cpu.weight, memory.max"
+    );
+    assert!(!dir.exists(), "cgroup left after delete");
+}
