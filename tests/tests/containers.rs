@@ -420,3 +420,43 @@ fn debootstrap_debian_runs_bash() {
         out(&o)
     );
 }
+
+/// The pid husk reports is where engines configure a new network namespace
+/// (`/proc/<pid>/ns/net` after create): it is a fresh, empty one whenever
+/// the spec asks for a new one, never the host's; without a network
+/// namespace in the spec it is the host's, as with runc.
+#[test]
+fn reported_pid_is_never_in_the_host_netns() {
+    let h = Husk::new("netns");
+    let host = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let mut b = TestBundle::busybox("netns", &["sleep", "1000"]);
+    for (id, new_netns) in [("nn1", true), ("nn2", false)] {
+        if !new_netns {
+            let ns = b.config["linux"]["namespaces"].as_array_mut().unwrap();
+            ns.retain(|n| n["type"] != "network");
+            b.write();
+        }
+        let o = h.run(&["create", "--bundle", b.dir.to_str().unwrap(), id]);
+        assert!(o.status.success(), "{}", err(&o));
+        let pid = state(&h, id)["pid"].as_i64().unwrap();
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+        if new_netns {
+            assert_ne!(
+                theirs, host,
+                "{id}: the reported pid is in the host's netns"
+            );
+            let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap();
+            let links: Vec<&str> = dev
+                .lines()
+                .skip(2)
+                .filter_map(|l| l.split(':').next())
+                .map(str::trim)
+                .collect();
+            assert_eq!(links, ["lo"], "{id}: not a fresh netns");
+        } else {
+            assert_eq!(theirs, host, "{id}");
+        }
+        let o = h.run(&["delete", "--force", id]);
+        assert!(o.status.success(), "{}", err(&o));
+    }
+}

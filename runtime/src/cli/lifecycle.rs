@@ -1,6 +1,7 @@
 //! create, start, state, kill, delete, run.
 
 use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
@@ -122,6 +123,18 @@ pub(super) fn write_pid_file(path: &Path, pid: u32) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write pid file {}", path.display()))
 }
 
+/// The spec asks for a new network namespace (one without a path).
+fn wants_new_netns(spec: &oci_spec::runtime::Spec) -> bool {
+    use oci_spec::runtime::LinuxNamespaceType;
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_none())
+        })
+}
+
 /// Creates the container; returns the monitor's process handle.
 pub fn create(store: &Store, a: &CreateArgs) -> anyhow::Result<std::process::Child> {
     validate_id(&a.id)?;
@@ -190,14 +203,28 @@ fn create_in(
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     )?;
     let exe = std::env::current_exe()?;
-    let child = Command::new(exe)
-        .arg("--root")
+    let mut cmd = Command::new(exe);
+    cmd.arg("--root")
         .arg(&store.root)
         .arg("__monitor")
         .arg(&a.id)
-        .env("HUSK_SYNC_FD", wr.as_raw_fd().to_string())
-        .spawn()
-        .context("cannot start the container monitor")?;
+        .env("HUSK_SYNC_FD", wr.as_raw_fd().to_string());
+    if wants_new_netns(&bundle.spec) {
+        // The monitor is the pid we report, and engines that asked for a
+        // new network namespace configure /proc/<pid>/ns/net after create
+        // (podman with --userns, `ctr run --cni`): it must be a fresh one,
+        // never the host's.
+        // SAFETY: unshare(2) only, between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let child = cmd.spawn().context("cannot start the container monitor")?;
     drop(wr);
     let mut child = child;
     if let Err(e) = super::sync::read_within(rd, super::sync::create_timeout()) {
