@@ -156,8 +156,12 @@ fn spec_limits_reach_the_host_cgroup_and_update_changes_both() {
         guest_files(&h, id, &["memory.max"]),
         [(64 * MIB).to_string()]
     );
-    // What the update leaves out stays.
+    // What the update leaves out stays; a period alone keeps the quota, on
+    // both sides (runc update's semantics).
     assert_eq!(host("cpu.max"), "20000 50000");
+    husk_ok(&h, &["update", "--cpu-period", "100000", id]);
+    assert_eq!(host("cpu.max"), "20000 100000");
+    assert_eq!(guest_files(&h, id, &["cpu.max"]), ["20000 100000"]);
 
     // A value the host's kernel refuses fails the update, and says where.
     let o = h.run(&["update", "--cpuset-cpus", "4096", id]);

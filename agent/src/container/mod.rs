@@ -476,6 +476,23 @@ impl Registry {
                 resources.set_memory(Some(m));
             }
         }
+        // A quota or a period alone keeps the other, as `runc update` does
+        // (and as the host cgroup does).
+        if let Some(mut cpu) = resources.cpu().clone() {
+            if cpu.quota().is_some() != cpu.period().is_some() {
+                let current =
+                    std::fs::read_to_string(c.cgroup.path.join("cpu.max")).unwrap_or_default();
+                let mut cur = current.split_whitespace();
+                let (quota, period) = (cur.next(), cur.next());
+                if cpu.quota().is_none() {
+                    cpu.set_quota(Some(quota.and_then(|q| q.parse().ok()).unwrap_or(-1)));
+                }
+                if cpu.period().is_none() {
+                    cpu.set_period(period.and_then(|p| p.parse().ok()));
+                }
+                resources.set_cpu(Some(cpu));
+            }
+        }
         match cgroups::resource_writes(&resources).and_then(|w| c.cgroup.apply(&w)) {
             Ok(()) => Response::Ok,
             Err(e) => err(format!("update container {id}: {e}")),
