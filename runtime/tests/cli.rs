@@ -513,3 +513,34 @@ fn features_list_runc_mount_options() {
         assert!(opts.contains(&o), "{o} missing from {opts:?}");
     }
 }
+
+/// `--preserve-fds N` is refused, not silently dropped: the fds are host
+/// objects the process in the VM would not get (issue 15, group 5).
+#[test]
+fn preserved_fds_are_refused_not_dropped() {
+    let root = TempRoot::new("pfds");
+    let msg = "--preserve-fds 2: passing file descriptors into the VM is not supported (only stdio reaches the container)";
+    for cmd in ["create", "run"] {
+        let (c, err) = husk_err(
+            &root.0,
+            &[
+                cmd,
+                "--preserve-fds",
+                "2",
+                "--bundle",
+                "/nonexistent",
+                "pf1",
+            ],
+        );
+        assert_eq!(c, Some(1), "{cmd}: {err}");
+        assert_eq!(err, format!("husk: {msg}\n"), "{cmd}");
+    }
+    assert!(!root.0.join("pf1").exists());
+    // exec: the container is looked up first, as runc does.
+    let mut sleep = fake_container(&root.0, "pf2", "running");
+    let (c, err) = husk_err(&root.0, &["exec", "--preserve-fds", "2", "pf2", "true"]);
+    let _ = sleep.kill();
+    let _ = sleep.wait();
+    assert_eq!(c, Some(255), "{err}");
+    assert_eq!(err, format!("husk: exec failed: {msg}\n"));
+}

@@ -51,7 +51,7 @@ pub struct ExecArgs {
     /// Add a capability (bounding, effective, permitted); repeatable.
     #[arg(short, long)]
     pub cap: Vec<String>,
-    /// Accepted; extra descriptors are not passed into the VM.
+    /// Refused above 0: host descriptors are not passed into the VM yet.
     #[arg(long, default_value_t = 0)]
     pub preserve_fds: u32,
     /// Accepted: the process joins the container's cgroup in the guest.
@@ -68,6 +68,7 @@ pub struct ExecArgs {
 
 pub fn exec(store: &Store, root: &Path, a: &ExecArgs) -> anyhow::Result<ExitCode> {
     let st = store.load(&a.id)?;
+    super::lifecycle::refuse_preserved_fds(a.preserve_fds)?;
     match st.status() {
         Status::Stopped => bail!("cannot exec in a stopped container"),
         Status::Paused if !a.ignore_paused => {

@@ -33,7 +33,7 @@ pub struct CreateArgs {
     /// Accepted for compatibility.
     #[arg(long)]
     pub no_new_keyring: bool,
-    /// Accepted; extra descriptors are not passed into the VM.
+    /// Refused above 0: host descriptors are not passed into the VM yet.
     #[arg(long, default_value_t = 0)]
     pub preserve_fds: u32,
     pub id: String,
@@ -123,6 +123,19 @@ pub(super) fn write_pid_file(path: &Path, pid: u32) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write pid file {}", path.display()))
 }
 
+/// `--preserve-fds N`: fds 3..3+N-1 are host objects (a listening socket,
+/// a pipe, a file) that a process in the VM cannot hold; until they are
+/// proxied into the guest, a request for them fails instead of the process
+/// silently starting without them.
+pub(super) fn refuse_preserved_fds(n: u32) -> anyhow::Result<()> {
+    if n > 0 {
+        bail!(
+            "--preserve-fds {n}: passing file descriptors into the VM is not supported (only stdio reaches the container)"
+        );
+    }
+    Ok(())
+}
+
 /// The spec asks for a new network namespace (one without a path).
 fn wants_new_netns(spec: &oci_spec::runtime::Spec) -> bool {
     use oci_spec::runtime::LinuxNamespaceType;
@@ -138,6 +151,7 @@ fn wants_new_netns(spec: &oci_spec::runtime::Spec) -> bool {
 /// Creates the container; returns the monitor's process handle.
 pub fn create(store: &Store, a: &CreateArgs) -> anyhow::Result<std::process::Child> {
     validate_id(&a.id)?;
+    refuse_preserved_fds(a.preserve_fds)?;
     // Everything that can be wrong with the input is checked before anything
     // is written, so a bad request leaves no trace.
     let bundle = Bundle::load(&a.bundle)?;
