@@ -1,0 +1,97 @@
+//! One error type for the crate, worded like runc's so `husk create` can print it as is.
+
+use std::io;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// Opening the netns file failed (missing path, permission).
+    #[error("network namespace {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+
+    /// The path exists but is not a network namespace (a plain file, another ns type).
+    #[error("network namespace {path}: not a network namespace")]
+    NotNetns { path: PathBuf },
+
+    /// setns(2) into the namespace failed.
+    #[error("network namespace {path}: setns: {source}")]
+    Setns { path: PathBuf, source: io::Error },
+
+    /// Anything that went wrong inside the namespace, with the namespace named.
+    #[error("network namespace {path}: {source}")]
+    InNetns {
+        path: PathBuf,
+        source: Box<NetError>,
+    },
+
+    /// The kernel refused or the socket failed.
+    #[error("netlink {op}: {source}")]
+    Netlink { op: String, source: io::Error },
+
+    /// The kernel answered something we could not read.
+    #[error("netlink {op}: unexpected reply: {reason}")]
+    Reply { op: String, reason: String },
+
+    #[error("{count} {what} to carry into the VM, husk carries at most {limit}")]
+    TooMany {
+        what: &'static str,
+        count: usize,
+        limit: usize,
+    },
+
+    /// A link with addresses that husk cannot carry (kind, MAC, name...).
+    #[error("link {link}: {reason}")]
+    Link { link: String, reason: String },
+
+    /// A route husk cannot describe to the guest.
+    #[error("route {route}: {reason}")]
+    Route { route: String, reason: String },
+
+    #[error("tap {name}: {source}")]
+    Tap { name: String, source: io::Error },
+
+    /// The namespace thread could not start or died.
+    #[error("network namespace thread: {0}")]
+    Thread(String),
+}
+
+impl NetError {
+    /// The error without the namespace wrapper, for callers (and tests) that match on the cause.
+    pub fn cause(&self) -> &NetError {
+        match self {
+            NetError::InNetns { source, .. } => source.cause(),
+            other => other,
+        }
+    }
+
+    pub(crate) fn netlink(op: impl Into<String>, source: io::Error) -> Self {
+        NetError::Netlink {
+            op: op.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn reply(op: impl Into<String>, reason: impl Into<String>) -> Self {
+        NetError::Reply {
+            op: op.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn link(link: &str, reason: impl Into<String>) -> Self {
+        NetError::Link {
+            link: link.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The errno behind a netlink failure, to tell "already gone" from real failures.
+    pub(crate) fn errno(&self) -> Option<i32> {
+        match self.cause() {
+            NetError::Netlink { source, .. } | NetError::Tap { source, .. } => {
+                source.raw_os_error()
+            }
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! A blocking rtnetlink socket: one request at a time, dumps read to NLMSG_DONE, acks checked.
+//!
+//! netlink-packet-route encodes and decodes every message; this file only frames requests,
+//! matches sequence numbers and turns NLMSG_ERROR into io::Error.
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+use crate::NetError;
+
+/// Upper bound on the messages of one dump: a container netns has a handful of links; a reply
+/// this long means something is wrong, and we would rather fail than grow without limit.
+const MAX_DUMP_MESSAGES: usize = 16 * 1024;
+
+/// Large enough for any single datagram the kernel sends for a dump (it sizes them to 32 KiB).
+const RECV_BUF: usize = 64 * 1024;
+
+/// Never hang `husk create` on a kernel that does not answer.
+const RECV_TIMEOUT_SECS: libc::time_t = 5;
+
+pub(crate) struct Rtnl {
+    socket: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Rtnl {
+    /// Opens a socket in the calling thread's network namespace (call it after setns).
+    pub(crate) fn open() -> Result<Self, NetError> {
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(|e| NetError::netlink("socket", e))?;
+        socket
+            .bind_auto()
+            .map_err(|e| NetError::netlink("bind", e))?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(|e| NetError::netlink("connect", e))?;
+        // Extended acks make the kernel explain EINVALs in dmesg-free form; failing to enable
+        // them only loses detail.
+        let _ = socket.set_ext_ack(true);
+        let tv = libc::timeval {
+            tv_sec: RECV_TIMEOUT_SECS,
+            tv_usec: 0,
+        };
+        // SAFETY: setsockopt with a correctly sized timeval on our own fd.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const libc::timeval as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(NetError::netlink("SO_RCVTIMEO", io::Error::last_os_error()));
+        }
+        Ok(Rtnl {
+            socket,
+            seq: 0,
+            buf: Vec::with_capacity(RECV_BUF),
+        })
+    }
+
+    fn send(&mut self, op: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<u32, NetError> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = self.seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        packet.finalize();
+        let mut bytes = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut bytes);
+        let sent = self
+            .socket
+            .send(&bytes, 0)
+            .map_err(|e| NetError::netlink(op, e))?;
+        if sent != bytes.len() {
+            return Err(NetError::reply(op, "short send"));
+        }
+        Ok(self.seq)
+    }
+
+    /// Reads datagrams until the reply to `seq` is complete; collects inner messages.
+    /// Returns when NLMSG_DONE (dump) or an ack/NACK (request) arrives.
+    fn receive(
+        &mut self,
+        op: &str,
+        seq: u32,
+        dump: bool,
+    ) -> Result<Vec<RouteNetlinkMessage>, NetError> {
+        let mut out = Vec::new();
+        loop {
+            self.buf.clear();
+            let n = self
+                .socket
+                .recv(&mut self.buf, 0)
+                .map_err(|e| NetError::netlink(op, e))?;
+            if n > self.buf.len() {
+                return Err(NetError::reply(op, "datagram truncated"));
+            }
+            let mut offset = 0;
+            while offset < self.buf.len() {
+                let bytes = &self.buf[offset..];
+                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
+                    .map_err(|e| NetError::reply(op, e.to_string()))?;
+                let len = msg.header.length as usize;
+                if len == 0 || len > bytes.len() {
+                    return Err(NetError::reply(op, "bad message length"));
+                }
+                // Netlink messages are 4-byte aligned inside a datagram.
+                offset += (len + 3) & !3;
+                if msg.header.sequence_number != seq {
+                    // A late answer to an earlier request (a timed-out one): not ours.
+                    continue;
+                }
+                match msg.payload {
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::Error(e) => match e.code {
+                        None if !dump => return Ok(out),
+                        None => {}
+                        Some(_) => return Err(NetError::netlink(op, e.to_io())),
+                    },
+                    NetlinkPayload::InnerMessage(inner) => {
+                        if out.len() >= MAX_DUMP_MESSAGES {
+                            return Err(NetError::reply(op, "too many messages"));
+                        }
+                        out.push(inner);
+                    }
+                    NetlinkPayload::Overrun(_) => {
+                        return Err(NetError::reply(op, "overrun"));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// NLM_F_DUMP request: every object of the kind `msg` asks for.
+    pub(crate) fn dump(
+        &mut self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+    ) -> Result<Vec<RouteNetlinkMessage>, NetError> {
+        let seq = self.send(op, msg, NLM_F_REQUEST | NLM_F_DUMP)?;
+        self.receive(op, seq, true)
+    }
+
+    /// A change (new/set/del) with NLM_F_ACK: Ok when the kernel acked it.
+    pub(crate) fn request(
+        &mut self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+        extra_flags: u16,
+    ) -> Result<(), NetError> {
+        let seq = self.send(op, msg, NLM_F_REQUEST | NLM_F_ACK | extra_flags)?;
+        self.receive(op, seq, false).map(|_| ())
+    }
+
+    /// Every link of the namespace.
+    pub(crate) fn links(&mut self) -> Result<Vec<LinkMessage>, NetError> {
+        Ok(self
+            .dump(
+                "dump links",
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            )?
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(l),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The ifindex of the link named `name`, None when there is none.
+    pub(crate) fn link_index(&mut self, name: &str) -> Result<Option<u32>, NetError> {
+        Ok(self
+            .links()?
+            .iter()
+            .find(|l| link_name(l) == Some(name))
+            .map(|l| l.header.index))
+    }
+}
+
+pub(crate) fn link_name(link: &LinkMessage) -> Option<&str> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.as_str()),
+        _ => None,
+    })
+}
