@@ -23,7 +23,7 @@ pub(crate) fn open(path: &Path) -> Result<File, NetError> {
         path: path.to_path_buf(),
         source: e.into(),
     })?;
-    if fs.filesystem_type().0 as i64 != libc::NSFS_MAGIC as i64 {
+    if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
         return Err(NetError::NotNetns {
             path: path.to_path_buf(),
         });

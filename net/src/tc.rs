@@ -110,7 +110,7 @@ mod tests {
     fn roundtrip(msg: &TcMessage) -> (Vec<u8>, TcMessage) {
         let mut buf = vec![0; msg.buffer_len()];
         msg.emit(&mut buf);
-        let back = TcMessage::parse(&buf.as_slice()).expect("parse");
+        let back = TcMessage::parse(buf.as_slice()).expect("parse");
         (buf, back)
     }
 

@@ -587,5 +587,10 @@ fn bad_paths_are_clear_errors() {
             "{path:?}"
         );
     }
+    // What an unmounted netns bind mount leaves: an empty file. Gone for disconnect, an error
+    // for scan.
+    std::fs::write(&file, b"").expect("truncate");
+    assert!(matches!(scan(&file), Err(NetError::NotNetns { .. })));
+    disconnect(&file).expect("an unmounted netns is gone: fine");
     let _ = std::fs::remove_file(&file);
 }
