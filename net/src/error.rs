@@ -24,9 +24,13 @@ pub enum NetError {
         source: Box<NetError>,
     },
 
-    /// The kernel refused or the socket failed.
-    #[error("netlink {op}: {source}")]
-    Netlink { op: String, source: io::Error },
+    /// The kernel refused or the socket failed; `detail` is the kernel's extended-ack text.
+    #[error("netlink {op}: {source}{}", detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    Netlink {
+        op: String,
+        source: io::Error,
+        detail: Option<String>,
+    },
 
     /// The kernel answered something we could not read.
     #[error("netlink {op}: unexpected reply: {reason}")]
@@ -68,6 +72,7 @@ impl NetError {
         NetError::Netlink {
             op: op.into(),
             source,
+            detail: None,
         }
     }
 

@@ -7,7 +7,8 @@ use std::io;
 use std::os::fd::AsRawFd;
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+    parse_string, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, NLM_F_ACK,
+    NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
@@ -125,7 +126,13 @@ impl Rtnl {
                     NetlinkPayload::Error(e) => match e.code {
                         None if !dump => return Ok(out),
                         None => {}
-                        Some(_) => return Err(NetError::netlink(op, e.to_io())),
+                        Some(_) => {
+                            return Err(NetError::Netlink {
+                                op: op.to_string(),
+                                source: e.to_io(),
+                                detail: ext_ack_message(msg.header.flags, &e.header),
+                            })
+                        }
                     },
                     NetlinkPayload::InnerMessage(inner) => {
                         if out.len() >= MAX_DUMP_MESSAGES {
@@ -188,9 +195,72 @@ impl Rtnl {
     }
 }
 
+/// NLMSGERR_ATTR_MSG: the kernel's text for an error (NETLINK_EXT_ACK).
+const NLMSGERR_ATTR_MSG: u16 = 1;
+
+/// The kernel's explanation in an NLMSG_ERROR ("Exclusivity flag on, cannot modify").
+/// netlink-packet-core keeps everything after the error code as raw bytes (its ErrorMessage
+/// parser has a FIXME for it), so the echoed request is skipped and the TLVs read here, with
+/// its own NLA iterator.
+fn ext_ack_message(flags: u16, payload: &[u8]) -> Option<String> {
+    if flags & NLM_F_ACK_TLVS == 0 {
+        return None;
+    }
+    // The echoed request: its header only when capped, else the whole (aligned) message.
+    let echoed = if flags & NLM_F_CAPPED != 0 {
+        16
+    } else {
+        let len = u32::from_ne_bytes(payload.get(..4)?.try_into().ok()?) as usize;
+        (len + 3) & !3
+    };
+    NlasIterator::new(payload.get(echoed..)?)
+        .filter_map(Result::ok)
+        .find(|nla| nla.kind() == NLMSGERR_ATTR_MSG)
+        .and_then(|nla| parse_string(nla.value()).ok())
+        .filter(|m| !m.is_empty())
+}
+
 pub(crate) fn link_name(link: &LinkMessage) -> Option<&str> {
     link.attributes.iter().find_map(|a| match a {
         LinkAttribute::IfName(n) => Some(n.as_str()),
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error payload as the kernel sends it with NETLINK_EXT_ACK: the echoed 20-byte request,
+    /// then NLMSGERR_ATTR_MSG.
+    fn payload(capped: bool) -> Vec<u8> {
+        let mut p = Vec::new();
+        p.extend_from_slice(&20u32.to_ne_bytes());
+        p.extend_from_slice(&[0u8; 12]);
+        if !capped {
+            p.extend_from_slice(&[0u8; 4]);
+        }
+        let text = b"Exclusivity flag on\0";
+        p.extend_from_slice(&((4 + text.len()) as u16).to_ne_bytes());
+        p.extend_from_slice(&NLMSGERR_ATTR_MSG.to_ne_bytes());
+        p.extend_from_slice(text);
+        p.resize((p.len() + 3) & !3, 0);
+        p
+    }
+
+    #[test]
+    fn ext_ack_text_is_found_after_the_echoed_request() {
+        assert_eq!(
+            ext_ack_message(NLM_F_ACK_TLVS, &payload(false)).as_deref(),
+            Some("Exclusivity flag on")
+        );
+        assert_eq!(
+            ext_ack_message(NLM_F_ACK_TLVS | NLM_F_CAPPED, &payload(true)).as_deref(),
+            Some("Exclusivity flag on")
+        );
+        // No TLV flag: nothing; garbage: nothing, no panic.
+        assert_eq!(ext_ack_message(0, &payload(false)), None);
+        assert_eq!(ext_ack_message(NLM_F_ACK_TLVS, &[0xff; 3]), None);
+        assert_eq!(ext_ack_message(NLM_F_ACK_TLVS, &[0xff; 40]), None);
+    }
 }

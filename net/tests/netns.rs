@@ -477,6 +477,21 @@ fn connect_undoes_its_partial_work() {
 }
 
 #[test]
+fn a_kernel_refusal_is_explained_and_undone() {
+    let fx = fixture("mtu");
+    let mut s = scan(&fx.ctr.path).expect("scan");
+    // A caller's bad MTU: the tap exists by the time the kernel refuses it.
+    s.links[0].mtu = 10;
+    let err = connect(&fx.ctr.path, &s).expect_err("mtu 10");
+    let msg = err.to_string();
+    assert!(msg.contains("set mtu 10 on tap"), "{msg}");
+    // The kernel's extended-ack text, not only the errno.
+    assert!(msg.contains("(mtu less than device minimum)"), "{msg}");
+    assert!(!fx.ctr.link_names().iter().any(|n| n.starts_with("hk")));
+    assert!(!fx.ctr.tc("qdisc show dev eth0").contains("ingress"));
+}
+
+#[test]
 fn connect_refuses_a_tap_name_in_use() {
     let fx = fixture("busy");
     fx.ctr.ip("link add hk0 type bridge"); // no dummy module on every kernel
