@@ -338,6 +338,7 @@ pub(crate) fn build(
         let mut oif = None;
         let mut mtu = None;
         let mut multipath = false;
+        let mut via = false;
         for attr in &r.attributes {
             match attr {
                 RouteAttribute::Destination(a) => dst_ip = route_ip(a),
@@ -345,6 +346,8 @@ pub(crate) fn build(
                 RouteAttribute::PrefSource(a) => src = route_ip(a),
                 RouteAttribute::Oif(i) => oif = Some(*i),
                 RouteAttribute::MultiPath(_) => multipath = true,
+                // RTA_VIA: a gateway of the other family (IPv4 via IPv6), which Route cannot say.
+                RouteAttribute::Via(_) => via = true,
                 RouteAttribute::Metrics(ms) => {
                     for m in ms {
                         if let RouteMetric::Mtu(v) = m {
@@ -370,6 +373,12 @@ pub(crate) fn build(
             Some(d) => d.to_string(),
             None => "default".to_string(),
         };
+        if via {
+            return Err(NetError::Route {
+                route: describe(),
+                reason: "a gateway of another address family cannot be carried into the VM".into(),
+            });
+        }
         let Some(oif) = oif else {
             let reason = if multipath {
                 "multipath routes cannot be carried into the VM"
@@ -718,6 +727,19 @@ mod tests {
             err.to_string(),
             "route default: multipath routes cannot be carried into the VM"
         );
+    }
+
+    #[test]
+    fn gateway_of_the_other_family_is_refused() {
+        use netlink_packet_route::route::RouteVia;
+        let links = [link(2, "eth0", Some(InfoKind::Veth), 1500)];
+        let addrs = [addr(2, v4(10, 0, 0, 2), 24)];
+        let mut r = route(2, None, None, RouteProtocol::Static);
+        r.attributes.push(RouteAttribute::Via(RouteVia::Inet6(
+            "fe80::1".parse().unwrap(),
+        )));
+        let err = build(&links, &addrs, &[r], &[]).unwrap_err();
+        assert!(err.to_string().contains("another address family"), "{err}");
     }
 
     #[test]
