@@ -49,12 +49,13 @@ fn husk_ok(h: &Husk, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// The container's cgroup files as the guest has them.
+/// The container's cgroup files as the guest has them: the agent mounts the
+/// container's own cgroup on /sys/fs/cgroup (the guest's root cgroup has no
+/// such files to mistake them for).
 fn guest_files(h: &Husk, id: &str, files: &[&str]) -> Vec<String> {
-    let dir = format!("/sys/fs/cgroup/husk/{id}");
     let script = files
         .iter()
-        .map(|f| format!("cat {dir}/{f}"))
+        .map(|f| format!("cat /sys/fs/cgroup/{f}"))
         .collect::<Vec<_>>()
         .join(" && ");
     let out = husk_ok(h, &["exec", id, "sh", "-c", &script]);
@@ -63,8 +64,7 @@ fn guest_files(h: &Husk, id: &str, files: &[&str]) -> Vec<String> {
     lines
 }
 
-/// The guest's whole cgroup2 tree, read-only, at /sys/fs/cgroup in the
-/// container (no cgroup namespace: the container's own is husk/<id>).
+/// A read-only cgroup2 mount at /sys/fs/cgroup in the container.
 fn mount_guest_cgroups(b: &mut TestBundle) {
     b.config["mounts"].as_array_mut().unwrap().push(json!({
         "destination": "/sys/fs/cgroup", "type": "cgroup2", "source": "cgroup2",
