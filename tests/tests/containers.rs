@@ -460,3 +460,28 @@ fn reported_pid_is_never_in_the_host_netns() {
         assert!(o.status.success(), "{}", err(&o));
     }
 }
+
+/// The guest keeps its LAPIC timer running in idle (ARAT, which KVM
+/// offers), so it never takes the PIT as its idle broadcast timer: IRQ 0
+/// is not even requested. Without ARAT the PIT is the broadcast device and
+/// every deep idle entry may reprogram it (port I/O the host's KVM emulates).
+#[test]
+fn guest_does_not_use_the_pit() {
+    let h = Husk::new("pit");
+    let b = TestBundle::busybox(
+        "pit",
+        &[
+            "sh",
+            "-c",
+            "cat /sys/devices/system/clockevents/broadcast/current_device; cat /proc/interrupts",
+        ],
+    );
+    let o = run(&h, &b, "pit");
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let text = out(&o);
+    assert!(
+        !text.lines().any(|l| l.trim_start().starts_with("0:")),
+        "IRQ 0 (the PIT) is in use:\n{text}"
+    );
+    assert!(text.contains("LOC:"), "{text}");
+}

@@ -13,6 +13,8 @@ const ECX_PDCM: u32 = 1 << 15; // perf capabilities MSR: no PMU here
 const ECX_HYPERVISOR: u32 = 1 << 31;
 /// Leaf 1 EDX.
 const EDX_HTT: u32 = 1 << 28;
+/// CPUID.06H:EAX[2], "APIC timer always running".
+const EAX_ARAT: u32 = 1 << 2;
 /// Leaf 0x8000_0001 ECX (AMD).
 const AMD_ECX_CMP_LEGACY: u32 = 1 << 1;
 const AMD_ECX_TOPOEXT: u32 = 1 << 22;
@@ -64,8 +66,18 @@ fn patch(e: &mut kvm_cpuid_entry2, apic_id: u32, n: u32, core_bits: u32) {
             let shared = if (e.eax >> 5) & 0x7 == 3 { n - 1 } else { 0 };
             e.eax = (e.eax & 0x3fff) | ((n - 1) << 26) | (shared << 14);
         }
-        // Thermal/power management and MONITOR/MWAIT: nothing behind them.
-        0x5 | 0x6 => clear(e),
+        // MONITOR/MWAIT: nothing behind it.
+        0x5 => clear(e),
+        // Thermal/power management: nothing behind it but ARAT, which KVM
+        // offers (its LAPIC timer keeps running in every guest C-state).
+        // Without ARAT Linux marks the LAPIC timer C3STOP and keeps the PIT
+        // as the idle broadcast timer: every idle entry reprograms it (port
+        // I/O) and the host's kvm-pit worker injects its ticks.
+        0x6 => {
+            let arat = e.eax & EAX_ARAT;
+            clear(e);
+            e.eax = arat;
+        }
         // Architectural PMU: not virtualized for husk guests.
         0xa => clear(e),
         0xb | 0x1f => {
@@ -156,8 +168,24 @@ mod tests {
     }
 
     #[test]
+    fn leaf_6_keeps_only_arat() {
+        let mut c = cpuid(&[entry(6, 0)]);
+        filter(&mut c, 0, 2, HostCaps::default());
+        let e = c.as_slice()[0];
+        assert_eq!((e.eax, e.ebx, e.ecx, e.edx), (EAX_ARAT, 0, 0, 0));
+        // Not offered by KVM: not invented either.
+        let mut c = cpuid(&[kvm_cpuid_entry2 {
+            function: 6,
+            eax: !EAX_ARAT,
+            ..Default::default()
+        }]);
+        filter(&mut c, 0, 2, HostCaps::default());
+        assert_eq!(c.as_slice()[0].eax, 0);
+    }
+
+    #[test]
     fn hidden_leaves_are_cleared() {
-        let mut c = cpuid(&[entry(6, 0), entry(0xa, 0), entry(0x8000_001e, 0)]);
+        let mut c = cpuid(&[entry(0xa, 0), entry(0x8000_001e, 0)]);
         filter(&mut c, 0, 2, HostCaps::default());
         for e in c.as_slice() {
             assert_eq!(
