@@ -230,7 +230,11 @@ pub fn run_monitor(store: &Store, id: &str, exec_id: &str, sync: OwnedFd) -> ! {
         });
     // Our own session, so a console pty can become our controlling terminal.
     let ctty = nix::unistd::setsid().is_ok();
-    let session = match req.and_then(|req| start(store, &req, ctty)) {
+    let mut console = false;
+    let session = match req.and_then(|req| {
+        console = req.terminal && req.console_socket.is_some();
+        start(store, &req, ctty)
+    }) {
         Ok(s) => s,
         Err(e) => {
             let _ = writeln!(sync, "error: {e}");
@@ -239,5 +243,9 @@ pub fn run_monitor(store: &Store, id: &str, exec_id: &str, sync: OwnedFd) -> ! {
     };
     let _ = writeln!(sync, "ok");
     drop(sync);
+    if console {
+        // As the container's monitor: the caller's pipes are not ours to keep.
+        crate::stdio::detach_std();
+    }
     monitor::die_like(session.wait())
 }

@@ -130,6 +130,9 @@ pub fn run(store: &Store, id: &str, sync: OwnedFd) -> ! {
     };
     let _ = writeln!(sync, "ok");
     drop(sync);
+    if running.console {
+        stdio::detach_std();
+    }
     let status = running.wait();
     running.finish();
     die_like(status)
@@ -137,6 +140,8 @@ pub fn run(store: &Store, id: &str, sync: OwnedFd) -> ! {
 
 struct Running {
     dir: PathBuf,
+    /// The terminal went to `--console-socket`: our stdio is unused.
+    console: bool,
     vm: Vm,
     events: mpsc::Receiver<Event>,
     outputs: Vec<std::thread::JoinHandle<()>>,
@@ -258,6 +263,7 @@ fn setup(store: &Store, dir: &Path, req: &CreateRequest) -> Result<Running, Stri
     store.save(&state).map_err(|e| e.to_string())?;
     Ok(Running {
         dir: dir.to_path_buf(),
+        console: req.console_socket.is_some(),
         vm,
         events,
         outputs,

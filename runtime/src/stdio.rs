@@ -163,3 +163,23 @@ impl Drop for RawMode {
         );
     }
 }
+
+/// Points our fds 0, 1 and 2 at /dev/null. A monitor whose container's
+/// terminal went to `--console-socket` does not use them, and must not keep
+/// the caller's pipes open: runc's detached init has the pty as its stdio,
+/// so `out=$(runc run -d --console-socket S ID)` returns at once (issue 15:
+/// with husk it waited for the container to end).
+pub fn detach_std() {
+    let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    else {
+        return;
+    };
+    for fd in 0..3 {
+        // SAFETY: dup2 onto our own standard descriptors; nothing in this
+        // process holds them as anything else.
+        unsafe { libc::dup2(null.as_raw_fd(), fd) };
+    }
+}

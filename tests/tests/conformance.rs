@@ -326,3 +326,53 @@ fn bad_specs_fail_fast() {
         .unwrap_or_default();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// `out=$(husk run -d --console-socket S ID)` returns while the container
+/// runs, as with runc: the monitor does not keep the caller's pipes once
+/// the terminal went to the console socket (with them held, a caller
+/// reading to EOF waited until the container ended: issue 15's "hang").
+#[test]
+fn detached_terminal_releases_the_callers_pipes() {
+    use std::io::Read;
+    use std::os::unix::net::UnixListener;
+    let h = Husk::new("conf-tty");
+    let mut b = TestBundle::busybox("conf-tty", &["sleep", "1000"]);
+    b.config["process"]["terminal"] = json!(true);
+    b.write();
+    let sock = husk_tests::vm_dir("conf-tty-sock");
+    std::fs::create_dir_all(&sock).unwrap();
+    let sock = sock.join("console.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    // Holds the connection (and the pty master sent over it) until the end.
+    let holder = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+    let mut cmd = h.cmd();
+    cmd.args([
+        "run",
+        "-d",
+        "--console-socket",
+        sock.to_str().unwrap(),
+        "--bundle",
+        b.dir.to_str().unwrap(),
+        "conf-tty",
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut o, mut e) = (String::new(), String::new());
+        let _ = stdout.read_to_string(&mut o);
+        let _ = stderr.read_to_string(&mut e);
+        let _ = tx.send((o, e));
+    });
+    let got = rx.recv_timeout(Duration::from_secs(90));
+    let exit = husk_tests::wait_output(child, Duration::from_secs(30)).status;
+    let (_, e) = got.expect("husk run -d kept its output pipes open while the container runs");
+    assert!(exit.success(), "{e}");
+    assert_eq!(status(&h, "conf-tty"), "running");
+    let _holder = holder.join().unwrap().expect("the pty was never sent");
+    expect_ok(&h, &["delete", "--force", "conf-tty"]);
+}
