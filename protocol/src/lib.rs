@@ -6,8 +6,11 @@
 //! The first exchange on a connection is [`Request::Hello`]: each side states its
 //! [`PROTOCOL_VERSION`] and a mismatch ends the conversation.
 
+mod cpu_weight;
 mod frame;
 mod message;
+
+pub use cpu_weight::cpu_shares_to_weight;
 
 pub use frame::{
     call, read_frame, recv, recv_within, send, write_frame, Deadline, FrameError, MAX_FRAME,

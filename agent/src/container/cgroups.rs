@@ -10,6 +10,7 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use husk_protocol::cpu_shares_to_weight;
 use nix::mount::{mount, MsFlags};
 use oci_spec::runtime::LinuxResources;
 
@@ -60,23 +61,6 @@ fn read_words(p: &Path) -> Vec<String> {
         .split_whitespace()
         .map(str::to_string)
         .collect()
-}
-
-/// cgroup v1 `cpu.shares` → v2 `cpu.weight` as runc (≥ 1.3.2) and crun
-/// (≥ 1.23) convert it: a quadratic in log2(shares) through (2, 1),
-/// (1024, 100) and (262144, 10000), so the v1 default gets the v2 default
-/// (their old linear map gave 1024 → 39). The host cgroup gets the same
-/// (`husk::cgroups::cpu_shares_to_weight`).
-pub fn cpu_shares_to_weight(shares: u64) -> u64 {
-    match shares {
-        0..=2 => 1,
-        262_144.. => 10_000,
-        _ => {
-            let l = (shares as f64).log2();
-            let exponent = (l * l + 125.0 * l) / 612.0 - 7.0 / 34.0;
-            (10f64.powf(exponent).ceil() as u64).clamp(1, 10_000)
-        }
-    }
 }
 
 /// OCI `memory.swap` (memory + swap) → v2 `memory.swap.max` (swap only), as
@@ -352,17 +336,6 @@ impl Cgroup {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn shares_to_weight() {
-        assert_eq!(cpu_shares_to_weight(2), 1);
-        assert_eq!(cpu_shares_to_weight(512), 59);
-        assert_eq!(cpu_shares_to_weight(1024), 100);
-        assert_eq!(cpu_shares_to_weight(2000), 170);
-        assert_eq!(cpu_shares_to_weight(262_144), 10_000);
-        assert_eq!(cpu_shares_to_weight(1), 1);
-        assert_eq!(cpu_shares_to_weight(1_000_000), 10_000);
-    }
 
     #[test]
     fn swap() {
