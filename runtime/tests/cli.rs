@@ -222,6 +222,10 @@ fn husk_err(root: &Path, args: &[&str]) -> (Option<i32>, String) {
     )
 }
 
+fn husk_out(root: &Path, args: &[&str]) -> std::process::Output {
+    run_within(husk(root, args), Duration::from_secs(30)).0
+}
+
 #[track_caller]
 fn expect(root: &Path, args: &[&str], code: i32, msg: &str) {
     let (c, err) = husk_err(root, args);
@@ -370,6 +374,22 @@ fn state_errors_match_runc() {
     expect(r, &["kill", "stopped", "KILL"], 1, "container not running");
     expect(r, &["pause", "paused"], 1, "container not running");
     expect(r, &["pause", "stopped"], 1, "container not running");
+    expect(
+        r,
+        &["events", "stopped"],
+        1,
+        "container with id stopped is not running",
+    );
+    // runc lists an empty cgroup: the header (or `[]`) and success.
+    let o = husk_out(r, &["ps", "stopped"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "  UID     PID    PPID STAT     TIME CMD\n"
+    );
+    let o = husk_out(r, &["ps", "--format", "json", "stopped"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "[]\n");
     expect(r, &["resume", "running"], 1, "container not paused");
     expect(r, &["resume", "created"], 1, "container not paused");
     expect(r, &["resume", "stopped"], 1, "container not paused");

@@ -64,8 +64,28 @@ fn lifecycle_errors_match_runc() {
     create(&h, &b, c);
     assert_eq!(status(&h, c), "created");
     expect(&h, &["resume", c], 1, "container not paused");
+    // runc freezes a created container too; resumed, it is created again
+    // and starts as usual.
+    expect_ok(&h, &["pause", c]);
+    assert_eq!(status(&h, c), "paused");
+    expect(
+        &h,
+        &["start", c],
+        1,
+        "cannot start a container in the paused state",
+    );
+    expect_ok(&h, &["resume", c]);
+    assert_eq!(status(&h, c), "created");
     // runc 1.1 deletes a created container without --force.
     expect_ok(&h, &["delete", c]);
+    // Paused and resumed before its start, it still starts.
+    let c = "conf-created-paused";
+    create(&h, &b, c);
+    expect_ok(&h, &["pause", c]);
+    expect_ok(&h, &["resume", c]);
+    expect_ok(&h, &["start", c]);
+    assert_eq!(status(&h, c), "running");
+    expect_ok(&h, &["delete", "--force", c]);
     expect(&h, &["state", c], 1, "container does not exist");
 
     // running
@@ -131,6 +151,16 @@ fn lifecycle_errors_match_runc() {
         255,
         "exec failed: cannot exec in a stopped container",
     );
+    expect(
+        &h,
+        &["events", c],
+        1,
+        &format!("container with id {c} is not running"),
+    );
+    // ps of a stopped container: runc lists its empty cgroup.
+    let o = h.run(&["ps", "--format", "json", c]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "[]\n");
     expect(
         &h,
         &["update", "--memory", "100000000", c],

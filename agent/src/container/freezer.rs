@@ -60,16 +60,22 @@ impl Registry {
             Err(r) => return r,
         };
         let _ops = lock(&c.ops);
-        match c.status() {
-            ContainerStatus::Running => {}
+        let started = match c.status() {
+            ContainerStatus::Running => true,
+            // runc pauses a created container too; its init stays frozen
+            // where it waits for start.
+            ContainerStatus::Created => false,
             ContainerStatus::Paused => return err(format!("container {id} is already paused")),
             s => return err(format!("container {id} is not running: {}", status_name(s))),
-        }
+        };
         if let Err(e) = c.cgroup.set_frozen(true, FREEZE_TIMEOUT) {
             let _ = c.cgroup.set_frozen(false, FREEZE_TIMEOUT);
             return err(format!("pause container {id}: {e}"));
         }
-        *lock(&c.phase) = Phase::Paused;
+        // A start may have run meanwhile (it does not take `ops`).
+        let mut phase = lock(&c.phase);
+        let started = started || *phase == Phase::Running;
+        *phase = Phase::Paused { started };
         Response::Ok
     }
 
@@ -79,14 +85,18 @@ impl Registry {
             Err(r) => return r,
         };
         let _ops = lock(&c.ops);
-        match c.status() {
-            ContainerStatus::Paused => {}
-            s => return err(format!("container {id} is not paused: {}", status_name(s))),
-        }
+        let started = match (c.status(), *lock(&c.phase)) {
+            (ContainerStatus::Paused, Phase::Paused { started }) => started,
+            (s, _) => return err(format!("container {id} is not paused: {}", status_name(s))),
+        };
         if let Err(e) = c.cgroup.set_frozen(false, FREEZE_TIMEOUT) {
             return err(format!("resume container {id}: {e}"));
         }
-        *lock(&c.phase) = Phase::Running;
+        *lock(&c.phase) = if started {
+            Phase::Running
+        } else {
+            Phase::Created
+        };
         Response::Ok
     }
 }

@@ -45,7 +45,11 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 enum Phase {
     Created,
     Running,
-    Paused,
+    /// Frozen; `started` tells what a resume returns to (runc pauses a
+    /// created container too).
+    Paused {
+        started: bool,
+    },
 }
 
 pub struct Container {
@@ -90,7 +94,7 @@ impl Container {
         match phase {
             Phase::Created => ContainerStatus::Created,
             Phase::Running => ContainerStatus::Running,
-            Phase::Paused => ContainerStatus::Paused,
+            Phase::Paused { .. } => ContainerStatus::Paused,
         }
     }
 
@@ -301,11 +305,17 @@ impl Registry {
                 None => return err(format!("container {id} is not in created state: starting")),
             }
         };
-        // Not paused meanwhile: only a running container can be paused.
         let result = helper::release(ctl, c.pid);
         // Running from here on even if exec failed: the init exits (127) and
-        // the status turns stopped once it is reaped.
-        *lock(&c.phase) = Phase::Running;
+        // the status turns stopped once it is reaped. A pause that raced with
+        // this start keeps the container frozen: it resumes to running.
+        {
+            let mut phase = lock(&c.phase);
+            *phase = match *phase {
+                Phase::Paused { .. } => Phase::Paused { started: true },
+                _ => Phase::Running,
+            };
+        }
         match result {
             Ok(()) => Response::Ok,
             Err(StartError::Gone) => err(format!(

@@ -25,12 +25,16 @@ fn running(store: &Store, id: &str) -> anyhow::Result<husk::container::State> {
 }
 
 pub fn ps(store: &Store, id: &str, format: ListFormat) -> anyhow::Result<()> {
-    running(store, id)?;
-    let procs =
+    // runc lists what is left in a stopped container's cgroup: nothing, so
+    // the header alone (or `[]`), and success.
+    let procs = if store.load(id)?.status() == Status::Stopped {
+        Vec::new()
+    } else {
         match monitor::agent(store, id)?.request(&Request::ListProcesses { id: id.to_string() })? {
             Response::Processes { processes } => processes,
             other => return Err(husk::vm::unexpected("reply", &other).into()),
-        };
+        }
+    };
     let mut out = std::io::stdout().lock();
     match format {
         // runc prints the pids; ours are the guest's.
@@ -70,7 +74,8 @@ fn ps_line(p: &ProcessInfo) -> String {
 
 pub fn pause(store: &Store, id: &str) -> anyhow::Result<()> {
     let mut st = store.load(id)?;
-    if st.status() != Status::Running {
+    // runc freezes a created container as well.
+    if !matches!(st.status(), Status::Running | Status::Created) {
         bail!("container not running");
     }
     monitor::agent(store, id)?.expect_ok(&Request::PauseContainer { id: id.to_string() })?;
@@ -130,7 +135,9 @@ pub fn events(store: &Store, id: &str, interval: &str, once: bool) -> anyhow::Re
     if interval.is_zero() {
         bail!("duration interval must be greater than 0");
     }
-    running(store, id)?;
+    if store.load(id)?.status() == Status::Stopped {
+        bail!("container with id {id} is not running");
+    }
     let mut out = std::io::stdout().lock();
     let first = stats(store, id)?;
     writeln!(out, "{}", stats_event(id, &first))?;
