@@ -178,7 +178,8 @@ fn serve(mut stream: UnixStreamLike, hello: HelloInfo, mode: Mode) {
                     Mode::Unix => std::process::exit(0),
                 }
             }
-            Request::CreateContainer(req) => reg.create(&req),
+            Request::CreateContainer(req) => reg.create(&req, &[]),
+            Request::CreateContainerWithFds { create, fds } => reg.create(&create, &fds),
             Request::StartContainer { id } => reg.start(&id),
             Request::Signal {
                 id,
@@ -202,7 +203,17 @@ fn serve(mut stream: UnixStreamLike, hello: HelloInfo, mode: Mode) {
                 }
                 Err(reply) => reply,
             },
-            Request::ExecProcess(req) => reg.exec(&req),
+            Request::ExecProcess(req) => reg.exec(&req, &[]),
+            Request::ExecProcessWithFds { exec, fds } => reg.exec(&exec, &fds),
+            Request::AttachFd { id, exec_id, fd } => match reg.attach_fd(&id, &exec_id, fd) {
+                Ok(attachment) => {
+                    if proto::send(&mut stream, &Response::Ok).is_ok() {
+                        attachment.relay(stream);
+                    }
+                    return;
+                }
+                Err(reply) => reply,
+            },
             Request::StartProcess { id, exec_id } => reg.start_process(&id, &exec_id),
             Request::DeleteProcess { id, exec_id } => reg.delete_process(&id, &exec_id),
             Request::ResizeTerminal {

@@ -16,8 +16,8 @@ pub use frame::{
     call, read_frame, recv, recv_within, send, write_frame, Deadline, FrameError, MAX_FRAME,
 };
 pub use message::{
-    ContainerStats, ContainerStatus, CreateContainer, ExecProcess, ExitStatus, HelloInfo,
-    ProcessInfo, Request, Response, StdioStream, PROTOCOL_VERSION,
+    ContainerStats, ContainerStatus, CreateContainer, ExecProcess, ExitStatus, HelloInfo, PassedFd,
+    ProcessInfo, Request, Response, StdioStream, MAX_PASSED_FDS, PROTOCOL_VERSION,
 };
 
 /// vsock port the agent listens on for host requests.

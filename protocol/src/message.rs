@@ -1,7 +1,11 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to [`Request`] or [`Response`].
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
+
+/// At most this many host descriptors are passed to one process
+/// (`--preserve-fds`); each is a relay on both sides.
+pub const MAX_PASSED_FDS: usize = 32;
 
 /// Host → agent.
 ///
@@ -21,6 +25,12 @@ pub enum Request {
     Shutdown,
     /// Set up a container from its OCI spec; its init waits for `StartContainer`.
     CreateContainer(Box<CreateContainer>),
+    /// `CreateContainer` whose init also gets one descriptor per entry of
+    /// `fds`, as its fds 3, 4, ... (`--preserve-fds`).
+    CreateContainerWithFds {
+        create: Box<CreateContainer>,
+        fds: Vec<PassedFd>,
+    },
     StartContainer {
         id: String,
     },
@@ -58,6 +68,21 @@ pub enum Request {
     /// capabilities and no_new_privileges from `process`. It waits for
     /// `StartProcess`, so stdio can be attached first.
     ExecProcess(Box<ExecProcess>),
+    /// `ExecProcess` with passed descriptors, as `CreateContainerWithFds`.
+    ExecProcessWithFds {
+        exec: Box<ExecProcess>,
+        fds: Vec<PassedFd>,
+    },
+    /// Turns this connection into the host end of the process's passed
+    /// descriptor `fd` (3, 4, ...): after the `Ok` reply it carries raw
+    /// bytes, in the direction of its [`PassedFd`] kind. A `Listener` takes
+    /// any number of these, one per connection the process accepts; the
+    /// others one.
+    AttachFd {
+        id: String,
+        exec_id: Option<String>,
+        fd: i32,
+    },
     StartProcess {
         id: String,
         exec_id: String,
@@ -168,6 +193,24 @@ pub struct CreateContainer {
     pub terminal: bool,
 }
 
+/// What a host descriptor passed with `--preserve-fds` becomes in the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PassedFd {
+    /// The read end of a pipe: the process reads what the host writes
+    /// (EOF once the host half-closes).
+    PipeRead,
+    /// The write end of a pipe: what the process writes goes to the host.
+    PipeWrite,
+    /// A listening AF_UNIX stream socket: each `AttachFd` connects to it once
+    /// and carries that connection both ways.
+    Listener,
+    /// One end of a connected AF_UNIX stream socket pair, carried both ways.
+    Stream,
+    /// The guest's /dev/null, opened read-write (nothing to carry).
+    Null,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StdioStream {
@@ -238,4 +281,49 @@ pub enum Response {
     Error {
         message: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passed_fds_on_the_wire() {
+        let req = Request::AttachFd {
+            id: "c".into(),
+            exec_id: None,
+            fd: 3,
+        };
+        let text = serde_json::to_string(&req).unwrap();
+        assert_eq!(
+            text,
+            r#"{"attach_fd":{"id":"c","exec_id":null,"fd":3}}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), req);
+        let kinds: Vec<PassedFd> =
+            serde_json::from_str(r#"["pipe_read","pipe_write","listener","stream","null"]"#)
+                .unwrap();
+        assert_eq!(
+            kinds,
+            [
+                PassedFd::PipeRead,
+                PassedFd::PipeWrite,
+                PassedFd::Listener,
+                PassedFd::Stream,
+                PassedFd::Null
+            ]
+        );
+        // A kind this side does not know is an error, not a dropped fd.
+        assert!(serde_json::from_str::<PassedFd>(r#""regular_file""#).is_err());
+        let create = Request::CreateContainerWithFds {
+            create: Box::new(CreateContainer {
+                id: "c".into(),
+                spec: oci_spec::runtime::Spec::default(),
+                terminal: false,
+            }),
+            fds: vec![PassedFd::Listener],
+        };
+        let text = serde_json::to_string(&create).unwrap();
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), create);
+    }
 }

@@ -3,8 +3,9 @@
 //! Like the container's init, an exec'd process has a host process standing
 //! for it: `husk exec` itself in the foreground, or a detached exec monitor
 //! (`husk exec --detach`, whose pid goes to `--pid-file` for conmon). It
-//! relays stdio (pipes, a `--console-socket` pty, or our own terminal),
-//! forwards signals and window-size changes, and ends the way the guest
+//! relays stdio (pipes, a `--console-socket` pty, or our own terminal)
+//! and the descriptors passed with `--preserve-fds` (`passfd`), forwards
+//! signals and window-size changes, and ends the way the guest
 //! process ended.
 
 use std::fs::File;
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use husk_protocol::{ExecProcess, ExitStatus, Request, Response, StdioStream};
+use husk_protocol::{ExecProcess, ExitStatus, PassedFd, Request, Response, StdioStream};
 use oci_spec::runtime::Process;
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +37,9 @@ pub struct ExecRequest {
     /// Where the pty master goes (terminal only); without it a terminal exec
     /// uses our own stdin/stdout as the terminal.
     pub console_socket: Option<PathBuf>,
+    /// `--preserve-fds`: what our fds 3, 4, ... are, in order (`passfd`).
+    #[serde(default)]
+    pub passed_fds: Vec<PassedFd>,
 }
 
 /// Where a detached exec's request is kept until its monitor has read it.
@@ -65,18 +69,28 @@ enum TermHost {
 /// Creates the process in the guest, attaches its stdio, and starts it.
 /// Signals must already be blocked ([`monitor::block_signals`]).
 pub fn start(store: &Store, req: &ExecRequest, ctty: bool) -> Result<Session, String> {
+    // Our fds 3, 4, ... (checked by the caller) are the process's.
+    let passed = crate::passfd::adopt(req.passed_fds.len());
     let uds = monitor::vsock_path(&store.dir(&req.id).map_err(|e| e.to_string())?);
     let connect = || AgentClient::connect(&uds, AGENT_TIMEOUT).map_err(|e| e.to_string());
+    let exec = Box::new(ExecProcess {
+        id: req.id.clone(),
+        exec_id: req.exec_id.clone(),
+        process: req.process.clone(),
+        terminal: req.terminal,
+    });
     connect()?
-        .expect_ok(&Request::ExecProcess(Box::new(ExecProcess {
-            id: req.id.clone(),
-            exec_id: req.exec_id.clone(),
-            process: req.process.clone(),
-            terminal: req.terminal,
-        })))
+        .expect_ok(&if req.passed_fds.is_empty() {
+            Request::ExecProcess(exec)
+        } else {
+            Request::ExecProcessWithFds {
+                exec,
+                fds: req.passed_fds.clone(),
+            }
+        })
         .map_err(|e| e.to_string())?;
     // From here on a failure must not leave the prepared process behind.
-    match attach_and_start(&uds, req, ctty) {
+    match attach_and_start(&uds, req, ctty, passed) {
         Ok(s) => Ok(s),
         Err(e) => {
             if let Ok(mut a) = connect() {
@@ -96,7 +110,12 @@ pub fn start(store: &Store, req: &ExecRequest, ctty: bool) -> Result<Session, St
     }
 }
 
-fn attach_and_start(uds: &Path, req: &ExecRequest, ctty: bool) -> Result<Session, String> {
+fn attach_and_start(
+    uds: &Path,
+    req: &ExecRequest,
+    ctty: bool,
+    passed: Vec<OwnedFd>,
+) -> Result<Session, String> {
     let connect = || AgentClient::connect(uds, AGENT_TIMEOUT).map_err(|e| e.to_string());
     let attach = |stream: StdioStream| -> Result<UnixStream, String> {
         let mut c = connect()?;
@@ -145,6 +164,13 @@ fn attach_and_start(uds: &Path, req: &ExecRequest, ctty: bool) -> Result<Session
             Some(stdio::dup_std(0)?)
         }
     };
+    outputs.extend(crate::passfd::relay(
+        uds,
+        &req.id,
+        Some(&req.exec_id),
+        &req.passed_fds,
+        passed,
+    )?);
 
     let (tx, exited) = mpsc::channel();
     let mut wait_conn = connect()?;

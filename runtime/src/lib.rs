@@ -8,6 +8,7 @@ pub mod devices;
 pub mod exec;
 pub mod hooks;
 pub mod monitor;
+pub mod passfd;
 pub mod signal;
 pub mod stdio;
 pub mod untrusted;

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use husk_protocol::{CreateContainer, ExitStatus, Request, Response, StdioStream, SHARE_TAG};
+use husk_protocol::{
+    CreateContainer, ExitStatus, PassedFd, Request, Response, StdioStream, SHARE_TAG,
+};
 use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +45,9 @@ pub struct CreateRequest {
     /// Start husk-vmm without its jail (config.toml `no_jail`, debugging only).
     #[serde(default)]
     pub no_jail: bool,
+    /// `--preserve-fds`: what our inherited fds 3, 4, ... are, in order.
+    #[serde(default)]
+    pub passed_fds: Vec<PassedFd>,
 }
 
 const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -153,6 +158,8 @@ enum Event {
 }
 
 fn setup(store: &Store, dir: &Path, req: &CreateRequest) -> Result<Running, String> {
+    // Ours before anything else runs: husk-vmm must not inherit them.
+    let passed = crate::passfd::adopt(req.passed_fds.len());
     crate::cgroups::enter(dir, &req.spec, &req.id, req.memory_mib, req.vcpus, true)
         .map_err(|e| e.to_string())?;
     let mut spec = VmSpec::new(req.vmm.clone(), req.kernel.clone(), req.initrd.clone());
@@ -178,12 +185,20 @@ fn setup(store: &Store, dir: &Path, req: &CreateRequest) -> Result<Running, Stri
     let terminal = req.console_socket.is_some();
     let mut guest_spec = req.spec.clone();
     crate::cgroups::spec_for_guest(&mut guest_spec);
+    let create = Box::new(CreateContainer {
+        id: req.id.clone(),
+        spec: guest_spec,
+        terminal,
+    });
     connect()?
-        .expect_ok(&Request::CreateContainer(Box::new(CreateContainer {
-            id: req.id.clone(),
-            spec: guest_spec,
-            terminal,
-        })))
+        .expect_ok(&if req.passed_fds.is_empty() {
+            Request::CreateContainer(create)
+        } else {
+            Request::CreateContainerWithFds {
+                create,
+                fds: req.passed_fds.clone(),
+            }
+        })
         .map_err(|e| e.to_string())?;
 
     let attach = |stream: StdioStream| -> Result<UnixStream, String> {
@@ -219,6 +234,13 @@ fn setup(store: &Store, dir: &Path, req: &CreateRequest) -> Result<Running, Stri
         outputs.push(spawn_copy(stdout, dup_std(1)?, false));
         outputs.push(spawn_copy(stderr, dup_std(2)?, false));
     }
+    outputs.extend(crate::passfd::relay(
+        &uds,
+        &req.id,
+        None,
+        &req.passed_fds,
+        passed,
+    )?);
     if let Some((rows, cols)) = size_fd.as_ref().and_then(|f| stdio::window_size(f.as_fd())) {
         let _ = connect()?.request(&Request::ResizeTerminal {
             id: req.id.clone(),

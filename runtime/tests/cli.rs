@@ -534,14 +534,60 @@ fn features_list_runc_mount_options() {
     }
 }
 
-/// `--preserve-fds N` is refused, not silently dropped: the fds are host
-/// objects the process in the VM would not get (issue 15, group 5).
+/// Runs husk with `fds` as its fds 3, 4, ... and nothing else above 2.
+fn husk_err_with_fds(
+    root: &Path,
+    args: &[&str],
+    fds: &[&dyn std::os::fd::AsRawFd],
+) -> (Option<i32>, String) {
+    use std::os::unix::process::CommandExt;
+    assert!(fds.len() <= 4);
+    let mut raw = [-1i32; 4];
+    for (r, f) in raw.iter_mut().zip(fds) {
+        *r = f.as_raw_fd();
+    }
+    let n = fds.len();
+    let mut cmd = husk(root, args);
+    // SAFETY: only dup2/fcntl/close_range between fork and exec, on data
+    // prepared before (no allocation).
+    unsafe {
+        cmd.pre_exec(move || {
+            // Above every target first, so no dup2 clobbers a source.
+            let mut high = [-1i32; 4];
+            for i in 0..n {
+                high[i] = libc::fcntl(raw[i], libc::F_DUPFD_CLOEXEC, 100);
+            }
+            for (i, h) in high.iter().take(n).enumerate() {
+                libc::dup2(*h, 3 + i as i32);
+            }
+            libc::syscall(
+                libc::SYS_close_range,
+                3 + n as u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            Ok(())
+        });
+    }
+    let (out, _) = run_within(cmd, Duration::from_secs(30));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `--preserve-fds N`: what cannot be carried into the VM (a regular file,
+/// a datagram socket, a descriptor that is not open) is refused before
+/// anything is created, never silently dropped (issue 15, group 5).
 #[test]
-fn preserved_fds_are_refused_not_dropped() {
+fn preserved_fds_that_cannot_cross_are_refused() {
     let root = TempRoot::new("pfds");
-    let msg = "--preserve-fds 2: passing file descriptors into the VM is not supported (only stdio reaches the container)";
+    let (pipe_r, _pipe_w) = nix::unistd::pipe().unwrap();
+    let file = std::fs::File::create(root.0.join("regular")).unwrap();
+    let msg = "--preserve-fds: fd 4 is a regular file; only pipes, FIFOs, stream sockets \
+               (listening or connected) and /dev/null can be passed into the VM";
     for cmd in ["create", "run"] {
-        let (c, err) = husk_err(
+        let (c, err) = husk_err_with_fds(
             &root.0,
             &[
                 cmd,
@@ -551,16 +597,47 @@ fn preserved_fds_are_refused_not_dropped() {
                 "/nonexistent",
                 "pf1",
             ],
+            &[&pipe_r, &file],
         );
         assert_eq!(c, Some(1), "{cmd}: {err}");
         assert_eq!(err, format!("husk: {msg}\n"), "{cmd}");
     }
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (c, err) = husk_err_with_fds(
+        &root.0,
+        &["create", "--preserve-fds", "1", "--bundle", "/nonexistent", "pf1"],
+        &[&udp],
+    );
+    assert_eq!(c, Some(1), "{err}");
+    assert!(err.contains("fd 3 is a datagram socket"), "{err}");
+    let (c, err) = husk_err_with_fds(
+        &root.0,
+        &["run", "--preserve-fds", "2", "--bundle", "/nonexistent", "pf1"],
+        &[&pipe_r],
+    );
+    assert_eq!(c, Some(1), "{err}");
+    assert_eq!(err, "husk: --preserve-fds: fd 4 is not open\n");
+    let (c, err) = husk_err_with_fds(
+        &root.0,
+        &["run", "--preserve-fds", "33", "--bundle", "/nonexistent", "pf1"],
+        &[],
+    );
+    assert_eq!(c, Some(1), "{err}");
+    assert!(err.contains("at most 32"), "{err}");
     assert!(!root.0.join("pf1").exists());
     // exec: the container is looked up first, as runc does.
     let mut sleep = fake_container(&root.0, "pf2", "running");
-    let (c, err) = husk_err(&root.0, &["exec", "--preserve-fds", "2", "pf2", "true"]);
+    let (c, err) = husk_err_with_fds(
+        &root.0,
+        &["exec", "--preserve-fds", "2", "pf2", "true"],
+        &[&pipe_r, &file],
+    );
     let _ = sleep.kill();
     let _ = sleep.wait();
     assert_eq!(c, Some(255), "{err}");
     assert_eq!(err, format!("husk: exec failed: {msg}\n"));
+    assert!(!std::fs::read_dir(root.0.join("pf2"))
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("exec-")));
 }

@@ -14,11 +14,12 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex};
 
-use husk_protocol::{ContainerStatus, ExecProcess, Response};
+use husk_protocol::{ContainerStatus, ExecProcess, PassedFd, Response};
 use oci_spec::runtime::Process;
 
 use super::exec_init::{ExecConfig, NsFd};
 use super::helper::{self, StartError};
+use super::passfd;
 use super::process::{exits, lock, Channel, ExitCell, Stdio, CONFIG_FD};
 use super::{console_size, err, spec, status_name, Container, Registry, EXEC_ARG, KILL_TIMEOUT};
 
@@ -28,6 +29,8 @@ pub struct Exec {
     pub pid: i32,
     pub exit: Arc<ExitCell>,
     pub stdio: Arc<Stdio>,
+    /// Its passed descriptors (`--preserve-fds`).
+    pub passed: Arc<passfd::Passed>,
     /// Control channel to the helper until it execs.
     ctl: Mutex<Option<Channel>>,
 }
@@ -137,7 +140,7 @@ impl Container {
             .collect()
     }
 
-    fn spawn_exec(&self, req: &ExecProcess) -> Result<Exec, String> {
+    fn spawn_exec(&self, req: &ExecProcess, fds: &[PassedFd]) -> Result<Exec, String> {
         let gone = || format!("container {} is not running", self.id);
         let namespaces = open_namespaces(self.pid)?.ok_or_else(gone)?;
         // The init's root, which the exec chroots into after joining the
@@ -155,6 +158,7 @@ impl Container {
         }
         let (stdio, child_stdio) = Stdio::new(req.terminal, console_size(&req.process))
             .map_err(|e| format!("stdio: {e}"))?;
+        let (passed, passed_fds) = passfd::Passed::create(fds)?;
         let config = ExecConfig {
             process: with_defaults(&req.process, &self.process),
             terminal: req.terminal,
@@ -170,9 +174,12 @@ impl Container {
                 })
                 .collect(),
             root_fd: CONFIG_FD + 1 + namespaces.len() as i32,
+            passed_fds: passed_fds.len(),
         };
-        let mut fds: Vec<BorrowedFd<'_>> = namespaces.iter().map(|(f, _, _)| f.as_fd()).collect();
-        fds.push(root.as_fd());
+        let mut extra: Vec<BorrowedFd<'_>> =
+            namespaces.iter().map(|(f, _, _)| f.as_fd()).collect();
+        extra.push(root.as_fd());
+        extra.extend(passfd::borrow(&passed_fds));
         let pid_ns = namespaces
             .iter()
             .any(|(_, flag, _)| *flag == libc::CLONE_NEWPID);
@@ -181,21 +188,26 @@ impl Container {
             "the exec process",
             &config,
             child_stdio,
-            &fds,
+            &extra,
             pid_ns,
         )?;
+        // The helper has its copies; ours would hold the pipes open.
+        drop(extra);
+        drop(passed_fds);
         Ok(Exec {
             exec_id: req.exec_id.clone(),
             pid: parked.pid,
             exit: parked.exit,
             stdio: Arc::new(stdio),
+            passed: Arc::new(passed),
             ctl: Mutex::new(Some(parked.ctl)),
         })
     }
 }
 
 impl Registry {
-    pub fn exec(&self, req: &ExecProcess) -> Response {
+    /// Prepares an exec process whose own fds 3, 4, ... are `fds`.
+    pub fn exec(&self, req: &ExecProcess, fds: &[PassedFd]) -> Response {
         let (id, exec_id) = (&req.id, &req.exec_id);
         if !husk_protocol::valid_container_id(exec_id) {
             return err(format!(
@@ -225,7 +237,7 @@ impl Registry {
             }
             execs.insert(exec_id.clone(), Slot::Creating);
         }
-        match c.spawn_exec(req) {
+        match c.spawn_exec(req, fds) {
             Ok(e) => {
                 lock(&c.execs).insert(exec_id.clone(), Slot::Ready(Arc::new(e)));
                 Response::Ok

@@ -13,6 +13,7 @@
 //! reported on `Start`, and the process exits 127.
 
 use std::convert::Infallible;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 use oci_spec::runtime::{LinuxSeccomp, Process};
@@ -20,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::init::{self, InitMsg};
 use super::launch;
-use super::process::{Channel, CONFIG_FD, CTL_FD};
+use super::process::{self, Channel, CONFIG_FD};
 
 /// One namespace to join: an inherited fd and its CLONE_NEW* type.
 #[derive(Debug, Serialize, Deserialize)]
@@ -43,6 +44,10 @@ pub struct ExecConfig {
     pub namespaces: Vec<NsFd>,
     /// The container init's root directory (an inherited fd).
     pub root_fd: i32,
+    /// How many passed descriptors (`--preserve-fds`) follow the root
+    /// directory; they become the process's fds 3, 4, ...
+    #[serde(default)]
+    pub passed_fds: usize,
 }
 
 fn exit(code: i32) -> ! {
@@ -52,11 +57,8 @@ fn exit(code: i32) -> ! {
 
 /// Entry point of `husk-agent container-exec`. Never returns.
 pub fn main() -> ! {
-    // SAFETY: fd 3 was set up by the agent for us; it must close on the
-    // final execve, which is how the agent learns that execve succeeded.
-    let ctl = Channel(unsafe { super::process::own_fd(CTL_FD) });
-    // SAFETY: fcntl on our own fd.
-    unsafe { libc::fcntl(CTL_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // Off fd 3, which may be the process's first passed descriptor.
+    let ctl = process::take_ctl();
     match run(&ctl) {
         Ok(never) => match never {},
         Err(e) => {
@@ -68,12 +70,16 @@ pub fn main() -> ! {
 
 fn run(ctl: &Channel) -> Result<Infallible, String> {
     let cfg: ExecConfig = init::read_config()?;
-    let first_unused = CONFIG_FD + 2 + cfg.namespaces.len() as i32;
-    if cfg.root_fd != first_unused - 1 {
+    let after_root = CONFIG_FD + 2 + cfg.namespaces.len() as i32;
+    if cfg.root_fd != after_root - 1 {
         return Err(format!("root directory on unexpected fd {}", cfg.root_fd));
     }
-    // SAFETY: closes descriptors this process does not own; nothing uses them.
-    unsafe { libc::syscall(libc::SYS_close_range, first_unused, u32::MAX, 0) };
+    // The passed descriptors follow the root directory; nothing else of
+    // the agent's may stay open.
+    let n = cfg.passed_fds.min(husk_protocol::MAX_PASSED_FDS);
+    let passed: Vec<i32> = (0..n as i32).map(|i| after_root + i).collect();
+    process::close_fds_from(after_root + n as i32, ctl.0.as_raw_fd());
+    init::check_ctl_clear(ctl, n)?;
     if let Some(n) = cfg
         .namespaces
         .iter()
@@ -127,6 +133,6 @@ fn run(ctl: &Channel) -> Result<Infallible, String> {
     }
     // From here on this is the exec process, inside the container.
     init::new_session(cfg.terminal)?;
-    let launch = launch::prepare(&cfg.process, cfg.seccomp.as_ref())?;
+    let launch = launch::prepare(&cfg.process, cfg.seccomp.as_ref(), &passed)?;
     launch.exec(ctl)
 }

@@ -20,13 +20,14 @@ use std::convert::Infallible;
 use std::ffi::CString;
 use std::fs;
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use serde::{Deserialize, Serialize};
 
-use super::process::{Channel, CONFIG_FD, CTL_FD};
+use super::process::{self, Channel, CONFIG_FD};
 use super::{launch, mounts, spec};
 
 /// What the agent sends the init (over the config pipe).
@@ -39,6 +40,10 @@ pub struct InitConfig {
     pub cgroup: Option<PathBuf>,
     /// The pty slave's path in the guest, bound onto /dev/console.
     pub console: Option<String>,
+    /// How many passed descriptors (`--preserve-fds`) follow the config
+    /// pipe; they become the process's fds 3, 4, ...
+    #[serde(default)]
+    pub passed_fds: usize,
 }
 
 /// Init → agent.
@@ -66,14 +71,8 @@ fn exit(code: i32) -> ! {
 
 /// Entry point of `husk-agent container-init`. Never returns.
 pub fn main() -> ! {
-    // SAFETY: closes descriptors this process does not own; nothing uses them.
-    unsafe { libc::syscall(libc::SYS_close_range, CONFIG_FD + 1, u32::MAX, 0) };
-    // SAFETY: fd 3 was set up by the agent for us. dup2 cleared its
-    // close-on-exec flag; it must close on the final execve, which is how
-    // the agent learns that execve succeeded.
-    let ctl = Channel(unsafe { super::process::own_fd(CTL_FD) });
-    // SAFETY: fcntl on our own fd.
-    unsafe { libc::fcntl(CTL_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // Off fd 3, which may be the process's first passed descriptor.
+    let ctl = process::take_ctl();
     match run(&ctl) {
         Ok(never) => match never {},
         Err(e) => {
@@ -189,6 +188,14 @@ pub fn fork_into_pid_ns(ctl: &Channel) -> Result<(), String> {
     }
 }
 
+/// The control channel must not sit where passed descriptors go.
+pub fn check_ctl_clear(ctl: &Channel, passed: usize) -> Result<(), String> {
+    if passed > 0 && ctl.0.as_raw_fd() < 3 + passed as i32 {
+        return Err("passed fds: the control channel could not be moved out of their way".into());
+    }
+    Ok(())
+}
+
 pub fn write_file(path: &str, value: &str, what: &str) -> Result<(), String> {
     fs::write(path, value).map_err(|e| format!("{what}: write {value:?} to {path}: {e}"))
 }
@@ -210,6 +217,12 @@ pub fn new_session(terminal: bool) -> Result<(), String> {
 
 fn run(ctl: &Channel) -> Result<Infallible, String> {
     let cfg: InitConfig = read_config()?;
+    // The passed descriptors follow the config pipe; nothing else of the
+    // agent's may stay open.
+    let n = cfg.passed_fds.min(husk_protocol::MAX_PASSED_FDS);
+    let passed: Vec<i32> = (0..n as i32).map(|i| CONFIG_FD + 1 + i).collect();
+    process::close_fds_from(CONFIG_FD + 1 + n as i32, ctl.0.as_raw_fd());
+    check_ctl_clear(ctl, n)?;
     let spec = &cfg.spec;
     let process = spec.process().clone().ok_or("process: missing")?;
 
@@ -270,7 +283,7 @@ fn run(ctl: &Channel) -> Result<Infallible, String> {
     for p in linux.masked_paths().iter().flatten() {
         mounts::mask_path(p)?;
     }
-    let launch = launch::prepare(&process, linux.seccomp().as_ref())?;
+    let launch = launch::prepare(&process, linux.seccomp().as_ref(), &passed)?;
     launch.executable()?;
     launch.exec(ctl)
 }

@@ -10,6 +10,7 @@ pub mod helper;
 pub mod init;
 pub mod launch;
 pub mod mounts;
+pub mod passfd;
 pub mod process;
 pub mod ps;
 pub mod rlimits;
@@ -25,7 +26,9 @@ use std::path::Path;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use husk_protocol::{self as proto, ContainerStatus, CreateContainer, Response, StdioStream};
+use husk_protocol::{
+    self as proto, ContainerStatus, CreateContainer, PassedFd, Response, StdioStream,
+};
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, LinuxSeccomp, Spec};
 
 use cgroups::Cgroup;
@@ -59,6 +62,8 @@ pub struct Container {
     exit: Arc<ExitCell>,
     cgroup: Cgroup,
     stdio: Arc<Stdio>,
+    /// The init's passed descriptors (`--preserve-fds`).
+    passed: Arc<passfd::Passed>,
     phase: Mutex<Phase>,
     /// Control channel to the init until it execs.
     ctl: Mutex<Option<Channel>>,
@@ -77,6 +82,7 @@ struct Target {
     pid: i32,
     exit: Arc<ExitCell>,
     stdio: Arc<Stdio>,
+    passed: Arc<passfd::Passed>,
     /// "container ID" or "process EXEC of container ID", for messages.
     what: String,
 }
@@ -235,6 +241,7 @@ impl Registry {
                 pid: c.pid,
                 exit: c.exit.clone(),
                 stdio: c.stdio.clone(),
+                passed: c.passed.clone(),
                 what: format!("container {id}"),
             },
             Some(e) => {
@@ -243,6 +250,7 @@ impl Registry {
                     pid: x.pid,
                     exit: x.exit.clone(),
                     stdio: x.stdio.clone(),
+                    passed: x.passed.clone(),
                     what: format!("process {e} of container {id}"),
                 }
             }
@@ -250,7 +258,8 @@ impl Registry {
         Ok((c, t))
     }
 
-    pub fn create(&self, req: &CreateContainer) -> Response {
+    /// Creates a container whose init gets `fds` as its fds 3, 4, ...
+    pub fn create(&self, req: &CreateContainer, fds: &[PassedFd]) -> Response {
         let id = &req.id;
         if let Err(e) = spec::validate_id(id) {
             return err(e);
@@ -265,7 +274,7 @@ impl Registry {
             }
             map.insert(id.clone(), Slot::Creating);
         }
-        match create(req) {
+        match create(req, fds) {
             Ok(c) => {
                 lock(&self.containers).insert(id.clone(), Slot::Ready(Arc::new(c)));
                 Response::Ok
@@ -436,6 +445,18 @@ impl Registry {
                 "{what} has no terminal: attach stdin, stdout or stderr"
             ))),
         }
+    }
+
+    /// The agent's end of passed descriptor `fd` of a process, for one
+    /// `AttachFd` connection.
+    pub fn attach_fd(
+        &self,
+        id: &str,
+        exec_id: &Option<String>,
+        fd: i32,
+    ) -> Result<passfd::FdAttachment, Response> {
+        let (_, t) = self.target(id, exec_id)?;
+        t.passed.attach(fd, &t.what).map_err(err)
     }
 
     pub fn resize(&self, id: &str, exec_id: &Option<String>, rows: u16, cols: u16) -> Response {
@@ -644,7 +665,7 @@ fn console_size(p: &oci_spec::runtime::Process) -> Option<(u16, u16)> {
     })
 }
 
-fn create(req: &CreateContainer) -> Result<Container, String> {
+fn create(req: &CreateContainer, fds: &[PassedFd]) -> Result<Container, String> {
     let spec = &req.spec;
     ensure_share(spec)?;
     let rootfs = spec
@@ -667,12 +688,14 @@ fn create(req: &CreateContainer) -> Result<Container, String> {
     let size = spec.process().as_ref().and_then(console_size);
     let (stdio, child_stdio) =
         Stdio::new(req.terminal, size).map_err(|e| cleanup_cgroup(format!("stdio: {e}")))?;
+    let (passed, passed_fds) = passfd::Passed::create(fds).map_err(cleanup_cgroup)?;
     let config = InitConfig {
         id: req.id.clone(),
         spec: spec.clone(),
         terminal: req.terminal,
         cgroup: Some(cgroup.path.clone()),
         console: child_stdio.console.clone(),
+        passed_fds: passed_fds.len(),
     };
     let pid_ns = spec::has_namespace(spec, LinuxNamespaceType::Pid);
     let parked = helper::start(
@@ -680,16 +703,19 @@ fn create(req: &CreateContainer) -> Result<Container, String> {
         "the container init",
         &config,
         child_stdio,
-        &[],
+        &passfd::borrow(&passed_fds),
         pid_ns,
     )
     .map_err(cleanup_cgroup)?;
+    // The init has its copies; ours would hold the pipes open.
+    drop(passed_fds);
     Ok(Container {
         id: req.id.clone(),
         pid: parked.pid,
         exit: parked.exit,
         cgroup,
         stdio: Arc::new(stdio),
+        passed: Arc::new(passed),
         phase: Mutex::new(Phase::Created),
         ctl: Mutex::new(Some(parked.ctl)),
         seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),

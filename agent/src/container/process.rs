@@ -180,6 +180,43 @@ pub const CONFIG_FD: RawFd = 4;
 /// target number, so dup2 onto 0..n never clobbers a source.
 const HIGH_FD: RawFd = 64;
 
+/// Where a helper moves its control channel: above the descriptors its
+/// process may be passed (3, 4, ... `--preserve-fds`).
+const CTL_HIGH_FD: RawFd = 3 + husk_protocol::MAX_PASSED_FDS as RawFd + 64;
+
+/// In a helper: takes the control channel inherited on [`CTL_FD`], moved to
+/// [`CTL_HIGH_FD`] or above, close-on-exec (its EOF tells the agent that
+/// `execve` succeeded). Stays on CTL_FD if it cannot be moved.
+pub fn take_ctl() -> Channel {
+    // SAFETY: fd 3 was set up by the agent for the helper; fcntl and close
+    // on it only.
+    unsafe {
+        let moved = libc::fcntl(CTL_FD, libc::F_DUPFD_CLOEXEC, CTL_HIGH_FD);
+        if moved >= 0 {
+            libc::close(CTL_FD);
+            return Channel(OwnedFd::from_raw_fd(moved));
+        }
+        libc::fcntl(CTL_FD, libc::F_SETFD, libc::FD_CLOEXEC);
+        Channel(OwnedFd::from_raw_fd(CTL_FD))
+    }
+}
+
+/// In a helper: closes every descriptor from `first` up, but `keep`.
+pub fn close_fds_from(first: RawFd, keep: RawFd) {
+    let close_range = |lo: RawFd, hi: u32| {
+        // SAFETY: closes descriptors this process does not use.
+        unsafe { libc::syscall(libc::SYS_close_range, lo as u32, hi, 0) };
+    };
+    if keep >= first {
+        if keep > first {
+            close_range(first, (keep - 1) as u32);
+        }
+        close_range(keep + 1, u32::MAX);
+    } else {
+        close_range(first, u32::MAX);
+    }
+}
+
 /// Re-executes the agent binary as `husk-agent <mode>` with `fds` as its
 /// descriptors 0, 1, 2, ... Returns its pid, watched in the exit table.
 pub fn spawn_helper(mode: &str, fds: &[BorrowedFd<'_>]) -> io::Result<(i32, Arc<ExitCell>)> {

@@ -51,7 +51,8 @@ pub struct ExecArgs {
     /// Add a capability (bounding, effective, permitted); repeatable.
     #[arg(short, long)]
     pub cap: Vec<String>,
-    /// Refused above 0: host descriptors are not passed into the VM yet.
+    /// Pass our fds 3..3+N-1 to the process as its own (pipes, FIFOs,
+    /// stream sockets and /dev/null; anything else is refused).
     #[arg(long, default_value_t = 0)]
     pub preserve_fds: u32,
     /// Accepted: the process joins the container's cgroup in the guest.
@@ -68,7 +69,7 @@ pub struct ExecArgs {
 
 pub fn exec(store: &Store, root: &Path, a: &ExecArgs) -> anyhow::Result<ExitCode> {
     let st = store.load(&a.id)?;
-    super::lifecycle::refuse_preserved_fds(a.preserve_fds)?;
+    let passed_fds = super::lifecycle::check_preserved_fds(a.preserve_fds)?;
     match st.status() {
         Status::Stopped => bail!("cannot exec in a stopped container"),
         Status::Paused if !a.ignore_paused => {
@@ -98,6 +99,7 @@ pub fn exec(store: &Store, root: &Path, a: &ExecArgs) -> anyhow::Result<ExitCode
             .console_socket
             .as_ref()
             .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
+        passed_fds,
     };
     if a.detach {
         let pid = spawn_monitor(root, &dir, &req)?;
@@ -124,16 +126,21 @@ fn spawn_monitor(root: &Path, dir: &Path, req: &ExecRequest) -> anyhow::Result<u
         rd.as_raw_fd(),
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     )?;
-    let child = Command::new(std::env::current_exe()?)
-        .arg("--root")
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("--root")
         .arg(root)
         .arg("__exec-monitor")
         .arg(&req.id)
         .arg(&req.exec_id)
-        .env("HUSK_SYNC_FD", wr.as_raw_fd().to_string())
-        .spawn()
-        .context("cannot start the exec monitor");
+        .env("HUSK_SYNC_FD", wr.as_raw_fd().to_string());
+    let passed = req.passed_fds.len();
+    super::lifecycle::inherit_passed_fds(&mut cmd, passed, wr.as_raw_fd());
+    let child = cmd.spawn().context("cannot start the exec monitor");
     drop(wr);
+    // The exec monitor has them now; ours would keep pipes open.
+    if child.is_ok() {
+        husk::passfd::close_passed(passed);
+    }
     let mut child = match child {
         Ok(c) => c,
         Err(e) => {

@@ -1,6 +1,6 @@
 //! create, start, state, kill, delete, run.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -14,7 +14,7 @@ use husk::container::state::{process_alive, StoreError};
 use husk::container::{share, validate_id, State, Status, Store};
 use husk::hooks::{self, Kind};
 use husk::monitor::{self, CreateRequest};
-use husk_protocol::{ExitStatus, Request};
+use husk_protocol::{ExitStatus, PassedFd, Request};
 
 #[derive(clap::Args, Clone)]
 pub struct CreateArgs {
@@ -33,7 +33,8 @@ pub struct CreateArgs {
     /// Accepted for compatibility.
     #[arg(long)]
     pub no_new_keyring: bool,
-    /// Refused above 0: host descriptors are not passed into the VM yet.
+    /// Pass our fds 3..3+N-1 to the container's process as its own (pipes,
+    /// FIFOs, stream sockets and /dev/null; anything else is refused).
     #[arg(long, default_value_t = 0)]
     pub preserve_fds: u32,
     pub id: String,
@@ -123,17 +124,21 @@ pub(super) fn write_pid_file(path: &Path, pid: u32) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write pid file {}", path.display()))
 }
 
-/// `--preserve-fds N`: fds 3..3+N-1 are host objects (a listening socket,
-/// a pipe, a file) that a process in the VM cannot hold; until they are
-/// proxied into the guest, a request for them fails instead of the process
-/// silently starting without them.
-pub(super) fn refuse_preserved_fds(n: u32) -> anyhow::Result<()> {
-    if n > 0 {
-        bail!(
-            "--preserve-fds {n}: passing file descriptors into the VM is not supported (only stdio reaches the container)"
-        );
+/// `--preserve-fds N`: our fds 3..3+N-1, each checked to be something that
+/// can be carried into the VM (`husk::passfd`); anything else is refused
+/// before anything is created, instead of the process silently starting
+/// without it.
+pub(super) fn check_preserved_fds(n: u32) -> anyhow::Result<Vec<PassedFd>> {
+    Ok(husk::passfd::check(n)?)
+}
+
+/// Makes a relay process (monitor, exec monitor) inherit our passed fds and
+/// the sync pipe's write end, and nothing else of ours.
+pub(super) fn inherit_passed_fds(cmd: &mut Command, n: usize, sync: RawFd) {
+    // SAFETY: the closure only makes fcntl/close_range calls (async-signal-safe).
+    unsafe {
+        cmd.pre_exec(move || husk::passfd::inherit_only(n, sync));
     }
-    Ok(())
 }
 
 /// The spec asks for a new network namespace (one without a path).
@@ -151,7 +156,7 @@ fn wants_new_netns(spec: &oci_spec::runtime::Spec) -> bool {
 /// Creates the container; returns the monitor's process handle.
 pub fn create(store: &Store, a: &CreateArgs) -> anyhow::Result<std::process::Child> {
     validate_id(&a.id)?;
-    refuse_preserved_fds(a.preserve_fds)?;
+    let passed_fds = check_preserved_fds(a.preserve_fds)?;
     // Everything that can be wrong with the input is checked before anything
     // is written, so a bad request leaves no trace.
     let bundle = Bundle::load(&a.bundle)?;
@@ -165,7 +170,7 @@ pub fn create(store: &Store, a: &CreateArgs) -> anyhow::Result<std::process::Chi
         },
     )?;
     let dir = store.claim(&a.id)?;
-    match create_in(store, &dir, a, bundle, cfg, size) {
+    match create_in(store, &dir, a, bundle, cfg, size, passed_fds) {
         Ok(child) => Ok(child),
         Err(e) => {
             let _ = cleanup(&dir);
@@ -181,7 +186,9 @@ fn create_in(
     bundle: Bundle,
     cfg: husk::config::Resolved,
     size: VmSize,
+    passed_fds: Vec<PassedFd>,
 ) -> anyhow::Result<std::process::Child> {
+    let passed = passed_fds.len();
     let share_dir = monitor::share_dir(dir);
     share::prepare(&share_dir)?;
     let mut guest_spec = bundle.spec.clone();
@@ -208,6 +215,7 @@ fn create_in(
             .as_ref()
             .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
         no_jail: cfg.no_jail,
+        passed_fds,
     };
     std::fs::write(dir.join("create.json"), serde_json::to_vec(&req)?)?;
 
@@ -238,8 +246,12 @@ fn create_in(
             });
         }
     }
+    inherit_passed_fds(&mut cmd, passed, wr.as_raw_fd());
     let child = cmd.spawn().context("cannot start the container monitor")?;
     drop(wr);
+    // The monitor has them now; our copies would keep pipes open (and
+    // hooks must not inherit them).
+    husk::passfd::close_passed(passed);
     let mut child = child;
     if let Err(e) = super::sync::read_within(rd, super::sync::create_timeout()) {
         let _ = child.kill();
