@@ -40,7 +40,7 @@ retries=${HUSK_VM_TEST_RETRY:-2}                 # reruns of tests that failed o
 passed=0; failed=0; failed_exes=(); retried=()
 tmp=$(mktemp); trap 'rm -f "$tmp"' EXIT
 # What a guest lost to the emulator looks like in a test's failure message.
-lost_guest='guest crashed|agent not ready after|exited before the agent was ready|lost the VM|agent: connection closed|agent: I/O error: Resource temporarily unavailable|agent: I/O error: Connection reset by peer|vsock: guest port [0-9]+: no answer within'
+lost_guest='guest crashed|agent not ready after|exited before the agent was ready|lost the VM|agent: connection closed|agent: I/O error: Resource temporarily unavailable|agent: I/O error: Connection reset by peer|vsock: guest port [0-9]+: no answer within|agent: no reply within'
 
 # counts FILE: sets p and f from libtest's "test result: ok. 3 passed; 0 failed; ..." line.
 counts() {
