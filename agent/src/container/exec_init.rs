@@ -128,11 +128,14 @@ fn run(ctl: &Channel) -> Result<Infallible, String> {
         libc::close(cfg.root_fd);
     }
     nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+    // The namespaces and the root are closed: the passed descriptors can
+    // take 3.. (before seccomp, which may forbid dup2).
+    super::passfd::install(&passed)?;
     if pid_ns {
         init::fork_into_pid_ns(ctl)?;
     }
     // From here on this is the exec process, inside the container.
     init::new_session(cfg.terminal)?;
-    let launch = launch::prepare(&cfg.process, cfg.seccomp.as_ref(), &passed)?;
+    let launch = launch::prepare(&cfg.process, cfg.seccomp.as_ref())?;
     launch.exec(ctl)
 }

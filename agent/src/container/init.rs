@@ -223,6 +223,8 @@ fn run(ctl: &Channel) -> Result<Infallible, String> {
     let passed: Vec<i32> = (0..n as i32).map(|i| CONFIG_FD + 1 + i).collect();
     process::close_fds_from(CONFIG_FD + 1 + n as i32, ctl.0.as_raw_fd());
     check_ctl_clear(ctl, n)?;
+    // At 3.. now, so nothing of the setup can take those numbers.
+    super::passfd::install(&passed)?;
     let spec = &cfg.spec;
     let process = spec.process().clone().ok_or("process: missing")?;
 
@@ -283,7 +285,7 @@ fn run(ctl: &Channel) -> Result<Infallible, String> {
     for p in linux.masked_paths().iter().flatten() {
         mounts::mask_path(p)?;
     }
-    let launch = launch::prepare(&process, linux.seccomp().as_ref(), &passed)?;
+    let launch = launch::prepare(&process, linux.seccomp().as_ref())?;
     launch.executable()?;
     launch.exec(ctl)
 }

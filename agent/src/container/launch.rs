@@ -79,18 +79,11 @@ pub struct Launch {
     c_env: Vec<CString>,
 }
 
-/// Puts the `passed` descriptors at 3, 4, ..., then applies everything of
-/// `process` (and the container's seccomp profile) that must happen before
-/// `execve`, in runc's order. Only the seccomp
+/// Applies everything of `process` (and the container's seccomp profile)
+/// that must happen before `execve`, in runc's order. Only the seccomp
 /// filter of a no_new_privileges process waits for [`Launch::exec`], so that
 /// the helper's own syscalls until then are not filtered.
-pub fn prepare(
-    process: &Process,
-    profile: Option<&LinuxSeccomp>,
-    passed: &[i32],
-) -> Result<Launch, String> {
-    // First: a seccomp profile may forbid dup2 and close.
-    super::passfd::install(passed)?;
+pub fn prepare(process: &Process, profile: Option<&LinuxSeccomp>) -> Result<Launch, String> {
     let nnp = process.no_new_privileges().unwrap_or(false);
     if nnp {
         // SAFETY: plain prctl.

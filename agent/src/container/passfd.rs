@@ -201,9 +201,9 @@ pub fn relay_both(conn: &UnixStream, s: &UnixStream) {
 
 /// Puts `fds` (the process's passed descriptors, wherever they were
 /// inherited) at 3, 4, ... without close-on-exec, closing the originals.
-/// Called in the helper before anything else of the process's setup (a
-/// seccomp profile may forbid dup2 later); nothing else may be open on
-/// 3..3+n at that point but the sources themselves.
+/// Called in the helper as soon as nothing else is open on 3..3+n but the
+/// sources themselves (anything else there is an error, not clobbered),
+/// and before seccomp, which may forbid dup2.
 pub fn install(fds: &[i32]) -> Result<(), String> {
     let n = fds.len() as i32;
     // First out of the target range, so no dup2 clobbers a source.
@@ -223,6 +223,12 @@ pub fn install(fds: &[i32]) -> Result<(), String> {
     }
     for (i, h) in high.into_iter().enumerate() {
         let target = FIRST_FD + i as i32;
+        // SAFETY: F_GETFD only asks whether the number is open.
+        if unsafe { libc::fcntl(target, libc::F_GETFD) } >= 0 {
+            // SAFETY: our own temporary copy.
+            unsafe { libc::close(h) };
+            return Err(format!("passed fd {target}: the number is in use"));
+        }
         // SAFETY: dup2 onto a number in the range this process reserves for
         // passed descriptors; the result has close-on-exec clear.
         let r = unsafe { libc::dup2(h, target) };
