@@ -295,10 +295,7 @@ mod tests {
             fd: 3,
         };
         let text = serde_json::to_string(&req).unwrap();
-        assert_eq!(
-            text,
-            r#"{"attach_fd":{"id":"c","exec_id":null,"fd":3}}"#
-        );
+        assert_eq!(text, r#"{"attach_fd":{"id":"c","exec_id":null,"fd":3}}"#);
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), req);
         let kinds: Vec<PassedFd> =
             serde_json::from_str(r#"["pipe_read","pipe_write","listener","stream","null"]"#)

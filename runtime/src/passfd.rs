@@ -434,11 +434,7 @@ pub fn pump(from: BorrowedFd<'_>, to: BorrowedFd<'_>) {
         while off < n as usize {
             // SAFETY: write from our buffer, within what was read.
             let w = unsafe {
-                libc::write(
-                    to.as_raw_fd(),
-                    buf[off..].as_ptr().cast(),
-                    n as usize - off,
-                )
+                libc::write(to.as_raw_fd(), buf[off..].as_ptr().cast(), n as usize - off)
             };
             if w > 0 {
                 off += w as usize;
@@ -547,7 +543,10 @@ mod tests {
             "--preserve-fds: fd 5 is a regular file; only pipes, FIFOs, stream sockets \
              (listening or connected) and /dev/null can be passed into the VM"
         );
-        assert_eq!(check(MAX_PASSED_FDS as u32 + 1), Err(PassFdError::TooMany(33)));
+        assert_eq!(
+            check(MAX_PASSED_FDS as u32 + 1),
+            Err(PassFdError::TooMany(33))
+        );
     }
 
     #[test]

@@ -605,21 +605,42 @@ fn preserved_fds_that_cannot_cross_are_refused() {
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let (c, err) = husk_err_with_fds(
         &root.0,
-        &["create", "--preserve-fds", "1", "--bundle", "/nonexistent", "pf1"],
+        &[
+            "create",
+            "--preserve-fds",
+            "1",
+            "--bundle",
+            "/nonexistent",
+            "pf1",
+        ],
         &[&udp],
     );
     assert_eq!(c, Some(1), "{err}");
     assert!(err.contains("fd 3 is a datagram socket"), "{err}");
     let (c, err) = husk_err_with_fds(
         &root.0,
-        &["run", "--preserve-fds", "2", "--bundle", "/nonexistent", "pf1"],
+        &[
+            "run",
+            "--preserve-fds",
+            "2",
+            "--bundle",
+            "/nonexistent",
+            "pf1",
+        ],
         &[&pipe_r],
     );
     assert_eq!(c, Some(1), "{err}");
     assert_eq!(err, "husk: --preserve-fds: fd 4 is not open\n");
     let (c, err) = husk_err_with_fds(
         &root.0,
-        &["run", "--preserve-fds", "33", "--bundle", "/nonexistent", "pf1"],
+        &[
+            "run",
+            "--preserve-fds",
+            "33",
+            "--bundle",
+            "/nonexistent",
+            "pf1",
+        ],
         &[],
     );
     assert_eq!(c, Some(1), "{err}");

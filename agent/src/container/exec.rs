@@ -176,8 +176,7 @@ impl Container {
             root_fd: CONFIG_FD + 1 + namespaces.len() as i32,
             passed_fds: passed_fds.len(),
         };
-        let mut extra: Vec<BorrowedFd<'_>> =
-            namespaces.iter().map(|(f, _, _)| f.as_fd()).collect();
+        let mut extra: Vec<BorrowedFd<'_>> = namespaces.iter().map(|(f, _, _)| f.as_fd()).collect();
         extra.push(root.as_fd());
         extra.extend(passfd::borrow(&passed_fds));
         let pid_ns = namespaces
