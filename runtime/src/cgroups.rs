@@ -12,8 +12,10 @@
 //!   whole is held to what the engine asked and tools that read the cgroup
 //!   see it: CPU quota/period, weight (runc's conversion from shares),
 //!   idle, burst, cpuset; the memory limit plus the VM's fixed overhead
-//!   ([`host_memory_bytes`]). `husk update` changes them ([`prepare_update`]).
-//!   The agent applies the same resources inside the guest.
+//!   ([`host_memory_bytes`]); blockIO, which only the host can apply (the
+//!   VM's block I/O is husk-vmm's: [`crate::block_io`]). `husk update`
+//!   changes them ([`prepare_update`]). The agent applies the same
+//!   resources, but for cpuset and blockIO, inside the guest.
 //!
 //! `husk delete` removes it ([`remove`]).
 //!
@@ -28,6 +30,8 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use husk_protocol::cpu_shares_to_weight;
+
+use crate::block_io::{io_weight, BlockIo};
 
 use oci_spec::runtime::{LinuxResources, Spec};
 
@@ -101,8 +105,8 @@ pub fn host_memory_bytes(limit: Option<i64>, vm: Option<VmSize>) -> Option<u64> 
 
 /// The spec's `linux.resources` as they apply to the host cgroup, which
 /// holds the whole VM. The spec's pids limit stays in the guest (the host's
-/// follows the VM size); what the guest refuses (blockIO, realtime,
-/// hugepages, rdma, network) is not taken either.
+/// follows the VM size); what the guest refuses (realtime, hugepages, rdma,
+/// network) is not taken either. blockIO is the host's alone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostSettings {
     pub memory_bytes: Option<u64>,
@@ -115,6 +119,8 @@ pub struct HostSettings {
     pub cpu_idle: Option<i64>,
     pub cpus: Option<String>,
     pub mems: Option<String>,
+    /// None: nothing asked (Docker's empty blockIO included).
+    pub block_io: Option<BlockIo>,
 }
 
 impl HostSettings {
@@ -139,6 +145,7 @@ impl HostSettings {
             s.cpus = list(c.cpus());
             s.mems = list(c.mems());
         }
+        s.block_io = res.block_io().as_ref().and_then(BlockIo::from_spec);
         s
     }
 
@@ -161,7 +168,12 @@ impl HostSettings {
         let mut out = Vec::new();
         let mut push =
             |ctrl, v2: Option<(&'static str, String)>, v1: Vec<(&'static str, String)>| {
-                out.push(Setting { ctrl, v2, v1 })
+                out.push(Setting {
+                    ctrl,
+                    v2,
+                    v1,
+                    fallback: None,
+                })
             };
         let both = |f: &'static str, v: String| (Some((f, v.clone())), vec![(f, v)]);
         if let Some(c) = &self.cpus {
@@ -214,20 +226,80 @@ impl HostSettings {
                 vec![("cpu.cfs_burst_us", b.to_string())],
             );
         }
+        if let Some(b) = &self.block_io {
+            out.extend(io_settings(b));
+        }
         out
     }
 }
 
-/// What of `res` the guest gets: all but `cpu.cpus` and `cpu.mems`. They
-/// name the host's CPUs and memory nodes: they pin the VM on the host
-/// ([`HostSettings`]) and mean nothing in the guest, whose CPUs are its
-/// vCPUs (a guest with fewer vCPUs than the highest CPU named would refuse
-/// them with EINVAL, and the container would not start).
+/// blockIO's writes. A weight goes to BFQ's file where the host has BFQ, as
+/// is, and else to `io.weight` (the io.cost controller's) converted
+/// ([`io_weight`]), as runc's fs2 does; v1 has `blkio.weight`, or BFQ's
+/// `blkio.bfq.weight`. A per-device weight goes the same way (runc sets it
+/// only through BFQ; io.cost takes it too). Throttles: one `io.max` line per
+/// device; v1, one line per device and kind.
+fn io_settings(b: &BlockIo) -> Vec<Setting> {
+    let setting = |v2: (&'static str, String), v1: (&'static str, String)| Setting {
+        ctrl: "io",
+        v2: Some(v2),
+        v1: vec![v1],
+        fallback: None,
+    };
+    let mut out = Vec::new();
+    let weights = b
+        .weight
+        .map(|w| (None, w))
+        .into_iter()
+        .chain(b.weight_devices.iter().map(|(dev, w)| (Some(*dev), *w)));
+    for (dev, w) in weights {
+        let converted = io_weight(w);
+        // The cgroup's own weight is "default N" on v2, a device's "MAJ:MIN N".
+        let (bfq, cost, v1, v1_bfq) = match dev {
+            None => (
+                format!("default {w}"),
+                format!("default {converted}"),
+                ("blkio.weight", w.to_string()),
+                ("blkio.bfq.weight", w.to_string()),
+            ),
+            Some(d) => (
+                format!("{d} {w}"),
+                format!("{d} {converted}"),
+                ("blkio.weight_device", format!("{d} {w}")),
+                ("blkio.bfq.weight_device", format!("{d} {w}")),
+            ),
+        };
+        let mut s = setting(("io.bfq.weight", bfq), v1);
+        s.fallback = Some(Box::new(setting(("io.weight", cost), v1_bfq)));
+        out.push(s);
+    }
+    for ((dev, th), line) in b.throttles.iter().zip(b.io_max_lines()) {
+        out.push(Setting {
+            ctrl: "io",
+            v2: Some(("io.max", line)),
+            v1: b.v1_throttles(*dev, th),
+            fallback: None,
+        });
+    }
+    out
+}
+
+/// What of `res` the guest gets: all but `cpu.cpus`, `cpu.mems` and
+/// `blockIO`. cpus and mems name the host's CPUs and memory nodes: they pin
+/// the VM on the host ([`HostSettings`]) and mean nothing in the guest,
+/// whose CPUs are its vCPUs (a guest with fewer vCPUs than the highest CPU
+/// named would refuse them with EINVAL, and the container would not start).
+/// blockIO names host block devices and limits I/O that happens on the
+/// host, in husk-vmm; the guest has neither the devices nor an io
+/// controller. Stripped here rather than ignored by the agent, so that a
+/// guest image of any age takes Docker's specs (every one has a blockIO
+/// section), and the agent keeps refusing what it cannot apply.
 pub fn for_guest(res: &mut LinuxResources) {
     if let Some(c) = res.cpu_mut() {
         c.set_cpus(None);
         c.set_mems(None);
     }
+    res.set_block_io(None);
 }
 
 /// [`for_guest`] on the spec's `linux.resources`.
@@ -266,9 +338,13 @@ pub fn cpu_max(current: &str, quota: Option<Option<u64>>, period: Option<u64>) -
 /// the v1 hierarchy of controller `ctrl` (empty: v1 has no such thing).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Setting {
+    /// The v2 controller's name (v1's is [`Setting::v1_ctrl`]).
     ctrl: &'static str,
     v2: Option<(&'static str, String)>,
     v1: Vec<(&'static str, String)>,
+    /// What to write where this setting's files are absent (BFQ's weight
+    /// files exist only with BFQ loaded: else io.cost's).
+    fallback: Option<Box<Setting>>,
 }
 
 impl Setting {
@@ -278,7 +354,12 @@ impl Setting {
         !matches!(self.ctrl, "memory" | "pids")
     }
 
+    /// The file a refusal names: the last resort's, the one every host
+    /// with the controller has.
     fn name(&self) -> &'static str {
+        if let Some(f) = &self.fallback {
+            return f.name();
+        }
         self.v2
             .as_ref()
             .map(|(f, _)| *f)
@@ -286,16 +367,32 @@ impl Setting {
             .unwrap_or(self.ctrl)
     }
 
+    fn v1_ctrl(&self) -> &'static str {
+        match self.ctrl {
+            "io" => "blkio",
+            c => c,
+        }
+    }
+
     /// The writes for this setting in hierarchy `h` at `dir`: empty when
-    /// `h` does not take it, or when one of its files is absent there.
+    /// `h` does not take it, or when one of its files (and its fallback's)
+    /// is absent there.
     fn writes(&self, h: &Hierarchy, dir: &Path) -> Vec<(PathBuf, &str)> {
+        let own = self.own_writes(h, dir);
+        match &self.fallback {
+            Some(f) if own.is_empty() => f.writes(h, dir),
+            _ => own,
+        }
+    }
+
+    fn own_writes(&self, h: &Hierarchy, dir: &Path) -> Vec<(PathBuf, &str)> {
         let (_, v2, ctrls) = h;
         let files: Vec<(PathBuf, &str)> = if *v2 {
             self.v2
                 .iter()
                 .map(|(f, v)| (dir.join(f), v.as_str()))
                 .collect()
-        } else if ctrls.iter().any(|c| c == self.ctrl) {
+        } else if ctrls.iter().any(|c| c == self.v1_ctrl()) {
             self.v1
                 .iter()
                 .map(|(f, v)| (dir.join(f), v.as_str()))
@@ -517,18 +614,29 @@ fn enter_in(
         .any(|(_, v2, c)| !v2 && c.iter().any(|x| x == "devices"));
     create_in(hierarchies, &rel)?;
     let settings = wanted.settings(&current_cpu_max(hierarchies, &rel));
-    check_available(hierarchies, &rel, &settings)?;
-    for h in hierarchies {
-        let (mnt, v2, ctrls) = h;
-        let dir = mnt.join(&rel);
-        if *v2 && !v1_devices {
-            crate::devices::apply_v2(&dir).map_err(|e| CgroupError::Devices(dir.clone(), e))?;
+    let joined = check_available(hierarchies, &rel, &settings).and_then(|()| {
+        for h in hierarchies {
+            let (mnt, v2, ctrls) = h;
+            let dir = mnt.join(&rel);
+            if *v2 && !v1_devices {
+                crate::devices::apply_v2(&dir).map_err(|e| CgroupError::Devices(dir.clone(), e))?;
+            }
+            if !v2 && ctrls.iter().any(|c| c == "devices") {
+                crate::devices::apply_v1(&dir).map_err(|e| CgroupError::Devices(dir.clone(), e))?;
+            }
+            apply_settings(h, &dir, &settings)?;
+            write(&dir.join("cgroup.procs"), &pid)?;
         }
-        if !v2 && ctrls.iter().any(|c| c == "devices") {
-            crate::devices::apply_v1(&dir).map_err(|e| CgroupError::Devices(dir.clone(), e))?;
+        Ok(())
+    });
+    if let Err(e) = joined {
+        // Not recorded, so `delete` would never remove it; it is empty (a
+        // hierarchy already joined stays, busy), as runc removes a cgroup it
+        // could not set up.
+        for (mnt, _, _) in hierarchies {
+            let _ = std::fs::remove_dir(mnt.join(&rel));
         }
-        apply_settings(h, &dir, &settings)?;
-        write(&dir.join("cgroup.procs"), &pid)?;
+        return Err(e);
     }
     let record = Record {
         rel,
@@ -918,7 +1026,8 @@ mod tests {
                 "pids.max=129",
                 "cpu.weight=174",
                 "cpu.max=20000 50000",
-                "cpu.max.burst=1000"
+                "cpu.max.burst=1000",
+                "io.bfq.weight=default 10"
             ]
         );
         let v1: Vec<_> = settings
@@ -935,7 +1044,8 @@ mod tests {
                 "cpu:cpu.shares=2048",
                 "cpu:cpu.cfs_period_us=50000",
                 "cpu:cpu.cfs_quota_us=20000",
-                "cpu:cpu.cfs_burst_us=1000"
+                "cpu:cpu.cfs_burst_us=1000",
+                "io:blkio.weight=10"
             ]
         );
         // Idle: no weight, as runc.
@@ -962,25 +1072,19 @@ mod tests {
     }
 
     #[test]
-    fn cpuset_stays_on_the_host() {
+    fn cpuset_and_block_io_stay_on_the_host() {
         let mut spec: Spec = serde_json::from_value(serde_json::json!({
             "ociVersion": "1.0.2",
-            "linux": {"resources": {"cpu": {"cpus": "2-3", "mems": "1", "quota": 5000}}}
+            "linux": {"resources": {"cpu": {"cpus": "2-3", "mems": "1", "quota": 5000},
+                                    "blockIO": {"weight": 500}}}
         }))
         .unwrap();
         spec_for_guest(&mut spec);
-        let cpu = spec
-            .linux()
-            .as_ref()
-            .unwrap()
-            .resources()
-            .as_ref()
-            .unwrap()
-            .cpu()
-            .clone()
-            .unwrap();
+        let res = spec.linux().as_ref().unwrap().resources().as_ref().unwrap();
+        let cpu = res.cpu().clone().unwrap();
         assert_eq!((cpu.cpus().as_deref(), cpu.mems().as_deref()), (None, None));
         assert_eq!(cpu.quota(), Some(5000));
+        assert!(res.block_io().is_none());
         let mut none: Spec =
             serde_json::from_value(serde_json::json!({"ociVersion": "1.0.2"})).unwrap();
         spec_for_guest(&mut none);
@@ -989,6 +1093,116 @@ mod tests {
             .as_ref()
             .and_then(|l| l.resources().as_ref())
             .is_none());
+    }
+
+    /// blockIO in a fake v2 cgroup: BFQ's file when it is there, io.cost's
+    /// (converted) when not, io.max per device; nothing to write it to
+    /// fails before anything is written; Docker's empty one needs nothing.
+    #[test]
+    fn block_io_on_v2_and_v1() {
+        let base = std::env::temp_dir().join(format!("husk-cg-io-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let (state, v2) = (base.join("state"), base.join("v2"));
+        let dir = v2.join("c");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&state).unwrap();
+        // Each enter joins the cgroup: start over from empty ones.
+        let fresh = |files: &[&str]| {
+            let _ = std::fs::remove_dir_all(base.join("v1"));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in ["cgroup.procs", "memory.max", "pids.max", "cpu.max"]
+                .iter()
+                .chain(files)
+            {
+                std::fs::write(dir.join(f), "").unwrap();
+            }
+        };
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        let spec = |io: serde_json::Value| -> Spec {
+            serde_json::from_value(serde_json::json!({
+                "ociVersion": "1.0.2",
+                "linux": {"cgroupsPath": "/c", "resources": {"blockIO": io}}
+            }))
+            .unwrap()
+        };
+        // A v1 devices hierarchy takes the device policy (v2's needs BPF).
+        let devices = (base.join("v1"), false, vec!["devices".to_string()]);
+        let h = vec![(v2.clone(), true, Vec::new()), devices.clone()];
+        let asked = spec(serde_json::json!({
+            "weight": 500,
+            "throttleReadBpsDevice": [{"major": 7, "minor": 0, "rate": 1048576}],
+            "throttleWriteIOPSDevice": [{"major": 7, "minor": 0, "rate": 100}]
+        }));
+
+        // io.cost only (no BFQ): the converted weight.
+        fresh(&["io.weight", "io.max"]);
+        enter_in(&h, &state, &asked, "c", VM64, true).unwrap();
+        assert_eq!(read("io.weight"), "default 4950");
+        assert_eq!(read("io.max"), "7:0 rbps=1048576 wiops=100");
+        // BFQ: its own scale, as is.
+        fresh(&["io.weight", "io.bfq.weight", "io.max"]);
+        enter_in(&h, &state, &asked, "c", VM64, true).unwrap();
+        assert_eq!(read("io.bfq.weight"), "default 500");
+        assert_eq!(read("io.weight"), "");
+        // No io controller: refused, nothing written.
+        fresh(&[]);
+        let e = enter_in(&h, &state, &asked, "c", VM64, true).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "cgroup {}: cannot apply io.weight: the host's cgroup has no io controller here",
+                dir.display()
+            )
+        );
+        assert_eq!(read("memory.max"), "");
+        // Docker's blockIO asks for nothing: no io controller needed.
+        enter_in(
+            &h,
+            &state,
+            &spec(serde_json::json!({"weight": 0})),
+            "c",
+            VM64,
+            true,
+        )
+        .unwrap();
+        // An update with a weight: to the same file.
+        fresh(&["io.weight", "io.max"]);
+        let record = Record {
+            rel: PathBuf::from("c"),
+            vm: Some(VM64),
+            spec_limits: true,
+        };
+        prepare_update_in(
+            h.clone(),
+            record,
+            &resources(serde_json::json!({"blockIO": {"weight": 1000}})),
+        )
+        .unwrap()
+        .apply()
+        .unwrap();
+        assert_eq!(read("io.weight"), "default 10000");
+
+        // v1: blkio's files.
+        let v1 = vec![(v2.clone(), false, vec!["blkio".to_string()]), devices];
+        fresh(&[
+            "blkio.weight",
+            "blkio.weight_device",
+            "blkio.throttle.read_bps_device",
+            "blkio.throttle.write_iops_device",
+        ]);
+        let with_dev = spec(serde_json::json!({
+            "weight": 500,
+            "weightDevice": [{"major": 7, "minor": 1, "weight": 20}],
+            "throttleReadBpsDevice": [{"major": 7, "minor": 0, "rate": 1048576}],
+            "throttleWriteIOPSDevice": [{"major": 7, "minor": 0, "rate": 100}]
+        }));
+        enter_in(&v1, &state, &with_dev, "c", VM64, true).unwrap();
+        assert_eq!(read("blkio.weight"), "500");
+        assert_eq!(read("blkio.weight_device"), "7:1 20");
+        assert_eq!(read("blkio.throttle.read_bps_device"), "7:0 1048576");
+        assert_eq!(read("blkio.throttle.write_iops_device"), "7:0 100");
+        let _ = std::fs::remove_dir_all(&base);
     }
 
     #[test]
@@ -1286,6 +1500,54 @@ mod tests {
         for (mnt, _, _) in &hs {
             assert!(!mnt.join(&rel).exists());
         }
+    }
+
+    /// Needs root, a writable cgroup file system with an io (v2) or blkio
+    /// (v1) controller and a block device: `cargo test -p husk --lib cgroups
+    /// -- --ignored`. A throttle on this host's first disk in a scratch
+    /// cgroup, read back as the kernel has it; removed afterwards.
+    #[test]
+    #[ignore]
+    fn block_io_on_this_hosts_cgroups() {
+        let mut disks: Vec<String> = std::fs::read_dir("/sys/block")
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        disks.sort_by_key(|d| (d.starts_with("loop") || d.starts_with("zram"), d.clone()));
+        let disk = disks.first().expect("no block device in /sys/block");
+        let dev = std::fs::read_to_string(format!("/sys/block/{disk}/dev")).unwrap();
+        let dev = dev.trim();
+        let (major, minor) = dev.split_once(':').unwrap();
+        let hs = hierarchies().unwrap();
+        let rel = PathBuf::from(format!("husk-unit-io-{}", std::process::id()));
+        create_in(&hs, &rel).unwrap();
+        let r = resources(serde_json::json!({"blockIO": {
+            "throttleReadBpsDevice": [{"major": major.parse::<i64>().unwrap(),
+                                       "minor": minor.parse::<i64>().unwrap(), "rate": 1048576}]
+        }}));
+        let settings = HostSettings::from_resources(&r, None).settings("max 100000");
+        let applied = check_available(&hs, &rel, &settings).and_then(|()| {
+            for h in &hs {
+                apply_settings(h, &h.0.join(&rel), &settings)?;
+            }
+            Ok(())
+        });
+        let mut seen = Vec::new();
+        for (mnt, _, _) in &hs {
+            for f in ["io.max", "blkio.throttle.read_bps_device"] {
+                if let Ok(v) = std::fs::read_to_string(mnt.join(&rel).join(f)) {
+                    seen.extend(v.lines().map(|l| format!("{f}={l}")));
+                }
+            }
+        }
+        for (mnt, _, _) in &hs {
+            let _ = std::fs::remove_dir(mnt.join(&rel));
+        }
+        applied.unwrap();
+        let v2 = format!("io.max={dev} rbps=1048576 wbps=max riops=max wiops=max");
+        let v1 = format!("blkio.throttle.read_bps_device={dev} 1048576");
+        assert!(seen == [v2] || seen == [v1], "{disk}: {seen:?}");
     }
 
     /// Needs root and a writable cgroup file system (v1, hybrid or v2):

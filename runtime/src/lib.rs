@@ -1,6 +1,7 @@
 //! husk: the OCI runtime side — container state, bundles, the shared
 //! directory, launching microVMs and talking to their agent.
 
+pub mod block_io;
 pub mod cgroups;
 pub mod config;
 pub mod container;

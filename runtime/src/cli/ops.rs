@@ -10,7 +10,8 @@ use husk::container::{Status, Store};
 use husk::monitor;
 use husk_protocol::{ContainerStats, ProcessInfo, Request, Response};
 use oci_spec::runtime::{
-    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
+    LinuxBlockIoBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResources,
+    LinuxResourcesBuilder,
 };
 use serde_json::json;
 
@@ -210,6 +211,9 @@ pub struct UpdateArgs {
     /// Maximum number of pids (-1: unlimited).
     #[arg(long)]
     pub pids_limit: Option<i64>,
+    /// Block I/O weight (10-1000), on the VM's host cgroup (0: leave as is).
+    #[arg(long)]
+    pub blkio_weight: Option<u16>,
     pub id: String,
 }
 
@@ -287,6 +291,9 @@ fn resources_from_flags(a: &UpdateArgs) -> anyhow::Result<LinuxResources> {
     if let Some(v) = a.pids_limit {
         r = r.pids(LinuxPidsBuilder::default().limit(v).build()?);
     }
+    if let Some(v) = a.blkio_weight {
+        r = r.block_io(LinuxBlockIoBuilder::default().weight(v).build()?);
+    }
     Ok(r.build()?)
 }
 
@@ -313,10 +320,13 @@ mod tests {
             "100000",
             "--pids-limit",
             "20",
+            "--blkio-weight",
+            "500",
             "c",
         ])
         .a;
         let r = resources_from_flags(&a).unwrap();
+        assert_eq!(r.block_io().as_ref().unwrap().weight(), Some(500));
         assert_eq!(r.memory().unwrap().limit(), Some(1048576));
         assert_eq!(r.cpu().as_ref().unwrap().quota(), Some(50000));
         assert_eq!(r.cpu().as_ref().unwrap().period(), Some(100000));
