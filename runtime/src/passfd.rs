@@ -563,4 +563,172 @@ mod tests {
         (&b).read_to_string(&mut got).unwrap();
         assert_eq!(got, "late");
     }
+
+    /// A fake VMM socket whose "agent" takes `AttachFd` connections and
+    /// hands each, as a raw stream with its fd number, to `serve`.
+    fn fake_agent(
+        dir: &Path,
+        serve: impl Fn(i32, UnixStream) + Send + Sync + 'static,
+    ) -> std::path::PathBuf {
+        use husk_protocol::{HelloInfo, Response};
+        let uds = dir.join("vsock.sock");
+        let l = std::os::unix::net::UnixListener::bind(&uds).unwrap();
+        let serve = Arc::new(serve);
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut s) = conn else { return };
+                let serve = serve.clone();
+                std::thread::spawn(move || {
+                    let mut line = [0u8; 13];
+                    s.read_exact(&mut line).unwrap();
+                    assert_eq!(&line, b"CONNECT 1024\n");
+                    s.write_all(b"OK 1\n").unwrap();
+                    let _: Request = husk_protocol::recv(&mut s).unwrap();
+                    let hello = HelloInfo {
+                        protocol_version: husk_protocol::PROTOCOL_VERSION,
+                        agent_version: "test".into(),
+                        kernel_version: "test".into(),
+                        boot_to_listen_us: 0,
+                        boot_to_init_us: 0,
+                        online_cpus: 1,
+                        memory_total_kib: 0,
+                    };
+                    husk_protocol::send(&mut s, &Response::Hello(hello)).unwrap();
+                    match husk_protocol::recv(&mut s).unwrap() {
+                        Request::AttachFd { id, exec_id, fd } => {
+                            assert_eq!((id.as_str(), exec_id.as_deref()), ("c", Some("e")));
+                            husk_protocol::send(&mut s, &Response::Ok).unwrap();
+                            serve(fd, s);
+                        }
+                        other => panic!("{other:?}"),
+                    }
+                });
+            }
+        });
+        uds
+    }
+
+    /// Every kind relayed in its direction, through the real protocol.
+    #[test]
+    fn relays_by_kind() {
+        let dir = std::env::temp_dir().join(format!("husk-pfd-r-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (got_tx, got_rx) = std::sync::mpsc::channel();
+        let got_tx = Mutex::new(got_tx);
+        let uds = fake_agent(&dir, move |fd, mut s| match fd {
+            // pipe read: what the host wrote, until its EOF
+            3 => {
+                let mut v = String::new();
+                s.read_to_string(&mut v).unwrap();
+                got_tx.lock().unwrap().send(v).unwrap();
+            }
+            // pipe write: the process's output
+            4 => s.write_all(b"from the guest").unwrap(),
+            // stream or listener connection: an echo that answers at EOF
+            _ => {
+                let mut v = String::new();
+                s.read_to_string(&mut v).unwrap();
+                write!(s, "fd {fd}: {v}").unwrap();
+            }
+        });
+        let (in_r, in_w) = nix::unistd::pipe().unwrap();
+        let (out_r, out_w) = nix::unistd::pipe().unwrap();
+        let (stream_ours, stream_theirs) = UnixStream::pair().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let fds: Vec<OwnedFd> = vec![
+            in_r,
+            out_w,
+            stream_theirs.into(),
+            listener.into(),
+            null.into(),
+        ];
+        let kinds: Vec<PassedFd> = fds.iter().map(|f| kind(f).unwrap()).collect();
+        let outputs = relay(&uds, "c", Some("e"), &kinds, fds).unwrap();
+        std::fs::File::from(in_w)
+            .write_all(b"to the guest")
+            .unwrap();
+        assert_eq!(
+            got_rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+            "to the guest"
+        );
+        let mut out = String::new();
+        std::fs::File::from(out_r).read_to_string(&mut out).unwrap();
+        assert_eq!(out, "from the guest");
+        assert_eq!(outputs.len(), 1);
+        let ask = |mut c: std::net::TcpStream, what: &str| {
+            c.write_all(what.as_bytes()).unwrap();
+            c.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut v = String::new();
+            c.read_to_string(&mut v).unwrap();
+            v
+        };
+        (&stream_ours).write_all(b"s").unwrap();
+        stream_ours.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut v = String::new();
+        (&stream_ours).read_to_string(&mut v).unwrap();
+        assert_eq!(v, "fd 5: s");
+        for i in 0..3 {
+            let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            assert_eq!(ask(c, &format!("c{i}")), format!("fd 6: c{i}"));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A guest that never answers holds at most MAX_CONNECTIONS host
+    /// connections; the rest wait in the host backlog.
+    #[test]
+    fn connections_are_bounded() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = std::env::temp_dir().join(format!("husk-pfd-b-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let attached = Arc::new(AtomicUsize::new(0));
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let release_rx = Arc::new(Mutex::new(release_rx));
+        let a = attached.clone();
+        let uds = fake_agent(&dir, move |_, s| {
+            a.fetch_add(1, Ordering::SeqCst);
+            // Hold the connection until told, then drop it.
+            let _ = release_rx.lock().unwrap().recv();
+            drop(s);
+        });
+        let listener = std::os::unix::net::UnixListener::bind(dir.join("l")).unwrap();
+        let fds = vec![OwnedFd::from(listener)];
+        relay(&uds, "c", Some("e"), &[PassedFd::Listener], fds).unwrap();
+        // Clients that hang up once the server has (as real ones do).
+        let clients: Vec<_> = (0..MAX_CONNECTIONS + 4)
+            .map(|_| {
+                let mut c = UnixStream::connect(dir.join("l")).unwrap();
+                std::thread::spawn(move || {
+                    let mut v = Vec::new();
+                    let _ = c.read_to_end(&mut v);
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while attached.load(Ordering::SeqCst) < MAX_CONNECTIONS {
+            assert!(std::time::Instant::now() < deadline, "slots never filled");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(attached.load(Ordering::SeqCst), MAX_CONNECTIONS);
+        // One finished connection lets one more in.
+        release_tx.send(()).unwrap();
+        while attached.load(Ordering::SeqCst) < MAX_CONNECTIONS + 1 {
+            assert!(std::time::Instant::now() < deadline, "no slot came back");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(attached.load(Ordering::SeqCst), MAX_CONNECTIONS + 1);
+        for _ in 0..MAX_CONNECTIONS + 4 {
+            let _ = release_tx.send(());
+        }
+        for c in clients {
+            c.join().unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
