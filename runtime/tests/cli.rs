@@ -662,3 +662,81 @@ fn preserved_fds_that_cannot_cross_are_refused() {
         .flatten()
         .any(|e| e.file_name().to_string_lossy().starts_with("exec-")));
 }
+
+/// `husk check --format json`, parsed, and its exit code.
+fn check_json(root: &Path, extra: &[&str]) -> (Option<i32>, Vec<serde_json::Value>) {
+    let mut args = extra.to_vec();
+    args.extend(["check", "--format", "json"]);
+    let (o, _) = run_within(husk(root, &args), Duration::from_secs(30));
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)));
+    (o.status.code(), v)
+}
+
+#[test]
+fn check_says_what_this_host_lacks() {
+    let root = TempRoot::new("check");
+    let cfg = root.0.join("config.toml");
+    std::fs::write(
+        &cfg,
+        "kernel = \"/nonexistent/vmlinux\"\ninitrd = \"/nonexistent/initrd.img\"\n",
+    )
+    .unwrap();
+    let cfg_arg = format!("--config={}", cfg.display());
+    let (code, checks) = check_json(&root.0, &[&cfg_arg]);
+    for c in &checks {
+        assert!(c["name"].is_string() && c["detail"].is_string(), "{c}");
+        let status = c["status"].as_str().unwrap();
+        assert!(["ok", "fail", "info"].contains(&status), "{c}");
+        // Every failure says what to do; nothing else has a fix.
+        assert_eq!(status == "fail", c["fix"].is_string(), "{c}");
+    }
+    let by_name = |n: &str| {
+        checks
+            .iter()
+            .find(|c| c["name"] == n)
+            .unwrap_or_else(|| panic!("no {n} check"))
+    };
+    // The configuration is the one create would use, through --config too.
+    let kernel = by_name("guest-kernel");
+    assert_eq!(kernel["status"], "fail");
+    assert!(kernel["detail"]
+        .as_str()
+        .unwrap()
+        .contains("/nonexistent/vmlinux"));
+    assert!(kernel["fix"].as_str().unwrap().contains("kernel = "));
+    assert_eq!(code, Some(1), "a failed check must fail the command");
+    for n in ["kvm-kind", "cgroup", "podman", "containerd", "docker"] {
+        by_name(n);
+    }
+
+    // Text: one line per check and a verdict.
+    let (o, _) = run_within(husk(&root.0, &[&cfg_arg, "check"]), Duration::from_secs(30));
+    assert_eq!(o.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(text.lines().count(), checks.len() + 1, "{text}");
+    assert!(text.contains("FAIL  guest-kernel: "), "{text}");
+    assert!(text
+        .lines()
+        .last()
+        .unwrap()
+        .starts_with("husk cannot run containers on this host"));
+
+    // This development host's /dev/kvm is PVM: no husk VM can start, and
+    // check says so and where husk's tests run instead.
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        let kind = by_name("kvm-kind");
+        assert_eq!(kind["status"], "fail");
+        assert!(kind["detail"].as_str().unwrap().contains("PVM"), "{kind}");
+        assert!(
+            kind["fix"].as_str().unwrap().contains("KVM test host")
+                && kind["fix"]
+                    .as_str()
+                    .unwrap()
+                    .contains("tests/kvm-test-host"),
+            "{kind}"
+        );
+        let (code, _) = check_json(&root.0, &[]);
+        assert_eq!(code, Some(1));
+    }
+}

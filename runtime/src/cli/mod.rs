@@ -1,6 +1,7 @@
 //! Command-line surface, after runc: global flags, then one command.
 
 mod boot;
+mod check;
 mod exec;
 mod lifecycle;
 mod misc;
@@ -120,6 +121,8 @@ pub enum Cmd {
     Features,
     /// Boot a bare microVM, print the agent's hello and timings, shut it down.
     Boot(boot::BootArgs),
+    /// Check whether this host can run husk, and say how to fix what it lacks.
+    Check(check::CheckArgs),
     #[command(name = "__monitor", hide = true)]
     Monitor { id: String },
     #[command(name = "__exec-monitor", hide = true)]
@@ -149,7 +152,9 @@ fn ids(cmd: &Cmd) -> Vec<&str> {
         Cmd::Exec(a) => vec![&a.id],
         Cmd::Update(a) => vec![&a.id],
         Cmd::ExecMonitor { id, exec_id } => vec![id, exec_id],
-        Cmd::List { .. } | Cmd::Spec { .. } | Cmd::Features | Cmd::Boot(_) => vec![],
+        Cmd::List { .. } | Cmd::Spec { .. } | Cmd::Features | Cmd::Boot(_) | Cmd::Check(_) => {
+            vec![]
+        }
     }
 }
 
@@ -198,6 +203,7 @@ fn dispatch_inner(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Spec { bundle, rootless } => misc::spec(&bundle, rootless).map(|_| ExitCode::SUCCESS),
         Cmd::Features => misc::features().map(|_| ExitCode::SUCCESS),
         Cmd::Boot(a) => boot::boot(a).map(|_| ExitCode::SUCCESS),
+        Cmd::Check(a) => check::check(&a),
         Cmd::Exec(a) => exec::exec(&store, &cli.root, &a),
         Cmd::Ps { format, id, .. } => ops::ps(&store, &id, format).map(|_| ExitCode::SUCCESS),
         Cmd::Pause { id } => ops::pause(&store, &id).map(|_| ExitCode::SUCCESS),
