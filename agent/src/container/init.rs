@@ -28,7 +28,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use serde::{Deserialize, Serialize};
 
 use super::process::{self, Channel, CONFIG_FD};
-use super::{launch, mounts, spec};
+use super::{launch, mempolicy, mounts, spec};
 
 /// What the agent sends the init (over the config pipe).
 #[derive(Debug, Serialize, Deserialize)]
@@ -284,6 +284,9 @@ fn run(ctl: &Channel) -> Result<Infallible, String> {
     }
     for p in linux.masked_paths().iter().flatten() {
         mounts::mask_path(p)?;
+    }
+    if let Some(p) = linux.memory_policy() {
+        mempolicy::apply(&mempolicy::parse(p)?)?;
     }
     let launch = launch::prepare(&process, linux.seccomp().as_ref())?;
     launch.executable()?;

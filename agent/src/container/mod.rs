@@ -9,6 +9,7 @@ pub mod freezer;
 pub mod helper;
 pub mod init;
 pub mod launch;
+pub mod mempolicy;
 pub mod mounts;
 pub mod passfd;
 pub mod process;

@@ -282,8 +282,8 @@ pub fn validate(spec: &Spec) -> Result<(), String> {
         if linux.intel_rdt().is_some() {
             return Err("linux.intelRdt: not supported".into());
         }
-        if linux.memory_policy().is_some() {
-            return Err("linux.memoryPolicy: not supported".into());
+        if let Some(p) = linux.memory_policy() {
+            super::mempolicy::parse(p)?;
         }
         if linux.net_devices().as_ref().is_some_and(|d| !d.is_empty()) {
             return Err("linux.netDevices: not supported".into());
