@@ -1350,8 +1350,14 @@ fn root_pause_resume() {
             ],
         ),
     );
-    let e = a.error(Request::PauseContainer { id: c.clone() });
-    assert_eq!(e, format!("container {c} is not running: created"));
+    // A created container pauses too (runc's behaviour); resumed, it is
+    // created again and starts as usual.
+    a.ok(Request::PauseContainer { id: c.clone() });
+    assert_eq!(a.state(&c).1, ContainerStatus::Paused);
+    let e = a.error(Request::StartContainer { id: c.clone() });
+    assert_eq!(e, format!("container {c} is not in created state: paused"));
+    a.ok(Request::ResumeContainer { id: c.clone() });
+    assert_eq!(a.state(&c).1, ContainerStatus::Created);
     let _io = a.attach_all(&c, None);
     a.start_ctr(&c);
     let e = a.error(Request::ResumeContainer { id: c.clone() });
