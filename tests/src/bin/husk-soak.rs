@@ -34,13 +34,16 @@ const WARMUP: usize = 5;
 const GUEST_MIB: u32 = 128;
 /// A microVM lost to QEMU TCG's emulated nested SVM (docs/architecture.md,
 /// "Tests"; tests/run-vm-tests.sh reruns these): counted, not a soak failure.
-const LOST_GUEST: [&str; 6] = [
+const LOST_GUEST: [&str; 9] = [
     "guest crashed",
     "agent not ready after",
     "exited before the agent was ready",
     "lost the VM",
     "agent: connection closed",
     "agent: I/O error: Resource temporarily unavailable",
+    "agent: I/O error: Connection reset by peer",
+    "no answer within",
+    "agent: no reply within",
 ];
 
 fn env_count(name: &str, default: usize) -> usize {
