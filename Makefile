@@ -102,8 +102,23 @@ fuzz-smoke: fuzz-build
 	  fi; \
 	done
 
-demo: build guest-image
-	$(VM_RUN) $(RELEASE)/husk boot --kernel $(HUSK_KERNEL) --initrd $(HUSK_INITRD)
+# The main job in one screen (tests/src/bin/husk-demo.rs): `husk check`, a microVM's boot figures,
+# a busybox container through `husk run` next to `crun run` of the same bundle, and the
+# debootstrapped Debian image when it is cached (`make test-rootfs`; the demo does not build it).
+DEBIAN_ROOTFS_CACHE := $${HUSK_CACHE_DIR:-/var/cache/husk}/debian-rootfs-bookworm
+demo:
+	@echo "demo: [1/4] building husk, husk-vmm, the shim and the static agent" >&2
+	$(MAKE) --no-print-directory build
+	@echo "demo: [2/4] guest kernel and initrd (the first kernel build takes ~10 min, cached after)" >&2
+	$(MAKE) --no-print-directory guest-image
+	@echo "demo: [3/4] building the demo; busybox for its bundle, crun to compare with" >&2
+	$(CARGO) build --release -p husk-tests --bin husk-demo
+	[ -x /bin/busybox ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
+	command -v crun >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq crun >/dev/null \
+	  || echo "demo: crun could not be installed; husk runs alone" >&2
+	@echo "demo: [4/4] running it where KVM guests can run (tests/vm-run.sh)" >&2
+	d=$(DEBIAN_ROOTFS_CACHE); if [ -x "$$d/bin/bash" ]; then export HUSK_DEBIAN_ROOTFS=$$d; fi; \
+	  $(VM_RUN) $(RELEASE)/husk-demo
 
 bench: build guest-image
 	command -v crun >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq crun >/dev/null

@@ -88,7 +88,17 @@ mk olddefconfig
 
 log "building vmlinux with -j$jobs (full build ~7 min on 2 cores; incremental if $obj has a previous build)"
 start=$(date +%s)
+# make -s is silent for minutes: say every 30 s that it is still going, and how far.
+# (its sleep is killed with it, so no stray child keeps our stderr open)
+( nap=; trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+  while :; do
+    sleep 30 & nap=$!; wait "$nap"
+    log "still building: $(( $(date +%s) - start ))s, $(find "$obj" -name '*.o' 2>/dev/null | wc -l) objects so far"
+  done ) &
+ticker=$!
+trap 'kill "$ticker" 2>/dev/null || true' EXIT
 mk -j"$jobs" vmlinux
+kill "$ticker" 2>/dev/null || true
 # gen_init_cpio is a host tool; it is built as part of usr/ but make sure it exists
 [ -x "$obj/usr/gen_init_cpio" ] || mk usr/gen_init_cpio
 [ -x "$obj/usr/gen_init_cpio" ] || die "usr/gen_init_cpio was not built"
