@@ -430,11 +430,7 @@ fn memory_policy_is_applied_in_the_guest() {
         assert!(o.status.success(), "{mode}: {}", err(&o));
         // "<address> <policy> file=... mapped=..."
         let line = out(&o);
-        assert_eq!(
-            line.split_whitespace().nth(1),
-            Some(want),
-            "{mode}: {line}"
-        );
+        assert_eq!(line.split_whitespace().nth(1), Some(want), "{mode}: {line}");
     }
     // Without a policy: the default.
     let b = TestBundle::busybox("mpol-none", &["head", "-n1", "/proc/self/numa_maps"]);

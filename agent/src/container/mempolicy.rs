@@ -155,9 +155,15 @@ mod tests {
                 "mode MPOL_LOCAL takes no nodes",
             ),
             (r#"{"mode":"MPOL_BIND","nodes":"3-1"}"#, "is backwards"),
-            (r#"{"mode":"MPOL_BIND","nodes":"x"}"#, "is not a node number"),
+            (
+                r#"{"mode":"MPOL_BIND","nodes":"x"}"#,
+                "is not a node number",
+            ),
             (r#"{"mode":"MPOL_BIND","nodes":"1024"}"#, "is above 1023"),
-            (r#"{"mode":"MPOL_BIND","nodes":"-1"}"#, "is not a node number"),
+            (
+                r#"{"mode":"MPOL_BIND","nodes":"-1"}"#,
+                "is not a node number",
+            ),
         ] {
             let e = policy(json).unwrap_err();
             assert!(e.starts_with("linux.memoryPolicy: "), "{e}");
