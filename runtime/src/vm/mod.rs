@@ -22,7 +22,7 @@ pub const NOTIFY_PORT: u32 = 1025;
 /// Environment variable that arms husk-vmm's test hook (`execve` or `open`).
 pub const TEST_TRIGGER_ENV: &str = "HUSK_VMM_TEST_TRIGGER";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum VmError {
     #[error("cannot prepare VM directory {0}: {1}")]
     Dir(PathBuf, std::io::Error),
@@ -40,6 +40,14 @@ pub enum VmError {
     Vsock(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+/// The message, also where a caller `unwrap`s or `expect`s: the tests'
+/// lost-guest detection (tests/run-vm-tests.sh) reads it.
+impl std::fmt::Debug for VmError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// How to start a VM.
