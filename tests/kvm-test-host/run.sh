@@ -215,7 +215,9 @@ stall_filter() {
     fi
     # The test host's own kernel dying (seen: "stack guard page was hit" in an interrupt
     # taken inside svm_vcpu_run under heavy nested load) is the same class of failure.
-    if [[ $line =~ ^\[\ *[0-9]+\.[0-9]+\]\ Kernel\ panic\ -\ not\ syncing ]]; then
+    # (The "Kernel panic" line itself is sometimes lost; the oops's closing "Kernel Offset"
+    # line before the reboot is not.)
+    if [[ $line =~ ^\[\ *[0-9]+\.[0-9]+\]\ (Kernel\ panic\ -\ not\ syncing|Kernel\ Offset:\ ) ]]; then
       : > "$out/host-panic"
     fi
   done
