@@ -5,7 +5,9 @@
 //!   its own container and microVM;
 //! - `SOAK_EXECS` (default 200) `husk exec`s in one long-lived container;
 //! - `SOAK_CTR_EXECS` (default 100) `ctr task exec`s in one long-lived task
-//!   under containerd (0 skips it).
+//!   under containerd (0 skips it);
+//! - `SOAK_FIRST` (default 0): the number of the first cycle, when
+//!   tests/soak.sh runs the cycles in segments, each in a fresh test host.
 //!
 //! The long-lived processes (the monitor, husk-vmm's waiter and its jailed
 //! VMM; under containerd the shim and the VMM) are sampled (open fds,
@@ -408,7 +410,7 @@ fn is_lost_guest(e: &str) -> bool {
     LOST_GUEST.iter().any(|s| e.contains(s))
 }
 
-fn husk_soak(cycles: usize, execs: usize) -> anyhow::Result<Outcome> {
+fn husk_soak(first: usize, cycles: usize, execs: usize) -> anyhow::Result<Outcome> {
     let h = Husk::new("soak");
     let mut out = Outcome {
         lost_guests: 0,
@@ -433,13 +435,13 @@ fn husk_soak(cycles: usize, execs: usize) -> anyhow::Result<Outcome> {
     }
     let mut table = Table::new(
         &format!(
-            "husk CLI: {cycles} create/start/kill -9/delete cycles, then {execs} execs in {lid}"
+            "husk CLI: {cycles} create/start/kill -9/delete cycles (from #{first}), then {execs} execs in {lid}"
         ),
         husk_watched(&h, lid)?,
     );
     table.sample("start")?;
     let t = Instant::now();
-    for i in 0..cycles {
+    for i in first..first + cycles {
         let id = format!("soak-{i}");
         if let Err(e) = cycle(&h, &short.dir, &id) {
             let e = format!("cycle {i}: {e:#}");
@@ -462,17 +464,18 @@ fn husk_soak(cycles: usize, execs: usize) -> anyhow::Result<Outcome> {
             break;
         }
         eprintln!(
-            "soak: cycle {}/{cycles} done ({:.1}s)",
+            "soak: cycle {}/{} done ({:.1}s)",
             i + 1,
+            first + cycles,
             t.elapsed().as_secs_f64()
         );
-        if (i + 1).is_multiple_of(SAMPLE_EVERY) {
+        if (i + 1 - first).is_multiple_of(SAMPLE_EVERY) {
             table.sample(&format!("cycle {}", i + 1))?;
         }
     }
     let cycles_s = t.elapsed().as_secs_f64();
     if !cycles.is_multiple_of(SAMPLE_EVERY) {
-        table.sample(&format!("cycle {cycles}"))?;
+        table.sample(&format!("cycle {}", first + cycles))?;
     }
     let t = Instant::now();
     for i in 0..execs {
@@ -626,6 +629,7 @@ fn main() -> anyhow::Result<()> {
     let cycles = env_count("SOAK_CYCLES", 500);
     let execs = env_count("SOAK_EXECS", 200);
     let ctr_execs = env_count("SOAK_CTR_EXECS", 100);
+    let first = env_count("SOAK_FIRST", 0);
     husk_tests::require_kvm();
     // Fails loudly rather than later: these are needed by every cycle.
     for v in ["HUSK_VMM", "HUSK_KERNEL", "HUSK_INITRD", "HUSK_BIN_DIR"] {
@@ -634,7 +638,7 @@ fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     let mut errors = Vec::new();
     let mut lost = 0;
-    let h = husk_soak(cycles, execs)?;
+    let h = husk_soak(first, cycles, execs)?;
     lost += h.lost_guests;
     errors.extend(h.errors);
     if ctr_execs > 0 {
