@@ -9,6 +9,7 @@
 mod cpu_weight;
 mod frame;
 mod message;
+pub mod network;
 
 pub use cpu_weight::cpu_shares_to_weight;
 

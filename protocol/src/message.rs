@@ -1,7 +1,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to [`Request`] or [`Response`].
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// At most this many host descriptors are passed to one process
 /// (`--preserve-fds`); each is a relay on both sides.
@@ -23,6 +23,10 @@ pub enum Request {
     },
     /// Sync filesystems and reset the VM.
     Shutdown,
+    /// Sets up the guest's network (links by MAC: name, MTU, addresses, up; then routes and
+    /// neighbours) before any container of the sandbox is created. Containers then use the
+    /// guest's network namespace. Sent at most once per VM.
+    ConfigureNetwork(Box<crate::network::NetworkConfig>),
     /// Set up a container from its OCI spec; its init waits for `StartContainer`.
     CreateContainer(Box<CreateContainer>),
     /// `CreateContainer` whose init also gets one descriptor per entry of
