@@ -54,6 +54,10 @@ pub enum NetError {
     #[error("tap {name}: {source}")]
     Tap { name: String, source: io::Error },
 
+    /// The description breaks a rule of the protocol (husk_protocol::network).
+    #[error(transparent)]
+    Config(#[from] husk_protocol::network::NetworkConfigError),
+
     /// The namespace thread could not start or died.
     #[error("network namespace thread: {0}")]
     Thread(String),

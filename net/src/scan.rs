@@ -1,9 +1,12 @@
 //! What the guest needs to look like the netns: the links worth carrying, their routes and
 //! permanent neighbours, read over netlink and filtered by Kata's rules.
 
-use std::fmt;
 use std::net::IpAddr;
 
+pub use husk_protocol::network::{
+    valid_link_name, IpNet, Link, Neighbor, NetworkConfig, Route, MAX_ADDRS_PER_LINK, MAX_LINKS,
+    MAX_NEIGHBORS, MAX_ROUTES,
+};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkLayerType, LinkMessage};
 use netlink_packet_route::neighbour::{
@@ -13,19 +16,9 @@ use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteType,
 };
 use netlink_packet_route::RouteNetlinkMessage;
-use serde::{Deserialize, Serialize};
 
 use crate::netlink::{link_name, Rtnl};
 use crate::NetError;
-
-/// At most this many links are carried: each is a tap, a virtio-net device and an MMIO slot.
-pub const MAX_LINKS: usize = 8;
-/// Addresses per link (podman gives one per family per network).
-pub const MAX_ADDRS_PER_LINK: usize = 16;
-/// Routes over all links.
-pub const MAX_ROUTES: usize = 64;
-/// Permanent neighbours over all links.
-pub const MAX_NEIGHBORS: usize = 64;
 
 /// The link kinds engines put into a netns and that a tc redirect carries: what Kata's tcfilter
 /// model supports for veth-like endpoints.
@@ -35,94 +28,8 @@ const CARRIED_KINDS: &[(InfoKind, &str)] = &[
     (InfoKind::IpVlan, "ipvlan"),
 ];
 
-/// An address with its prefix length, IPv4 or IPv6.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IpNet {
-    pub addr: IpAddr,
-    pub prefix_len: u8,
-}
-
-impl IpNet {
-    /// Rejects a prefix longer than the address.
-    pub fn new(addr: IpAddr, prefix_len: u8) -> Result<Self, NetError> {
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        if prefix_len > max {
-            return Err(NetError::reply(
-                "address",
-                format!("{addr}/{prefix_len}: prefix longer than {max}"),
-            ));
-        }
-        Ok(IpNet { addr, prefix_len })
-    }
-}
-
-impl fmt::Display for IpNet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix_len)
-    }
-}
-
-/// What the guest needs to look like the netns. Serializable: it becomes a protocol message.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Scan {
-    pub links: Vec<Link>,
-    pub routes: Vec<Route>,
-    pub neighbors: Vec<Neighbor>,
-}
-
-/// A link to carry: the guest's NIC gets this MAC (the bridge expects frames from it), MTU,
-/// name and addresses.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Link {
-    pub name: String,
-    pub mac: [u8; 6],
-    pub mtu: u32,
-    pub addrs: Vec<IpNet>,
-}
-
-/// A route of the main table that the kernel did not make by itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Route {
-    /// None: the default route.
-    pub dst: Option<IpNet>,
-    pub gateway: Option<IpAddr>,
-    pub dev: String,
-    pub src: Option<IpAddr>,
-    /// rtm_scope (0 universe, 253 link, ...).
-    pub scope: u8,
-    /// The route's MTU metric (Cilium sets it; Kata carries it).
-    pub mtu: Option<u32>,
-}
-
-/// A permanent neighbour entry (static ARP/ND).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Neighbor {
-    pub ip: IpAddr,
-    pub mac: [u8; 6],
-    pub dev: String,
-}
-
-impl Scan {
-    /// Checks what a caller hands to `connect` (it may have crossed a process boundary):
-    /// the same limits `scan` enforces, and link names the kernel accepts.
-    pub fn validate(&self) -> Result<(), NetError> {
-        limit("links", self.links.len(), MAX_LINKS)?;
-        limit("routes", self.routes.len(), MAX_ROUTES)?;
-        limit("neighbors", self.neighbors.len(), MAX_NEIGHBORS)?;
-        for (i, link) in self.links.iter().enumerate() {
-            valid_name(&link.name)?;
-            if self.links[..i].iter().any(|l| l.name == link.name) {
-                return Err(NetError::link(&link.name, "listed twice"));
-            }
-            limit(
-                "addresses on one link",
-                link.addrs.len(),
-                MAX_ADDRS_PER_LINK,
-            )?;
-        }
-        Ok(())
-    }
-}
+/// What [`crate::scan`] returns: the protocol's description of the guest's network.
+pub type Scan = NetworkConfig;
 
 fn limit(what: &'static str, count: usize, limit: usize) -> Result<(), NetError> {
     if count > limit {
@@ -131,16 +38,8 @@ fn limit(what: &'static str, count: usize, limit: usize) -> Result<(), NetError>
     Ok(())
 }
 
-/// A Linux interface name: 1..=15 bytes, no '/', whitespace or NUL.
 fn valid_name(name: &str) -> Result<(), NetError> {
-    let ok = !name.is_empty()
-        && name.len() < libc::IFNAMSIZ
-        && name != "."
-        && name != ".."
-        && !name
-            .bytes()
-            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace());
-    if ok {
+    if valid_link_name(name) {
         Ok(())
     } else {
         Err(NetError::link(name, "not a valid interface name"))
@@ -436,6 +335,8 @@ pub(crate) fn build(
         });
     }
     limit("permanent neighbors", scan.neighbors.len(), MAX_NEIGHBORS)?;
+    // What the guest agent will check too (MTU range, unicast MACs, ...).
+    scan.validate()?;
     Ok(scan)
 }
 
@@ -444,7 +345,7 @@ mod tests {
     use super::*;
     use netlink_packet_route::route::RouteScope;
     use netlink_packet_route::AddressFamily;
-    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::net::Ipv4Addr;
 
     fn link(index: u32, name: &str, kind: Option<InfoKind>, mtu: u32) -> LinkMessage {
         let mut l = LinkMessage::default();
@@ -755,40 +656,5 @@ mod tests {
         blackhole.header.kind = RouteType::BlackHole;
         let scan = build(&links, &addrs, &[local, in_table_1000, blackhole], &[]).unwrap();
         assert!(scan.routes.is_empty(), "{:?}", scan.routes);
-    }
-
-    #[test]
-    fn validate_checks_what_connect_gets() {
-        let ok = Link {
-            name: "eth0".into(),
-            mac: [2, 0, 0, 0, 0, 1],
-            mtu: 1500,
-            addrs: vec![],
-        };
-        let mut scan = Scan {
-            links: vec![ok.clone()],
-            ..Scan::default()
-        };
-        assert!(scan.validate().is_ok());
-        for bad in ["", "a/b", "0123456789abcdef", "a b"] {
-            scan.links[0].name = bad.into();
-            assert!(scan.validate().is_err(), "{bad:?}");
-        }
-        scan.links = vec![ok.clone(), ok.clone()];
-        assert!(scan.validate().unwrap_err().to_string().contains("twice"));
-        scan.links = (0..=MAX_LINKS)
-            .map(|i| Link {
-                name: format!("e{i}"),
-                ..ok.clone()
-            })
-            .collect();
-        assert!(matches!(scan.validate(), Err(NetError::TooMany { .. })));
-    }
-
-    #[test]
-    fn prefix_longer_than_address_is_rejected() {
-        assert!(IpNet::new(v4(10, 0, 0, 1), 33).is_err());
-        assert!(IpNet::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 128).is_ok());
-        assert!(IpNet::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 129).is_err());
     }
 }

@@ -480,13 +480,14 @@ fn connect_undoes_its_partial_work() {
 fn a_kernel_refusal_is_explained_and_undone() {
     let fx = fixture("mtu");
     let mut s = scan(&fx.ctr.path).expect("scan");
-    // A caller's bad MTU: the tap exists by the time the kernel refuses it.
-    s.links[0].mtu = 10;
-    let err = connect(&fx.ctr.path, &s).expect_err("mtu 10");
+    // An MTU the protocol allows and a tap does not (its maximum is 65535 less the Ethernet
+    // header): the tap exists by the time the kernel refuses it.
+    s.links[0].mtu = 65535;
+    let err = connect(&fx.ctr.path, &s).expect_err("mtu 65535");
     let msg = err.to_string();
-    assert!(msg.contains("set mtu 10 on tap"), "{msg}");
+    assert!(msg.contains("set mtu 65535 on tap"), "{msg}");
     // The kernel's extended-ack text, not only the errno.
-    assert!(msg.contains("(mtu less than device minimum)"), "{msg}");
+    assert!(msg.contains("(mtu greater than device maximum)"), "{msg}");
     assert!(!fx.ctr.link_names().iter().any(|n| n.starts_with("hk")));
     assert!(!fx.ctr.tc("qdisc show dev eth0").contains("ingress"));
 }
@@ -518,6 +519,8 @@ fn connect_refuses_a_stale_scan() {
         "{err}"
     );
     s.links[0].name = "eth9".into();
+    s.routes.clear();
+    s.neighbors.clear();
     let err = connect(&fx.ctr.path, &s).expect_err("no such link");
     assert!(err.to_string().contains("eth9: no such link"), "{err}");
     assert!(!fx.ctr.link_names().iter().any(|n| n.starts_with("hk")));

@@ -32,7 +32,11 @@ pub enum NetworkConfigError {
     #[error("link {link}: {reason}")]
     Link { link: String, reason: String },
     #[error("address {addr}/{prefix_len}: prefix longer than {max}")]
-    Prefix { addr: IpAddr, prefix_len: u8, max: u8 },
+    Prefix {
+        addr: IpAddr,
+        prefix_len: u8,
+        max: u8,
+    },
     #[error("route to {dst}: {reason}")]
     Route { dst: String, reason: String },
     #[error("neighbour {ip}: {reason}")]
@@ -172,7 +176,11 @@ impl NetworkConfig {
                 return Err(bad(&format!("device {:?} is not a carried link", r.dev)));
             }
             let v4 = r.dst.map(|d| d.addr.is_ipv4());
-            let families = [v4, r.gateway.map(|g| g.is_ipv4()), r.src.map(|s| s.is_ipv4())];
+            let families = [
+                v4,
+                r.gateway.map(|g| g.is_ipv4()),
+                r.src.map(|s| s.is_ipv4()),
+            ];
             let first = families.iter().flatten().next();
             if first.is_some_and(|f| families.iter().flatten().any(|x| x != f)) {
                 return Err(bad("mixes address families"));
