@@ -9,6 +9,7 @@ pub mod devices;
 pub mod exec;
 pub mod hooks;
 pub mod monitor;
+pub mod network;
 pub mod passfd;
 pub mod signal;
 pub mod stdio;

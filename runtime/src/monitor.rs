@@ -129,6 +129,13 @@ pub fn run(store: &Store, id: &str, sync: OwnedFd) -> ! {
     let mut running = match started {
         Ok(r) => r,
         Err(e) => {
+            if let Ok(req) = store
+                .dir(id)
+                .map_err(|e| e.to_string())
+                .and_then(|d| load_create_request(&d))
+            {
+                let _ = crate::network::disconnect(&req.spec);
+            }
             let _ = writeln!(sync, "error: {e}");
             std::process::exit(1);
         }
@@ -139,12 +146,19 @@ pub fn run(store: &Store, id: &str, sync: OwnedFd) -> ! {
         stdio::detach_std();
     }
     let status = running.wait();
+    let spec = running.spec.take();
     running.finish();
+    // The taps went with the VM; the redirects on the engine's links go now.
+    if let Some(spec) = spec {
+        let _ = crate::network::disconnect(&spec);
+    }
     die_like(status)
 }
 
 struct Running {
     dir: PathBuf,
+    /// The bundle's spec, for the network teardown once the VM is gone.
+    spec: Option<oci_spec::runtime::Spec>,
     /// The terminal went to `--console-socket`: our stdio is unused.
     console: bool,
     vm: Vm,
@@ -178,13 +192,29 @@ fn setup(store: &Store, dir: &Path, req: &CreateRequest) -> Result<Running, Stri
             c
         });
     }
+    // The engine's netns, carried to taps (crate::network); `run` undoes it on failure.
+    let mut carried = match crate::network::plan(&req.spec).map_err(|e| e.to_string())? {
+        crate::network::Plan::Join(path) => {
+            crate::network::Carried::connect(&path).map_err(|e| e.to_string())?
+        }
+        crate::network::Plan::New => None,
+    };
+    spec.nics = carried.as_ref().map(|c| c.nics()).unwrap_or_default();
     let vm = Vm::launch(&spec, &vm_dir(dir)).map_err(|e| e.to_string())?;
     let uds = vm.vsock_path().to_path_buf();
     let connect = || AgentClient::connect(&uds, AGENT_TIMEOUT).map_err(|e| e.to_string());
+    if let Some(c) = carried.as_mut() {
+        // husk-vmm holds the taps now: with our copies closed they vanish with the VM.
+        c.release_taps();
+        connect()?
+            .expect_ok(&Request::ConfigureNetwork(Box::new(c.config.clone())))
+            .map_err(|e| format!("guest network: {e}"))?;
+    }
 
     let terminal = req.console_socket.is_some();
     let mut guest_spec = req.spec.clone();
     crate::cgroups::spec_for_guest(&mut guest_spec);
+    crate::network::guest_spec(&mut guest_spec, carried.is_some());
     let create = Box::new(CreateContainer {
         id: req.id.clone(),
         spec: guest_spec,
@@ -285,6 +315,7 @@ fn setup(store: &Store, dir: &Path, req: &CreateRequest) -> Result<Running, Stri
     store.save(&state).map_err(|e| e.to_string())?;
     Ok(Running {
         dir: dir.to_path_buf(),
+        spec: Some(req.spec.clone()),
         console: req.console_socket.is_some(),
         vm,
         events,

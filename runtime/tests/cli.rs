@@ -448,7 +448,7 @@ fn create_has_a_deadline() {
         bundle.join("config.json"),
         r#"{"ociVersion": "1.0.2", "root": {"path": "rootfs"},
             "process": {"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
-            "linux": {"namespaces": [{"type": "mount"}]}}"#,
+            "linux": {"namespaces": [{"type": "mount"}, {"type": "network"}]}}"#,
     )
     .unwrap();
     for f in ["kernel", "initrd"] {

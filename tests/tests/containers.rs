@@ -424,41 +424,50 @@ fn debootstrap_debian_runs_bash() {
 
 /// The pid husk reports is where engines configure a new network namespace
 /// (`/proc/<pid>/ns/net` after create): it is a fresh, empty one whenever
-/// the spec asks for a new one, never the host's; without a network
-/// namespace in the spec it is the host's, as with runc.
+/// the spec asks for a new one, never the host's. Without a network
+/// namespace in the spec (runc's host networking) create is refused: the
+/// container runs in its own VM, and pretending would hide that it has no
+/// network. A spec naming the host's netns by path is refused too.
 #[test]
 fn reported_pid_is_never_in_the_host_netns() {
     let h = Husk::new("netns");
     let host = std::fs::read_link("/proc/self/ns/net").unwrap();
-    let mut b = TestBundle::busybox("netns", &["sleep", "1000"]);
-    for (id, new_netns) in [("nn1", true), ("nn2", false)] {
-        if !new_netns {
-            let ns = b.config["linux"]["namespaces"].as_array_mut().unwrap();
-            ns.retain(|n| n["type"] != "network");
-            b.write();
+    let b = TestBundle::busybox("netns", &["sleep", "1000"]);
+    let o = h.run(&["create", "--bundle", b.dir.to_str().unwrap(), "nn1"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let pid = state(&h, "nn1")["pid"].as_i64().unwrap();
+    let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    assert_ne!(theirs, host, "the reported pid is in the host's netns");
+    let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap();
+    let links: Vec<&str> = dev
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
+    assert_eq!(links, ["lo"], "not a fresh netns");
+    let o = h.run(&["delete", "--force", "nn1"]);
+    assert!(o.status.success(), "{}", err(&o));
+
+    let me = std::process::id();
+    for (id, ns) in [("nn2", None), ("nn3", Some(format!("/proc/{me}/ns/net")))] {
+        let mut b = TestBundle::busybox(id, &["true"]);
+        let list = b.config["linux"]["namespaces"].as_array_mut().unwrap();
+        list.retain(|n| n["type"] != "network");
+        if let Some(path) = &ns {
+            list.push(serde_json::json!({"type": "network", "path": path}));
         }
+        b.write();
         let o = h.run(&["create", "--bundle", b.dir.to_str().unwrap(), id]);
-        assert!(o.status.success(), "{}", err(&o));
-        let pid = state(&h, id)["pid"].as_i64().unwrap();
-        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
-        if new_netns {
-            assert_ne!(
-                theirs, host,
-                "{id}: the reported pid is in the host's netns"
-            );
-            let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap();
-            let links: Vec<&str> = dev
-                .lines()
-                .skip(2)
-                .filter_map(|l| l.split(':').next())
-                .map(str::trim)
-                .collect();
-            assert_eq!(links, ["lo"], "{id}: not a fresh netns");
+        assert_eq!(o.status.code(), Some(1), "{id}: {}", err(&o));
+        let want = if ns.is_some() {
+            "is the host's network namespace"
         } else {
-            assert_eq!(theirs, host, "{id}");
-        }
-        let o = h.run(&["delete", "--force", id]);
-        assert!(o.status.success(), "{}", err(&o));
+            "no network namespace (host networking) is not supported"
+        };
+        assert!(err(&o).contains(want), "{id}: {}", err(&o));
+        // Refused before anything was made.
+        assert!(!h.root.join(id).exists(), "{id} left state behind");
     }
 }
 

@@ -74,6 +74,10 @@ fn husk_config() -> anyhow::Result<husk::config::Resolved> {
 
 /// Removes a container's state directory and everything staged in it.
 fn cleanup(dir: &Path) -> anyhow::Result<()> {
+    // The monitor undoes its network setup when the VM ends; after a SIGKILL it could not.
+    if let Ok(req) = monitor::load_create_request(dir) {
+        husk::network::disconnect(&req.spec)?;
+    }
     husk::cgroups::remove(dir)?;
     share::teardown(&monitor::share_dir(dir))?;
     let vm_dir = monitor::vm_dir(dir);
@@ -161,6 +165,7 @@ pub fn create(store: &Store, a: &CreateArgs) -> anyhow::Result<std::process::Chi
     // is written, so a bad request leaves no trace.
     let bundle = Bundle::load(&a.bundle)?;
     husk::hooks::validate(&bundle.spec)?;
+    husk::network::plan(&bundle.spec)?;
     let cfg = husk_config()?;
     let size = vm_size(
         &bundle.spec,

@@ -69,6 +69,8 @@ pub struct VmSpec {
     /// Run husk-vmm in its jail (the default). Off only through the
     /// `no_jail` debugging option of config.toml.
     pub jail: bool,
+    /// virtio-net devices; their tap fds must stay open until `launch` returns.
+    pub nics: Vec<crate::network::Nic>,
 }
 
 impl VmSpec {
@@ -85,6 +87,7 @@ impl VmSpec {
             shares: Vec::new(),
             die_with_parent: false,
             jail: true,
+            nics: Vec::new(),
         }
     }
 }
@@ -162,6 +165,25 @@ impl Vm {
             let mut arg = std::ffi::OsString::from(format!("{tag}="));
             arg.push(dir);
             cmd.arg("--fs").arg(arg);
+        }
+        for nic in &spec.nics {
+            cmd.arg("--net").arg(nic.vmm_arg());
+        }
+        if !spec.nics.is_empty() {
+            use std::os::unix::process::CommandExt;
+            let fds: Vec<i32> = spec.nics.iter().map(|n| n.fd).collect();
+            // SAFETY: fcntl only, between fork and exec: the tap fds (close-on-exec) are
+            // the only ones husk-vmm inherits beyond stdio.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for &fd in &fds {
+                        if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
         }
         if spec.die_with_parent {
             use std::os::unix::process::CommandExt;

@@ -1,0 +1,270 @@
+//! The container's network namespace carried into its microVM (issue 11).
+//!
+//! What config.json asks for decides ([`plan`], checked at `create` before anything is
+//! written):
+//! - a network namespace **with a path** (podman's `/run/netns/netns-*`, a CRI sandbox's): the
+//!   engine has set it up. Its links are carried ([`Carried::connect`], in the monitor): per link
+//!   a tap in that netns joined to the link by tc redirects (husk-net), handed to husk-vmm as a
+//!   virtio-net device with the link's MAC and MTU, and described to the agent
+//!   (`ConfigureNetwork`), which gives the guest the link's name, addresses and routes. The
+//!   container then uses the guest's network namespace. A netns with nothing to carry (only
+//!   `lo`) gives the container a fresh one in the guest.
+//! - a **new** network namespace (no path): the container gets one of its own in the guest
+//!   (only `lo`); the pid husk reports sits in a fresh host netns (cli/lifecycle.rs).
+//! - **no** network namespace (host networking) is refused: the container runs in its own VM
+//!   and cannot share the host's network, and pretending would hide that.
+//!
+//! The veth keeps its addresses, so the engine's view, `-p` and its teardown stay right.
+//! [`disconnect`] removes our taps and redirects; it runs when the VM ends and again at
+//! `delete` (the monitor may have been killed), and tolerates a netns that is gone.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use husk_protocol::network::NetworkConfig;
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Spec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error(
+        "linux.namespaces: no network namespace (host networking) is not supported: \
+         the container runs in its own VM and cannot share the host's network"
+    )]
+    HostNetwork,
+    #[error("linux.namespaces[network].path {0}: {1}")]
+    Path(PathBuf, String),
+    #[error(transparent)]
+    Net(#[from] husk_net::NetError),
+}
+
+/// What the spec asks of the network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// A new, empty network namespace: the guest makes it.
+    New,
+    /// Join the engine's netns: carry its links into the VM.
+    Join(PathBuf),
+}
+
+/// Classifies the spec's network namespace and checks a path: it must be a network namespace
+/// and not the one husk itself runs in (the host's, e.g. `/proc/<pid>/ns/net` of a process in
+/// it): carrying that would redirect the host's own links into a VM.
+pub fn plan(spec: &Spec) -> Result<Plan, NetworkError> {
+    let ns = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network));
+    let Some(ns) = ns else {
+        return Err(NetworkError::HostNetwork);
+    };
+    let Some(path) = ns.path().as_ref().filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(Plan::New);
+    };
+    let bad = |why: String| NetworkError::Path(path.clone(), why);
+    let meta = std::fs::metadata(path).map_err(|e| bad(io_text(&e)))?;
+    let ours = std::fs::metadata("/proc/self/ns/net").map_err(|e| bad(io_text(&e)))?;
+    // A bind-mounted netns file reports the nsfs inode of the namespace.
+    if (meta.dev(), meta.ino()) == (ours.dev(), ours.ino()) {
+        return Err(bad(
+            "is the host's network namespace (host networking is not supported)".into(),
+        ));
+    }
+    Ok(Plan::Join(path.clone()))
+}
+
+/// runc's wording: "No such file or directory", without the "(os error 2)".
+fn io_text(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// One virtio-net device for husk-vmm: the tap fd (inherited by the VMM) and the link's MAC and MTU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nic {
+    pub fd: RawFd,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+}
+
+impl Nic {
+    /// husk-vmm's `--net` argument.
+    pub fn vmm_arg(&self) -> String {
+        format!(
+            "fd={},mac={},mtu={}",
+            self.fd,
+            husk_protocol::network::mac_string(&self.mac),
+            self.mtu
+        )
+    }
+}
+
+/// A netns's links carried to taps; the taps live as long as this (and the VMM's copies).
+pub struct Carried {
+    pub netns: PathBuf,
+    pub config: NetworkConfig,
+    taps: Vec<husk_net::Tap>,
+}
+
+impl Carried {
+    /// Scans `netns` and makes a tap per link. None when there is nothing to carry.
+    pub fn connect(netns: &Path) -> Result<Option<Carried>, NetworkError> {
+        let config = husk_net::scan(netns)?;
+        if config.links.is_empty() {
+            return Ok(None);
+        }
+        let taps = husk_net::connect(netns, &config).map_err(|e| match e.cause() {
+            // Another VM's taps are there: podman pods and `--network container:X` share one
+            // netns between VMs, and a tc redirect pairs one link with one tap.
+            husk_net::NetError::Tap { source, .. }
+                if source.kind() == std::io::ErrorKind::AlreadyExists =>
+            {
+                NetworkError::Path(
+                    netns.to_path_buf(),
+                    "is already carried into another husk VM (sharing a network namespace \
+                     between containers, as podman pods and --network container: do, is not \
+                     supported)"
+                        .into(),
+                )
+            }
+            _ => NetworkError::Net(e),
+        })?;
+        Ok(Some(Carried {
+            netns: netns.to_path_buf(),
+            config,
+            taps,
+        }))
+    }
+
+    /// The devices to give husk-vmm, in link order.
+    pub fn nics(&self) -> Vec<Nic> {
+        self.config
+            .links
+            .iter()
+            .zip(&self.taps)
+            .map(|(l, t)| Nic {
+                fd: t.fd.as_raw_fd(),
+                mac: l.mac,
+                mtu: l.mtu,
+            })
+            .collect()
+    }
+
+    /// Closes our tap fds once husk-vmm holds its own copies.
+    pub fn release_taps(&mut self) {
+        self.taps.clear();
+    }
+}
+
+/// The spec the guest gets: with a carried network the container uses the guest's network
+/// namespace (no entry); a joined netns with nothing to carry becomes a new, empty one in the
+/// guest; the host's netns path never reaches the guest.
+pub fn guest_spec(spec: &mut Spec, carried: bool) {
+    let Some(ns) = spec
+        .linux_mut()
+        .as_mut()
+        .and_then(|l| l.namespaces_mut().as_mut())
+    else {
+        return;
+    };
+    if carried {
+        ns.retain(|n| n.typ() != LinuxNamespaceType::Network);
+        return;
+    }
+    for n in ns.iter_mut() {
+        if n.typ() == LinuxNamespaceType::Network {
+            let mut fresh = LinuxNamespace::default();
+            fresh.set_typ(LinuxNamespaceType::Network);
+            *n = fresh;
+        }
+    }
+}
+
+/// Removes what [`Carried::connect`] made in the spec's netns, if it names one. A netns that is
+/// gone is fine.
+pub fn disconnect(spec: &Spec) -> Result<(), NetworkError> {
+    let path = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network))
+        .and_then(|n| n.path().clone())
+        .filter(|p| !p.as_os_str().is_empty());
+    match path {
+        Some(p) => Ok(husk_net::disconnect(&p)?),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(namespaces: &str) -> Spec {
+        serde_json::from_str(&format!(
+            r#"{{"ociVersion": "1.0.2", "linux": {{"namespaces": {namespaces}}}}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn plans() {
+        assert_eq!(
+            plan(&spec(r#"[{"type": "network"}, {"type": "pid"}]"#)).unwrap(),
+            Plan::New
+        );
+        assert_eq!(
+            plan(&spec(r#"[{"type": "network", "path": ""}]"#)).unwrap(),
+            Plan::New
+        );
+        let host = plan(&spec(r#"[{"type": "pid"}]"#)).unwrap_err();
+        assert!(matches!(host, NetworkError::HostNetwork), "{host}");
+        let missing = plan(&spec(
+            r#"[{"type": "network", "path": "/run/netns/husk-no-such"}]"#,
+        ))
+        .unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "linux.namespaces[network].path /run/netns/husk-no-such: No such file or directory"
+        );
+        // Our own netns (the host's here) by any name is refused.
+        let pid = std::process::id();
+        let own = plan(&spec(&format!(
+            r#"[{{"type": "network", "path": "/proc/{pid}/ns/net"}}]"#
+        )))
+        .unwrap_err();
+        assert!(
+            own.to_string().contains("host's network namespace"),
+            "{own}"
+        );
+    }
+
+    #[test]
+    fn guest_specs() {
+        let joined = r#"[{"type": "network", "path": "/run/netns/x"}, {"type": "pid"}]"#;
+        let mut s = spec(joined);
+        guest_spec(&mut s, true);
+        let ns = s.linux().as_ref().unwrap().namespaces().clone().unwrap();
+        assert_eq!(ns.len(), 1);
+        assert_eq!(ns[0].typ(), LinuxNamespaceType::Pid);
+        let mut s = spec(joined);
+        guest_spec(&mut s, false);
+        let ns = s.linux().as_ref().unwrap().namespaces().clone().unwrap();
+        assert_eq!(ns[0].typ(), LinuxNamespaceType::Network);
+        assert!(ns[0].path().is_none());
+    }
+
+    #[test]
+    fn vmm_args() {
+        let nic = Nic {
+            fd: 5,
+            mac: [0x02, 0x42, 0xac, 0x11, 0, 0x0a],
+            mtu: 1500,
+        };
+        assert_eq!(nic.vmm_arg(), "fd=5,mac=02:42:ac:11:00:0a,mtu=1500");
+    }
+}
