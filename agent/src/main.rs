@@ -18,6 +18,7 @@
 
 mod container;
 mod init;
+mod network;
 mod server;
 mod sysinfo;
 

@@ -10,6 +10,7 @@ use nix::sys::socket::{
 };
 
 use crate::container;
+use crate::network;
 use crate::sysinfo;
 
 /// How the agent runs: as the VM's PID 1 on vsock, or (tests) on a unix socket.
@@ -227,10 +228,13 @@ fn serve(mut stream: UnixStreamLike, hello: HelloInfo, mode: Mode) {
             Request::UpdateContainer { id, resources } => reg.update(&id, &resources),
             Request::ContainerStats { id } => reg.stats(&id),
             Request::ListProcesses { id } => reg.processes(&id),
-            // Replaced by agent/src/network (issue 11, in progress).
-            Request::ConfigureNetwork(_) => Response::Error {
-                message: "guest networking is not supported by this agent yet".into(),
-            },
+            // The test mode runs on an ordinary host: never reconfigure the host's network.
+            Request::ConfigureNetwork(_) if mode == Mode::Unix && !network::in_own_netns() => {
+                Response::Error {
+                    message: "--listen-unix: ConfigureNetwork is served only in a network namespace other than init's (start the agent under unshare -n)".into(),
+                }
+            }
+            Request::ConfigureNetwork(cfg) => network::configure_guest(&cfg),
         };
         if proto::send(&mut stream, &reply).is_err() {
             return;
