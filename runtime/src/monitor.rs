@@ -193,7 +193,7 @@ fn setup(store: &Store, dir: &Path, req: &CreateRequest) -> Result<Running, Stri
         });
     }
     // The engine's netns, carried to taps (crate::network); `run` undoes it on failure.
-    let mut carried = match crate::network::plan(&req.spec).map_err(|e| e.to_string())? {
+    let mut carried = match crate::network::requested(&req.spec).map_err(|e| e.to_string())? {
         crate::network::Plan::Join(path) => {
             crate::network::Carried::connect(&path).map_err(|e| e.to_string())?
         }

@@ -51,16 +51,9 @@ pub enum Plan {
 /// and not the one husk itself runs in (the host's, e.g. `/proc/<pid>/ns/net` of a process in
 /// it): carrying that would redirect the host's own links into a VM.
 pub fn plan(spec: &Spec) -> Result<Plan, NetworkError> {
-    let ns = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network));
-    let Some(ns) = ns else {
-        return Err(NetworkError::HostNetwork);
-    };
-    let Some(path) = ns.path().as_ref().filter(|p| !p.as_os_str().is_empty()) else {
-        return Ok(Plan::New);
+    let plan = requested(spec)?;
+    let Plan::Join(path) = &plan else {
+        return Ok(plan);
     };
     let bad = |why: String| NetworkError::Path(path.clone(), why);
     let meta = std::fs::metadata(path).map_err(|e| bad(io_text(&e)))?;
@@ -71,7 +64,24 @@ pub fn plan(spec: &Spec) -> Result<Plan, NetworkError> {
             "is the host's network namespace (host networking is not supported)".into(),
         ));
     }
-    Ok(Plan::Join(path.clone()))
+    Ok(plan)
+}
+
+/// What the spec asks for, without [`plan`]'s checks of the path (the monitor, already in the
+/// joined netns, uses this).
+pub fn requested(spec: &Spec) -> Result<Plan, NetworkError> {
+    let ns = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network));
+    let Some(ns) = ns else {
+        return Err(NetworkError::HostNetwork);
+    };
+    match ns.path().as_ref().filter(|p| !p.as_os_str().is_empty()) {
+        Some(path) => Ok(Plan::Join(path.clone())),
+        None => Ok(Plan::New),
+    }
 }
 
 /// runc's wording: "No such file or directory", without the "(os error 2)".

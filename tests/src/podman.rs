@@ -59,13 +59,15 @@ impl Podman {
         )
         .unwrap();
         let conf = base.join("containers.conf");
-        // The runtime entry is what README's podman section documents. No
-        // network stack in the test host: containers default to --network=none.
+        // The runtime entry is what README's podman section documents.
+        // Containers default to --network=none; the network tests
+        // (tests/tests/network.rs) ask for netavark bridge networks, and
+        // netavark is named because podman picks CNI once an image exists.
         std::fs::write(
             &conf,
             format!(
                 "[containers]\nnetns = \"none\"\nlog_driver = \"k8s-file\"\n\n\
-                 [network]\nnetwork_config_dir = {:?}\n\n\
+                 [network]\nnetwork_backend = \"netavark\"\nnetwork_config_dir = {:?}\n\n\
                  [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
                  runtime = \"husk\"\ntmp_dir = {:?}\nimage_copy_tmp_dir = {:?}\n\n\
                  [engine.runtimes]\nhusk = [{:?}]\n",

@@ -145,18 +145,6 @@ pub(super) fn inherit_passed_fds(cmd: &mut Command, n: usize, sync: RawFd) {
     }
 }
 
-/// The spec asks for a new network namespace (one without a path).
-fn wants_new_netns(spec: &oci_spec::runtime::Spec) -> bool {
-    use oci_spec::runtime::LinuxNamespaceType;
-    spec.linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .is_some_and(|ns| {
-            ns.iter()
-                .any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_none())
-        })
-}
-
 /// Creates the container; returns the monitor's process handle.
 pub fn create(store: &Store, a: &CreateArgs) -> anyhow::Result<std::process::Child> {
     validate_id(&a.id)?;
@@ -236,19 +224,34 @@ fn create_in(
         .arg("__monitor")
         .arg(&a.id)
         .env("HUSK_SYNC_FD", wr.as_raw_fd().to_string());
-    if wants_new_netns(&bundle.spec) {
-        // The monitor is the pid we report, and engines that asked for a
-        // new network namespace configure /proc/<pid>/ns/net after create
-        // (podman with --userns, `ctr run --cni`): it must be a fresh one,
-        // never the host's.
-        // SAFETY: unshare(2) only, between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::unshare(libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+    // The monitor is the pid we report, so it lives in the container's network namespace,
+    // as runc's init does: engines that asked for a new one configure /proc/<pid>/ns/net
+    // after create (podman with --userns, `ctr run --cni`), so it must be a fresh one, never
+    // the host's; and `--network container:<this>` names the netns this VM carries.
+    match husk::network::plan(&bundle.spec)? {
+        husk::network::Plan::New => {
+            // SAFETY: unshare(2) only, between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        husk::network::Plan::Join(path) => {
+            let ns = std::fs::File::open(&path)
+                .with_context(|| format!("linux.namespaces[network].path {}", path.display()))?;
+            // SAFETY: setns(2) on a descriptor we own, between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
     }
     inherit_passed_fds(&mut cmd, passed, wr.as_raw_fd());
