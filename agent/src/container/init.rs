@@ -141,6 +141,12 @@ fn enter_namespaces(spec: &Spec) -> Result<bool, String> {
     if new_flags != 0 && unsafe { libc::unshare(new_flags) } != 0 {
         return Err(format!("unshare namespaces: {}", errno()));
     }
+    if new_flags & libc::CLONE_NEWNET != 0 {
+        // As runc does: a new network namespace starts with lo down, and a container without
+        // a network (--network none) still expects 127.0.0.1.
+        crate::network::loopback_up()
+            .map_err(|e| format!("linux.namespaces[network]: bring lo up: {e}"))?;
+    }
     match pid {
         None => Ok(false),
         Some(Some(p)) => setns_path(&p, libc::CLONE_NEWPID, "pid").map(|()| true),
