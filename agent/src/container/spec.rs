@@ -86,7 +86,10 @@ fn validate_sysctl(spec: &Spec, key: &str) -> Result<(), String> {
         return Ok(());
     }
     if key.starts_with("net.") {
-        if !has_namespace(spec, LinuxNamespaceType::Network) {
+        // With the network configured (ConfigureNetwork), the guest's network namespace is the
+        // container's: the host left the spec's out of it.
+        if !has_namespace(spec, LinuxNamespaceType::Network) && !crate::network::guest_configured()
+        {
             return Err(format!(
                 "{field}: sysctl {key:?} is not allowed in the guest's network namespace"
             ));
