@@ -8,7 +8,7 @@ use clap::Parser;
 use std::sync::{Arc, Mutex};
 
 use husk_vmm::builder::{self, ThreadHook, ThreadKind};
-use husk_vmm::config::{Console, FsConfig, VmConfig, VsockConfig, DEFAULT_GUEST_CID};
+use husk_vmm::config::{Console, FsConfig, NetConfig, VmConfig, VsockConfig, DEFAULT_GUEST_CID};
 use husk_vmm::jail::{self, mount::Jail, seccomp, testhook::Forbidden, testhook::Trigger};
 use husk_vmm::vstate::exit::VmExit;
 
@@ -21,7 +21,7 @@ use husk_vmm::vstate::exit::VmExit;
 #[command(name = "husk-vmm", version)]
 struct Cli {
     /// VM description as JSON (the flags below are then not allowed).
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "memory_mib", "vcpus", "vsock_uds", "console", "cmdline_extra", "fs"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "memory_mib", "vcpus", "vsock_uds", "console", "cmdline_extra", "fs", "net"])]
     config: Option<PathBuf>,
     /// Uncompressed ELF vmlinux with a PVH entry point.
     #[arg(long, required_unless_present = "config")]
@@ -47,6 +47,10 @@ struct Cli {
     /// Share a host directory over virtio-fs: TAG=DIR[,cache=never|auto|always][,xattr] (repeatable).
     #[arg(long)]
     fs: Vec<String>,
+    /// A virtio-net device on an inherited tap fd (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR):
+    /// fd=N,mac=XX:XX:XX:XX:XX:XX[,mtu=M] (repeatable).
+    #[arg(long)]
+    net: Vec<String>,
     /// DEBUGGING ONLY: run without the jail (namespaces, pivot_root, seccomp,
     /// capability and rlimit limits). The guest is then one VMM bug away from the host.
     #[arg(long)]
@@ -89,6 +93,11 @@ fn config(cli: Cli) -> anyhow::Result<VmConfig> {
             .iter()
             .map(|a| FsConfig::parse(a))
             .collect::<Result<_, _>>()?,
+        net: cli
+            .net
+            .iter()
+            .map(|a| NetConfig::parse(a))
+            .collect::<Result<_, _>>()?,
         cmdline_extra: cli.cmdline_extra,
     })
 }
@@ -129,8 +138,11 @@ fn run(cli: Cli) -> anyhow::Result<VmExit> {
         return Ok(builder::build(&cfg)?.run());
     }
     let started = std::time::Instant::now();
-    // Before anything is opened: no inherited descriptor, no environment.
-    jail::fds::close_inherited()?;
+    // Before anything is opened: no inherited descriptor but the taps named
+    // by --net (checked first: which fds to keep depends on it), no environment.
+    cfg.validate()?;
+    let taps: Vec<i32> = cfg.net.iter().map(|n| n.tap_fd).collect();
+    jail::fds::close_inherited(&taps)?;
     jail::clear_env();
     // The vsock socket directory is bound into the jail at its host path;
     // the socket path must be absolute, since the cwd changes.
@@ -189,7 +201,7 @@ fn run(cli: Cli) -> anyhow::Result<VmExit> {
         jail::caps::fs_caps(cfg.fs.iter().any(|f| f.xattr))
     };
     jail.enter()?;
-    let vmm_threads = 1 + u64::from(cfg.vcpus) + cfg.fs.len() as u64;
+    let vmm_threads = 1 + u64::from(cfg.vcpus) + machine.worker_threads() as u64;
     jail::rlimits::apply(jail::rlimits::Limits::for_vmm(vmm_threads))?;
     jail::no_new_privs()?;
     jail::not_dumpable()?;
