@@ -7,6 +7,7 @@
 
 pub mod fs;
 pub mod mmio;
+pub mod net;
 pub mod vsock;
 
 use std::io;
@@ -21,6 +22,7 @@ use crate::memory::GuestMemoryMmap;
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
 /// Virtio device ids (virtio spec 5).
+pub const TYPE_NET: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 pub const TYPE_VSOCK: u32 = 19;
 pub const TYPE_FS: u32 = 26;
 
