@@ -21,6 +21,7 @@ use crate::config::{Console, FsCache, VmConfig};
 use crate::devices::legacy::{Capped, IrqTrigger, ResetRequest, Serial, CONSOLE_FILE_LIMIT, I8042};
 use crate::devices::virtio::fs::{CacheMode, Fs, FsOptions};
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_LEN, NOTIFY_REG_OFFSET};
+use crate::devices::virtio::net::{Net, Tap};
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::Bus;
@@ -160,7 +161,12 @@ pub enum ThreadKind {
     Vcpu,
     /// One per virtio-fs device: all FUSE work.
     FsWorker,
+    /// One per virtio-net device: its own event loop (queues and tap).
+    NetWorker,
 }
+
+/// A virtio-net device's event loop, run on its own thread.
+type NetLoop = EventManager<Arc<Mutex<Net>>>;
 
 /// Run by each thread before it does any work (the jail installs the
 /// thread's seccomp filter here). An error stops the VM before the guest runs.
@@ -173,11 +179,20 @@ pub struct Machine {
     watcher: Arc<Mutex<ExitWatcher>>,
     vcpus: Vec<Vcpu>,
     fs_devices: Vec<Arc<Mutex<Fs>>>,
+    net_loops: Vec<NetLoop>,
     vsock_path: Option<std::path::PathBuf>,
 }
 
 pub fn build(cfg: &VmConfig) -> Result<Machine, BuildError> {
     cfg.validate()?;
+    // First, before anything is opened: a tap fd number the runtime did not
+    // pass must not name one of our own files.
+    let taps = cfg
+        .net
+        .iter()
+        .map(|n| Tap::from_inherited(n.tap_fd))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| BuildError::Device(format!("virtio-net: {e}")))?;
     let (mut kernel, _) = open("kernel", &cfg.kernel)?;
     let mut initrd = cfg
         .initrd
@@ -285,6 +300,17 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, BuildError> {
         let arg = virtio.attach(fs, &mut mmio_bus)?;
         cmdline.insert_str(arg).map_err(cmd_err)?;
     }
+    // The guest finds each NIC by its MAC: the order does not matter.
+    let mut net_loops = Vec::new();
+    for (n, tap) in cfg.net.iter().zip(taps) {
+        let net = Net::new(tap, n.mac, n.mtu).map_err(|e| dev_err(&e))?;
+        let net = Arc::new(Mutex::new(net));
+        let arg = virtio.attach(net.clone(), &mut mmio_bus)?;
+        cmdline.insert_str(arg).map_err(cmd_err)?;
+        let mut lp = NetLoop::new().map_err(|e| BuildError::EventLoop(e.to_string()))?;
+        lp.add_subscriber(net);
+        net_loops.push(lp);
+    }
     if !cfg.cmdline_extra.trim().is_empty() {
         cmdline
             .insert_str(cfg.cmdline_extra.trim())
@@ -349,6 +375,7 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, BuildError> {
         watcher,
         vcpus,
         fs_devices,
+        net_loops,
         vsock_path,
     })
 }
@@ -372,8 +399,8 @@ impl Machine {
 
     /// Like [`Machine::run`], with `hook` run first on every thread. Every
     /// thread the VMM will ever have is started here, before the guest runs:
-    /// the fs workers (parked until their device is activated), then the
-    /// vCPUs, which wait until every thread's hook succeeded; the main
+    /// the fs workers (parked until their device is activated), the net
+    /// workers (their loops wait for activation), then the vCPUs, which wait until every thread's hook succeeded; the main
     /// thread's hook runs last, so it may forbid creating threads.
     pub fn run_with(mut self, hook: Option<ThreadHook>) -> VmExit {
         for fs in &self.fs_devices {
@@ -386,6 +413,11 @@ impl Machine {
                 .and_then(|mut f| f.start_worker_thread(on_start));
             if let Err(e) = started {
                 return self.finish(VmExit::VmmError(format!("cannot start fs-worker: {e}")));
+            }
+        }
+        for (i, lp) in std::mem::take(&mut self.net_loops).into_iter().enumerate() {
+            if let Err(e) = spawn_net_worker(i, lp, hook.clone(), self.exit.clone()) {
+                return self.finish(VmExit::VmmError(format!("cannot start net-worker: {e}")));
             }
         }
         let vcpus = std::mem::take(&mut self.vcpus);
@@ -426,10 +458,49 @@ impl Machine {
         }
     }
 
+    /// Number of threads [`Machine::run_with`] starts besides the main thread
+    /// and the vCPUs (fs and net workers).
+    pub fn worker_threads(&self) -> usize {
+        self.fs_devices.len() + self.net_loops.len()
+    }
+
     fn finish(&self, why: VmExit) -> VmExit {
         if let Some(p) = &self.vsock_path {
             let _ = std::fs::remove_file(p);
         }
         why
     }
+}
+
+/// Starts the `net-worker` thread of one virtio-net device; returns once
+/// `hook` ran there, with its error. The loop runs until the process ends;
+/// if it fails, the VM ends.
+fn spawn_net_worker(
+    index: usize,
+    mut lp: NetLoop,
+    hook: Option<ThreadHook>,
+    exit: Arc<ExitSignal>,
+) -> std::io::Result<()> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+    std::thread::Builder::new()
+        .name(format!("net-worker{index}"))
+        .spawn(move || {
+            let started = hook.map_or(Ok(()), |h| h(ThreadKind::NetWorker));
+            let ok = started.is_ok();
+            let _ = ready_tx.send(started);
+            if !ok {
+                return;
+            }
+            loop {
+                if let Err(e) = lp.run() {
+                    exit.signal(VmExit::VmmError(format!(
+                        "net-worker{index} event loop: {e}"
+                    )));
+                    return;
+                }
+            }
+        })?;
+    ready_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("net-worker thread ended while starting"))?
 }

@@ -4,7 +4,8 @@
 //!
 //! `main.rs` applies it in this order (every step before the next):
 //! 1. [`fds::close_inherited`] and [`clear_env`]: first thing, before
-//!    anything is opened.
+//!    anything is opened. Only the tap fds named by `--net` survive (the
+//!    virtio-net devices check them before the jail, in `builder::build`).
 //! 2. [`pidns::split`]: `unshare(CLONE_NEWPID)` + `fork`. The process the
 //!    runtime started stays behind as a small waiter (its pid is the one the
 //!    runtime tracks; it mirrors the VMM's exit); the child is PID 1 of an

@@ -48,7 +48,7 @@ impl Limits {
 
 /// `core` = 0: a crashing VMM leaves no dump of guest memory on the host.
 /// `nofile` as above. `nproc` = the threads the VMM starts (main, vCPUs,
-/// fs workers): the kernel counts it per user and exempts uid 0, so for a
+/// fs and net workers, see `Machine::worker_threads`): the kernel counts it per user and exempts uid 0, so for a
 /// root VMM the binding limits are seccomp (no thread creation once the
 /// guest runs) and the cgroup's `pids.max`; it binds a non-root VMM.
 pub fn apply(l: Limits) -> Result<(), JailError> {
