@@ -8,7 +8,9 @@
 //! - `root_*`: root with mount/pid/uts/ipc/net namespaces and /bin/busybox
 //!   (Debian's busybox-static); pause/resume also needs the cgroup v2
 //!   hierarchy (the agent mounts it in its own mount namespace, controllers
-//!   or not). They pass on an ordinary root host:
+//!   or not); the network test also unshare/nsenter (util-linux) and ip
+//!   (iproute2), and runs its agent in a network namespace of its own. They
+//!   pass on an ordinary root host:
 //!   `cargo test -p husk-agent --test containers -- --ignored --test-threads=1 root_`
 //! - `full_root_*`: additionally full capabilities (CAP_SYS_RESOURCE in the
 //!   bounding set, a raisable RLIMIT_NOFILE) and cgroup v2 with the memory and
@@ -29,6 +31,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use husk_protocol::network::{IpNet, Link, Neighbor, NetworkConfig, Route};
 use husk_protocol::{
     self as proto, ContainerStats, ContainerStatus, CreateContainer, ExecProcess, ExitStatus,
     ProcessInfo, Request, Response, StdioStream,
@@ -130,9 +133,21 @@ fn temp_dir(tag: &str) -> PathBuf {
 
 impl Agent {
     fn start(tag: &str) -> Agent {
+        Agent::start_with(tag, Command::new(AGENT))
+    }
+
+    /// The agent in a network namespace of its own (`unshare -n` execs it, same pid), where
+    /// it may configure the network as in a guest.
+    fn start_in_own_netns(tag: &str) -> Agent {
+        let mut cmd = Command::new("unshare");
+        cmd.arg("--net").arg(AGENT);
+        Agent::start_with(tag, cmd)
+    }
+
+    fn start_with(tag: &str, mut cmd: Command) -> Agent {
         let dir = temp_dir(tag);
         let sock = dir.join("agent.sock");
-        let child = Command::new(AGENT)
+        let child = cmd
             .arg("--listen-unix")
             .arg(&sock)
             .stdin(Stdio::null())
@@ -1792,4 +1807,120 @@ fn root_passed_fds() {
     assert_eq!(io.output().0, "clean\n");
     a.delete_exec(&c, "e1");
     a.delete(&c, true);
+}
+
+/// `ip ARGS` in the network namespace of process `pid`; must succeed.
+fn ip_in(pid: u32, args: &str) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .arg("ip")
+        .args(args.split_whitespace())
+        .output()
+        .unwrap_or_else(|e| {
+            fail_env(&format!(
+                "cannot run nsenter/ip (util-linux, iproute2): {e}"
+            ))
+        });
+    assert!(
+        out.status.success(),
+        "ip {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+#[ignore = "needs root: cargo test -p husk-agent --test containers -- --ignored --test-threads=1"]
+fn root_new_network_namespace_has_loopback() {
+    require_root();
+    let a = Agent::start("lo");
+    let rootfs = busybox_rootfs(&a);
+    // The spec asks for a new network namespace: lo must be up in it, as runc leaves it.
+    let (st, out, err) = a.run(&id("lo"), spec(&rootfs, &["ip", "addr", "show", "lo"]));
+    assert_eq!(st, ExitStatus::Code(0), "stdout: {out}\nstderr: {err}");
+    assert!(
+        out.contains(",UP") && out.contains("inet 127.0.0.1/8"),
+        "{out}"
+    );
+    // On an ordinary host the test mode never reconfigures the host's network.
+    let e = a.error(Request::ConfigureNetwork(Box::default()));
+    assert!(e.contains("unshare -n"), "{e}");
+}
+
+#[test]
+#[ignore = "needs root: cargo test -p husk-agent --test containers -- --ignored --test-threads=1"]
+fn root_configured_network_is_the_containers() {
+    require_root();
+    let a = Agent::start_in_own_netns("net");
+    let rootfs = busybox_rootfs(&a);
+    let mac = [0x02, 0x68, 0x6b, 0, 0, 0x0a];
+    // The NIC the host would give the VM, as the kernel named it.
+    ip_in(
+        a.child.id(),
+        "link add enp0s1 address 02:68:6b:00:00:0a type veth peer name peer0",
+    );
+    let gw = "10.88.0.1".parse().unwrap();
+    let cfg = NetworkConfig {
+        links: vec![Link {
+            name: "eth0".into(),
+            mac,
+            mtu: 1400,
+            addrs: vec![IpNet::new("10.88.0.2".parse().unwrap(), 16).unwrap()],
+        }],
+        routes: vec![Route {
+            dst: None,
+            gateway: Some(gw),
+            dev: "eth0".into(),
+            src: None,
+            scope: 0,
+            mtu: None,
+        }],
+        neighbors: vec![Neighbor {
+            ip: gw,
+            mac: [0x02, 0x68, 0x6b, 0, 0, 0xfe],
+            dev: "eth0".into(),
+        }],
+    };
+    a.ok(Request::ConfigureNetwork(Box::new(cfg.clone())));
+    let e = a.error(Request::ConfigureNetwork(Box::new(cfg)));
+    assert!(e.contains("once per VM"), "{e}");
+
+    // The host leaves the network namespace out of the spec: the container shares the
+    // agent's, and net.* sysctls apply to it.
+    let mut s = spec(
+        &rootfs,
+        &[
+            "sh",
+            "-c",
+            "ip addr show eth0; ip route; cat /proc/sys/net/ipv4/ping_group_range; \
+             touch /dev/shm/mark; exec sleep 1000",
+        ],
+    );
+    s["linux"]["namespaces"] = json!([
+        { "type": "pid" }, { "type": "ipc" }, { "type": "uts" }, { "type": "mount" }, { "type": "cgroup" }
+    ]);
+    s["linux"]["sysctl"] = json!({ "net.ipv4.ping_group_range": "0 0" });
+    let c = id("net");
+    let io = a.run_detached(&c, s);
+    // An exec has no network namespace to join, and sees the same network.
+    let script = "while [ ! -f /dev/shm/mark ]; do usleep 20000; done; ip route";
+    let (st, out, err) = a.exec_run(&c, "e1", process(&["sh", "-c", script]));
+    assert_eq!(st, ExitStatus::Code(0), "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("default via 10.88.0.1 dev eth0"), "{out}");
+    a.signal(&c, 9, false);
+    a.wait(&c);
+    let (out, err) = io.output();
+    for want in [
+        ",UP",
+        "mtu 1400",
+        "inet 10.88.0.2/16",
+        "default via 10.88.0.1 dev eth0",
+        "0\t0\n",
+    ] {
+        assert!(
+            out.contains(want),
+            "missing {want:?} in:\n{out}\nstderr: {err}"
+        );
+    }
+    a.delete(&c, false);
 }

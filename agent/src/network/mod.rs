@@ -97,15 +97,17 @@ impl Network {
 }
 
 /// Whether this process is in another network namespace than PID 1 (the test mode's guard).
+/// Where PID 1's cannot be read (a sandbox may deny it across namespaces), the parent's, which
+/// for `unshare -n husk-agent` is still in the original one, stands in.
 pub fn in_own_netns() -> bool {
     use std::os::unix::fs::MetadataExt;
-    match (
-        std::fs::metadata("/proc/self/ns/net"),
-        std::fs::metadata("/proc/1/ns/net"),
-    ) {
-        (Ok(mine), Ok(init)) => (mine.dev(), mine.ino()) != (init.dev(), init.ino()),
-        _ => false,
-    }
+    let ns = |pid: &str| {
+        std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    };
+    let other = ns("1").or_else(|| ns(&std::os::unix::process::parent_id().to_string()));
+    matches!((ns("self"), other), (Some(mine), Some(other)) if mine != other)
 }
 
 /// Brings `lo` up in the calling thread's network namespace: a new namespace starts with it
