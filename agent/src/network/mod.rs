@@ -90,7 +90,8 @@ impl Network {
             return Err("the guest network was already configured: ConfigureNetwork is accepted once per VM".into());
         }
         let ipv6 = self.ipv6.unwrap_or_else(kernel_has_ipv6);
-        apply(cfg, ipv6, self.link_wait).map_err(|e| format!("guest network: {e}"))?;
+        // Unprefixed: the host reports it as "guest network: ...".
+        apply(cfg, ipv6, self.link_wait)?;
         self.configured.store(true, Ordering::SeqCst);
         Ok(())
     }
