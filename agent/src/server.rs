@@ -235,6 +235,10 @@ fn serve(mut stream: UnixStreamLike, hello: HelloInfo, mode: Mode) {
                 }
             }
             Request::ConfigureNetwork(cfg) => network::configure_guest(&cfg),
+            // Being built (issue 11: a network set up after create).
+            Request::ConfigureContainerNetwork { .. } => Response::Error {
+                message: "ConfigureContainerNetwork is not supported by this agent yet".into(),
+            },
         };
         if proto::send(&mut stream, &reply).is_err() {
             return;

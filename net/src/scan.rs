@@ -215,6 +215,7 @@ pub(crate) fn build(
             mac,
             mtu,
             addrs: addrs.clone(),
+            nic_mac: None,
         });
     }
     let dev_of = |index: u32| -> Option<String> {
@@ -476,6 +477,7 @@ mod tests {
                             prefix_len: 64
                         },
                     ],
+                    nic_mac: None,
                 }],
                 routes: vec![
                     Route {

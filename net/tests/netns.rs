@@ -144,6 +144,7 @@ fn expected_scan() -> Scan {
                     prefix_len: 64,
                 },
             ],
+            nic_mac: None,
         }],
         routes: vec![
             Route {

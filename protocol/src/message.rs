@@ -27,6 +27,15 @@ pub enum Request {
     /// neighbours) before any container of the sandbox is created. Containers then use the
     /// guest's network namespace. Sent at most once per VM.
     ConfigureNetwork(Box<crate::network::NetworkConfig>),
+    /// A network the engine set up after `create` (in the netns of the pid husk reported:
+    /// Docker's libnetwork hook, podman with --userns, `ctr run --cni`), for container `id`,
+    /// which has a network namespace of its own in the guest: each link's spare NIC
+    /// (`Link::nic_mac`, in the guest's initial netns) is moved into the container's network
+    /// namespace and set up there as `ConfigureNetwork` would. At most once per container.
+    ConfigureContainerNetwork {
+        id: String,
+        network: Box<crate::network::NetworkConfig>,
+    },
     /// Set up a container from its OCI spec; its init waits for `StartContainer`.
     CreateContainer(Box<CreateContainer>),
     /// `CreateContainer` whose init also gets one descriptor per entry of

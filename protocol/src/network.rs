@@ -95,6 +95,19 @@ pub struct Link {
     pub mac: [u8; 6],
     pub mtu: u32,
     pub addrs: Vec<IpNet>,
+    /// The guest NIC to use when it is not the one with `mac`: a NIC the VM got at boot, before
+    /// the engine set the netns up (a spare, [`spare_nic_mac`]). The agent gives it `mac`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic_mac: Option<[u8; 6]>,
+}
+
+/// At most this many spare NICs a VM gets for a network set up after `create`.
+pub const MAX_SPARE_NICS: usize = 1;
+
+/// The MAC of spare NIC `n`: locally administered, never on a wire (its tap is not joined to
+/// anything until the agent has given the NIC the engine's MAC).
+pub fn spare_nic_mac(n: u8) -> [u8; 6] {
+    [0x02, 0x68, 0x75, 0x73, 0x6b, n] // 02:"husk":n
 }
 
 /// A route of the main table that the kernel did not make by itself.
@@ -143,8 +156,14 @@ impl NetworkConfig {
             if self.links[..i].iter().any(|l| l.mac == link.mac) {
                 return Err(bad("its MAC address is listed twice"));
             }
-            if link.mac[0] & 1 != 0 || link.mac == [0; 6] {
-                return Err(bad("not a unicast MAC address"));
+            for mac in std::iter::once(&link.mac).chain(link.nic_mac.as_ref()) {
+                if mac[0] & 1 != 0 || *mac == [0; 6] {
+                    return Err(bad("not a unicast MAC address"));
+                }
+            }
+            let nic = |l: &Link| l.nic_mac.unwrap_or(l.mac);
+            if self.links[..i].iter().any(|l| nic(l) == nic(link)) {
+                return Err(bad("its guest NIC is listed twice"));
             }
             if !(MIN_MTU..=MAX_MTU).contains(&link.mtu) {
                 return Err(bad(&format!(
@@ -240,6 +259,7 @@ mod tests {
             mac: [2, 0, 0, 0, 0, 1],
             mtu: 1500,
             addrs: vec![IpNet::new(v4(10, 88, 0, 2), 16).unwrap()],
+            nic_mac: None,
         }
     }
 

@@ -108,12 +108,14 @@ fn two_links() -> NetworkConfig {
                 mac: MAC_A,
                 mtu: 1400,
                 addrs: vec![net(v4(10, 88, 0, 2), 16), net(fd00, 64)],
+                nic_mac: None,
             },
             Link {
                 name: "eth1".into(),
                 mac: MAC_B,
                 mtu: 9000,
                 addrs: vec![net(v4(192, 168, 5, 2), 24)],
+                nic_mac: None,
             },
         ],
         routes: vec![
