@@ -48,6 +48,20 @@ pub fn connect(netns: &Path, scan: &Scan) -> Result<Vec<Tap>, NetError> {
     netns::run_in(netns, move || redirect::connect(&scan))
 }
 
+/// `count` spare taps `hk0`.. in `netns` (down, joined to nothing) for a network the engine
+/// sets up later; [`attach`] joins them to its links. Returns the tap fds.
+pub fn prepare(netns: &Path, count: usize) -> Result<Vec<Tap>, NetError> {
+    netns::run_in(netns, move || redirect::prepare(count))
+}
+
+/// Like [`connect`], with the taps made by [`prepare`] (link n gets `hk<n>`, which must exist):
+/// MTU, up, ingress qdiscs and redirects. On failure the redirects it made are removed.
+pub fn attach(netns: &Path, scan: &Scan) -> Result<(), NetError> {
+    scan.validate()?;
+    let scan = scan.clone();
+    netns::run_in(netns, move || redirect::attach(&scan))
+}
+
 /// Removes what [`connect`] made: our taps and the ingress qdiscs that redirect to them.
 /// A netns that is gone (path missing, or the empty file of an unmounted netns) is fine.
 pub fn disconnect(netns: &Path) -> Result<(), NetError> {

@@ -23,11 +23,74 @@ enum Made {
     Tap(u32),
 }
 
+/// Where the tap of each link comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Taps {
+    /// Made here (`connect`).
+    Create,
+    /// Made earlier by [`prepare`] and held by the VMM (`attach`).
+    Existing,
+}
+
 pub(crate) fn connect(scan: &Scan) -> Result<Vec<Tap>, NetError> {
+    wire(scan, Taps::Create)
+}
+
+pub(crate) fn attach(scan: &Scan) -> Result<(), NetError> {
+    wire(scan, Taps::Existing).map(drop)
+}
+
+/// Spare taps `hk0`.. for a network that does not exist yet: down, not joined to anything.
+pub(crate) fn prepare(count: usize) -> Result<Vec<Tap>, NetError> {
+    let mut rtnl = Rtnl::open()?;
+    let links = rtnl.links()?;
+    let mut taps = Vec::new();
+    for n in 0..count {
+        let name = tap::name(n);
+        let made = (|| {
+            if links.iter().any(|l| link_name(l) == Some(name.as_str())) {
+                return Err(name_taken(&name));
+            }
+            let fd = tap::create(&name)?;
+            let index = rtnl.link_index(&name)?.ok_or_else(|| NetError::Tap {
+                name: name.clone(),
+                source: io::Error::new(io::ErrorKind::NotFound, "created but not listed"),
+            })?;
+            // No IPv6 link-local either: the tap must stay silent until it is joined.
+            if let Err(e) = no_link_local(&mut rtnl, index) {
+                let _ = del_link(&mut rtnl, index);
+                return Err(e);
+            }
+            Ok(fd)
+        })();
+        match made {
+            Ok(fd) => taps.push(Tap {
+                link: String::new(),
+                name,
+                fd,
+            }),
+            // The taps made so far go with their fds.
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(taps)
+}
+
+fn name_taken(name: &str) -> NetError {
+    NetError::Tap {
+        name: name.to_string(),
+        source: io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "a device with that name already exists in the network namespace",
+        ),
+    }
+}
+
+fn wire(scan: &Scan, how: Taps) -> Result<Vec<Tap>, NetError> {
     let mut rtnl = Rtnl::open()?;
     let mut made = Vec::new();
     let mut taps = Vec::new();
-    match connect_links(&mut rtnl, scan, &mut made, &mut taps) {
+    match connect_links(&mut rtnl, scan, how, &mut made, &mut taps) {
         Ok(()) => Ok(taps),
         Err(e) => {
             // Best effort: the first error is the one worth reporting.
@@ -46,6 +109,7 @@ pub(crate) fn connect(scan: &Scan) -> Result<Vec<Tap>, NetError> {
 fn connect_links(
     rtnl: &mut Rtnl,
     scan: &Scan,
+    how: Taps,
     made: &mut Vec<Made>,
     taps: &mut Vec<Tap>,
 ) -> Result<(), NetError> {
@@ -68,27 +132,35 @@ fn connect_links(
         let link_index = link.header.index;
 
         let name = tap::name(n);
-        if links.iter().any(|l| link_name(l) == Some(name.as_str())) {
+        let existing = links.iter().find(|l| link_name(l) == Some(name.as_str()));
+        let tap_index = match (how, existing) {
             // TUNSETIFF would attach to a free persistent tap of that name: never share one.
-            return Err(NetError::Tap {
-                name,
-                source: io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    "a device with that name already exists in the network namespace",
-                ),
-            });
-        }
-        let fd = tap::create(&name)?;
-        let tap_index = rtnl.link_index(&name)?.ok_or_else(|| NetError::Tap {
-            name: name.clone(),
-            source: io::Error::new(io::ErrorKind::NotFound, "created but not listed"),
-        })?;
-        made.push(Made::Tap(tap_index));
-        taps.push(Tap {
-            link: want.name.clone(),
-            name: name.clone(),
-            fd,
-        });
+            (Taps::Create, Some(_)) => return Err(name_taken(&name)),
+            (Taps::Create, None) => {
+                let fd = tap::create(&name)?;
+                let tap_index = rtnl.link_index(&name)?.ok_or_else(|| NetError::Tap {
+                    name: name.clone(),
+                    source: io::Error::new(io::ErrorKind::NotFound, "created but not listed"),
+                })?;
+                made.push(Made::Tap(tap_index));
+                taps.push(Tap {
+                    link: want.name.clone(),
+                    name: name.clone(),
+                    fd,
+                });
+                tap_index
+            }
+            (Taps::Existing, Some(l)) if is_tun(l) => l.header.index,
+            (Taps::Existing, _) => {
+                return Err(NetError::Tap {
+                    name,
+                    source: io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "no spare tap of that name (the VM has fewer spare NICs than links)",
+                    ),
+                })
+            }
+        };
         configure_tap(rtnl, tap_index, want.mtu)?;
 
         add_ingress(rtnl, link_index).map_err(|e| match e.errno() {
@@ -116,7 +188,16 @@ fn configure_tap(rtnl: &mut Rtnl, index: u32, mtu: u32) -> Result<(), NetError> 
         RouteNetlinkMessage::SetLink(msg),
         0,
     )?;
+    no_link_local(rtnl, index)?;
 
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg.header.flags = LinkFlags::Up;
+    msg.header.change_mask = LinkFlags::Up;
+    rtnl.request("set tap up", RouteNetlinkMessage::SetLink(msg), 0)
+}
+
+fn no_link_local(rtnl: &mut Rtnl, index: u32) -> Result<(), NetError> {
     let mut msg = LinkMessage::default();
     msg.header.index = index;
     msg.attributes
@@ -129,15 +210,9 @@ fn configure_tap(rtnl: &mut Rtnl, index: u32, mtu: u32) -> Result<(), NetError> 
         0,
     ) {
         // A kernel or netns without IPv6 has no link-local to suppress.
-        Err(e) if matches!(e.errno(), Some(libc::EAFNOSUPPORT) | Some(libc::EOPNOTSUPP)) => {}
-        other => other?,
+        Err(e) if matches!(e.errno(), Some(libc::EAFNOSUPPORT) | Some(libc::EOPNOTSUPP)) => Ok(()),
+        other => other,
     }
-
-    let mut msg = LinkMessage::default();
-    msg.header.index = index;
-    msg.header.flags = LinkFlags::Up;
-    msg.header.change_mask = LinkFlags::Up;
-    rtnl.request("set tap up", RouteNetlinkMessage::SetLink(msg), 0)
 }
 
 fn add_ingress(rtnl: &mut Rtnl, index: u32) -> Result<(), NetError> {

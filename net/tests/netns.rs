@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use husk_net::{
-    connect, disconnect, scan, IpNet, Link, Neighbor, NetError, Route, Scan, MAX_LINKS,
-    VNET_HDR_LEN,
+    attach, connect, disconnect, prepare, scan, IpNet, Link, Neighbor, NetError, Route, Scan,
+    MAX_LINKS, VNET_HDR_LEN,
 };
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -612,4 +612,59 @@ fn bad_paths_are_clear_errors() {
     assert!(matches!(scan(&file), Err(NetError::NotNetns { .. })));
     disconnect(&file).expect("an unmounted netns is gone: fine");
     let _ = std::fs::remove_file(&file);
+}
+
+/// A network set up after the VM booted: a spare tap made before the engine's link exists
+/// stays down and joined to nothing, and `attach` later joins it to the link (frames both
+/// ways), as `connect` would have.
+#[test]
+fn prepare_then_attach_carries_frames_both_ways() {
+    let fx = fixture("late");
+    let taps = prepare(&fx.ctr.path, 1).expect("prepare");
+    assert_eq!(taps.len(), 1);
+    assert_eq!(taps[0].name, "hk0");
+    let tap = &taps[0].fd;
+    let link = fx.ctr.ip("-d link show hk0");
+    assert!(!link.contains(",UP") && !link.contains("<UP"), "{link}");
+    assert!(!fx.ctr.tc("qdisc show dev eth0").contains("ingress"));
+    // A second prepare would share hk0: refused.
+    assert!(prepare(&fx.ctr.path, 1).is_err());
+
+    let s = scan(&fx.ctr.path).expect("scan");
+    assert_eq!(s, expected_scan(), "the spare tap is not carried");
+    attach(&fx.ctr.path, &s).expect("attach");
+    let link = fx.ctr.ip("-d link show hk0");
+    assert!(link.contains("mtu 1400"), "{link}");
+    assert!(link.contains(",UP") || link.contains("<UP"), "{link}");
+    let f = fx.ctr.tc("filter show dev eth0 parent ffff:");
+    assert!(f.contains("Egress Redirect to device hk0) stolen"), "{f}");
+
+    let peer = packet_socket(&fx.outer.path, "peer0");
+    let out = frame(PEER_MAC, CTR_MAC, "spare->peer");
+    let mut packet = vec![0u8; VNET_HDR_LEN];
+    packet.extend_from_slice(&out);
+    write_all(tap, &packet);
+    assert!(read_until(&peer, |b| b == out.as_slice()).is_some());
+    let inbound = frame(CTR_MAC, PEER_MAC, "peer->spare");
+    write_all(&peer, &inbound);
+    assert!(read_until(tap, |b| b.len() > VNET_HDR_LEN
+        && b[VNET_HDR_LEN..] == inbound[..])
+    .is_some());
+
+    // Attaching twice would stack redirects: the kernel refuses the second ingress qdisc.
+    assert!(attach(&fx.ctr.path, &s).is_err());
+    disconnect(&fx.ctr.path).expect("disconnect");
+    assert!(!fx.ctr.tc("qdisc show dev eth0").contains("ingress"));
+    assert!(!fx.ctr.link_names().iter().any(|n| n.starts_with("hk")));
+}
+
+/// `attach` without a spare tap (the VM has fewer spare NICs than the netns has links) fails
+/// clearly and leaves nothing.
+#[test]
+fn attach_without_a_spare_tap_fails_clearly() {
+    let fx = fixture("nospare");
+    let s = scan(&fx.ctr.path).expect("scan");
+    let err = attach(&fx.ctr.path, &s).expect_err("no hk0");
+    assert!(err.to_string().contains("no spare tap"), "{err}");
+    assert!(!fx.ctr.tc("qdisc show dev eth0").contains("ingress"));
 }

@@ -193,18 +193,28 @@ fn setup(store: &Store, dir: &Path, req: &CreateRequest) -> Result<Running, Stri
         });
     }
     // The engine's netns, carried to taps (crate::network); `run` undoes it on failure.
-    let mut carried = match crate::network::requested(&req.spec).map_err(|e| e.to_string())? {
-        crate::network::Plan::Join(path) => {
-            crate::network::Carried::connect(&path).map_err(|e| e.to_string())?
-        }
-        crate::network::Plan::New => None,
+    let (mut carried, mut spares) =
+        match crate::network::requested(&req.spec).map_err(|e| e.to_string())? {
+            crate::network::Plan::Join(path) => (
+                crate::network::Carried::connect(&path).map_err(|e| e.to_string())?,
+                None,
+            ),
+            crate::network::Plan::New => (
+                None,
+                Some(crate::network::Spares::prepare().map_err(|e| e.to_string())?),
+            ),
+        };
+    spec.nics = match (&carried, &spares) {
+        (Some(c), _) => c.nics(),
+        (None, Some(s)) => s.nics(),
+        (None, None) => Vec::new(),
     };
-    spec.nics = carried.as_ref().map(|c| c.nics()).unwrap_or_default();
     let vm = Vm::launch(&spec, &vm_dir(dir)).map_err(|e| e.to_string())?;
     let uds = vm.vsock_path().to_path_buf();
     let connect = || AgentClient::connect(&uds, AGENT_TIMEOUT).map_err(|e| e.to_string());
+    // husk-vmm holds the taps now: with our copies closed they vanish with the VM.
+    drop(spares.take());
     if let Some(c) = carried.as_mut() {
-        // husk-vmm holds the taps now: with our copies closed they vanish with the VM.
         c.release_taps();
         connect()?
             .expect_ok(&Request::ConfigureNetwork(Box::new(c.config.clone())))

@@ -93,23 +93,84 @@ fn io_text(e: &std::io::Error) -> String {
     }
 }
 
-/// One virtio-net device for husk-vmm: the tap fd (inherited by the VMM) and the link's MAC and MTU.
+/// One virtio-net device for husk-vmm: the tap fd (inherited by the VMM), the link's MAC and
+/// MTU (none for a spare NIC: the agent sets it once the link exists).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Nic {
     pub fd: RawFd,
     pub mac: [u8; 6],
-    pub mtu: u32,
+    pub mtu: Option<u32>,
 }
 
 impl Nic {
     /// husk-vmm's `--net` argument.
     pub fn vmm_arg(&self) -> String {
-        format!(
-            "fd={},mac={},mtu={}",
+        let mut arg = format!(
+            "fd={},mac={}",
             self.fd,
-            husk_protocol::network::mac_string(&self.mac),
-            self.mtu
-        )
+            husk_protocol::network::mac_string(&self.mac)
+        );
+        if let Some(mtu) = self.mtu {
+            arg += &format!(",mtu={mtu}");
+        }
+        arg
+    }
+}
+
+/// Spare NICs for a container with a new network namespace: the engine may set that netns up
+/// after `create` (Docker's libnetwork hook, podman with --userns), so the VM gets a tap made
+/// in it now ([`husk_net::prepare`], down, joined to nothing), and [`Spares::late_attach`]
+/// joins it at `start`. The guest's NIC stays outside the container's network namespace
+/// until then, so a container whose netns stays empty sees only `lo`.
+pub struct Spares {
+    taps: Vec<husk_net::Tap>,
+}
+
+impl Spares {
+    /// Spare taps in the calling process's own network namespace (the monitor's, a fresh one).
+    pub fn prepare() -> Result<Spares, NetworkError> {
+        let taps = husk_net::prepare(
+            Path::new("/proc/self/ns/net"),
+            husk_protocol::network::MAX_SPARE_NICS,
+        )?;
+        Ok(Spares { taps })
+    }
+
+    pub fn nics(&self) -> Vec<Nic> {
+        self.taps
+            .iter()
+            .enumerate()
+            .map(|(n, t)| Nic {
+                fd: t.fd.as_raw_fd(),
+                mac: husk_protocol::network::spare_nic_mac(n as u8),
+                mtu: None,
+            })
+            .collect()
+    }
+
+    /// What the engine put into `netns` (the reported pid's) since `create`, joined to the
+    /// spare taps; None when it put nothing there. The caller sends the result to the agent
+    /// (`ConfigureContainerNetwork`).
+    pub fn late_attach(netns: &Path) -> Result<Option<NetworkConfig>, NetworkError> {
+        let mut config = husk_net::scan(netns)?;
+        if config.links.is_empty() {
+            return Ok(None);
+        }
+        let spares = husk_protocol::network::MAX_SPARE_NICS;
+        if config.links.len() > spares {
+            return Err(NetworkError::Path(
+                netns.to_path_buf(),
+                format!(
+                    "{} links were set up after create; a VM carries at most {spares} such",
+                    config.links.len()
+                ),
+            ));
+        }
+        husk_net::attach(netns, &config)?;
+        for (n, l) in config.links.iter_mut().enumerate() {
+            l.nic_mac = Some(husk_protocol::network::spare_nic_mac(n as u8));
+        }
+        Ok(Some(config))
     }
 }
 
@@ -159,7 +220,7 @@ impl Carried {
             .map(|(l, t)| Nic {
                 fd: t.fd.as_raw_fd(),
                 mac: l.mac,
-                mtu: l.mtu,
+                mtu: Some(l.mtu),
             })
             .collect()
     }
@@ -270,11 +331,13 @@ mod tests {
 
     #[test]
     fn vmm_args() {
-        let nic = Nic {
+        let mut nic = Nic {
             fd: 5,
             mac: [0x02, 0x42, 0xac, 0x11, 0, 0x0a],
-            mtu: 1500,
+            mtu: Some(1500),
         };
         assert_eq!(nic.vmm_arg(), "fd=5,mac=02:42:ac:11:00:0a,mtu=1500");
+        nic.mtu = None;
+        assert_eq!(nic.vmm_arg(), "fd=5,mac=02:42:ac:11:00:0a");
     }
 }

@@ -308,6 +308,27 @@ pub fn start(store: &Store, id: &str) -> anyhow::Result<()> {
         let _ = kill(store, id, Some("SIGKILL"), true);
         return Err(e.into());
     }
+    // A network the engine set up since create, in the netns of the pid we reported
+    // (husk::network::Spares): joined to the VM's spare NIC, and handed to the container.
+    if husk::network::requested(&spec)? == husk::network::Plan::New {
+        let netns = PathBuf::from(format!("/proc/{}/ns/net", st.pid));
+        let late = || -> anyhow::Result<()> {
+            if let Some(network) = husk::network::Spares::late_attach(&netns)? {
+                monitor::agent(store, id)?
+                    .expect_ok(&Request::ConfigureContainerNetwork {
+                        id: id.to_string(),
+                        network: Box::new(network),
+                    })
+                    .context("guest network")?;
+            }
+            Ok(())
+        };
+        // As with a failed startContainer hook, the process never runs.
+        if let Err(e) = late() {
+            let _ = kill(store, id, Some("SIGKILL"), true);
+            return Err(e);
+        }
+    }
     monitor::agent(store, id)?.expect_ok(&Request::StartContainer { id: id.to_string() })?;
     st.started = true;
     store.save(&st)?;
