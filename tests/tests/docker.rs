@@ -2,8 +2,9 @@
 //! (dockerd, its own containerd, containerd-shim-runc-v2 calling `husk` the
 //! way it calls runc), husk registered in daemon.json's `runtimes`, an image
 //! imported offline from the busybox test rootfs. Every dockerd is private:
-//! its data, exec root, socket and key under the temp dir, no bridge, no
-//! iptables (husk has no guest networking yet: `--network none`).
+//! its data, exec root, socket and key under the temp dir; no bridge and no
+//! iptables (`--network none`) except in the one test of Docker's default
+//! bridge network and published ports.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -35,6 +36,12 @@ impl Docker {
     /// A private dockerd with husk as runtime `husk`, the busybox image
     /// imported; returns once it answers.
     fn start(tag: &str) -> Docker {
+        Docker::start_with(tag, None)
+    }
+
+    /// With `bridge_ip` (`--bip`), Docker's default bridge network, iptables NAT and published
+    /// ports; without, no network at all.
+    fn start_with(tag: &str, bridge_ip: Option<&str>) -> Docker {
         require_kvm();
         for b in [DOCKER, DOCKERD] {
             assert!(
@@ -56,7 +63,7 @@ impl Docker {
         )
         .unwrap();
         let husk = artifact("HUSK_BIN_DIR").join("husk");
-        let daemon = serde_json::json!({
+        let mut daemon = serde_json::json!({
             "runtimes": {"husk": {
                 "path": husk,
                 "runtimeArgs": ["--config", husk_config]
@@ -70,6 +77,14 @@ impl Docker {
             "ip-forward": false,
             "log-level": "debug"
         });
+        if let Some(bip) = bridge_ip {
+            let net = daemon.as_object_mut().unwrap();
+            net.remove("bridge");
+            net.insert("bip".into(), bip.into());
+            for k in ["iptables", "ip-masq", "ip-forward"] {
+                net.insert(k.into(), true.into());
+            }
+        }
         let config = base.join("daemon.json");
         std::fs::write(&config, serde_json::to_vec_pretty(&daemon).unwrap()).unwrap();
         let socket = base.join("docker.sock");
@@ -433,4 +448,98 @@ fn docker_interactive() {
     assert!(s.contains("in=42"), "{s}\n{}", err(&o));
     assert_eq!(o.status.code(), Some(4), "{s}");
     d.ok(&["rm", "-f", "ci"]);
+}
+
+/// Docker's default bridge network: libnetwork moves the veth into the netns of the pid husk
+/// reported from its prestart hook (during create), and husk carries it into the container at
+/// start. The guest's eth0 has the address `docker inspect` reports, `-p` answers from the
+/// host, and a second container reaches the first by IP.
+#[test]
+fn docker_bridge_network_and_published_port() {
+    let d = Docker::start_with("br", Some("10.199.20.1/24"));
+    let web = d
+        .ok(&[
+            "run",
+            "-d",
+            "--runtime",
+            "husk",
+            "-p",
+            "18082:80",
+            "-e",
+            "WORD=hello-docker-husk",
+            IMAGE,
+            "sh",
+            "-c",
+            "mkdir -p /www && echo \"$WORD\" > /www/index.html && exec httpd -f -p 80 -h /www",
+        ])
+        .trim()
+        .to_string();
+    let ip = d
+        .ok(&[
+            "inspect",
+            "--format",
+            "{{.NetworkSettings.IPAddress}}",
+            &web,
+        ])
+        .trim()
+        .to_string();
+    let mac = d
+        .ok(&[
+            "inspect",
+            "--format",
+            "{{.NetworkSettings.MacAddress}}",
+            &web,
+        ])
+        .trim()
+        .to_string();
+    assert!(ip.starts_with("10.199.20."), "{ip}");
+    let addrs = d.ok(&["exec", &web, "ip", "-o", "-4", "addr", "show", "eth0"]);
+    assert!(addrs.contains(&format!("inet {ip}/24")), "{ip}: {addrs}");
+    let link = d.ok(&["exec", &web, "ip", "-o", "link", "show", "eth0"]);
+    assert!(link.contains(&format!("link/ether {mac}")), "{mac}: {link}");
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let body = loop {
+        let got = (|| -> std::io::Result<String> {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect_timeout(
+                &"127.0.0.1:18082".parse().unwrap(),
+                Duration::from_secs(20),
+            )?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut b = String::new();
+            s.read_to_string(&mut b)?;
+            Ok(b)
+        })();
+        match got {
+            Ok(b) if b.contains("200 OK") => break b,
+            r if Instant::now() > deadline => panic!("GET 127.0.0.1:18082: {r:?}"),
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    };
+    assert!(body.contains("hello-docker-husk"), "{body}");
+
+    let o = d.run(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "husk",
+        IMAGE,
+        "wget",
+        "-q",
+        "-T",
+        "30",
+        "-O",
+        "-",
+        &format!("http://{ip}:80/"),
+    ]);
+    assert!(
+        o.status.success() && out(&o).contains("hello-docker-husk"),
+        "wget {ip}: {} {}{}",
+        o.status,
+        out(&o),
+        err(&o)
+    );
+    d.ok(&["rm", "-f", &web]);
 }

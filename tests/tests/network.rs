@@ -178,6 +178,69 @@ fn cli_empty_and_new_netns_have_only_loopback() {
     let _ = Command::new("ip").args(["netns", "del", &name]).status();
 }
 
+/// A network the engine sets up after `create` in the netns of the pid husk reported (Docker's
+/// libnetwork hook, podman with --userns): at `start` the container's own network namespace
+/// gets it (through the VM's spare NIC), with the engine's MAC, address and route, and reaches
+/// the host end; an exec sees it too.
+#[test]
+fn cli_picks_up_a_network_set_up_after_create() {
+    let h = Husk::new("netlate");
+    let b = bundle_in(None, "late1", &["sleep", "1000"]);
+    let o = h.run(&["create", "--bundle", b.dir.to_str().unwrap(), "late1"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let st: serde_json::Value = serde_json::from_slice(&h.run(&["state", "late1"]).stdout).unwrap();
+    let pid = st["pid"].as_i64().unwrap().to_string();
+    // What an engine does with /proc/<pid>/ns/net between create and start.
+    let host_veth = format!("hl{}", std::process::id() % 100000);
+    let _ = Command::new("ip")
+        .args(["link", "del", &host_veth])
+        .status();
+    ip(&format!(
+        "link add {host_veth} type veth peer name eth0 netns {pid}"
+    ));
+    ip(&format!("addr add 10.199.2.1/24 dev {host_veth}"));
+    ip(&format!("link set {host_veth} up"));
+    let inside = |args: &str| {
+        let o = Command::new("nsenter")
+            .args(["-t", &pid, "-n", "ip"])
+            .args(args.split_whitespace())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "ip {args}: {}", err(&o));
+    };
+    inside("link set eth0 address 02:42:0a:c7:02:02");
+    inside("addr add 10.199.2.2/24 dev eth0");
+    inside("link set eth0 up");
+    inside("route add default via 10.199.2.1");
+    let o = h.run(&["start", "late1"]);
+    assert!(o.status.success(), "start: {}", err(&o));
+    let e = h.run(&[
+        "exec",
+        "late1",
+        "sh",
+        "-c",
+        "ip -o -4 addr show eth0; ip -o link | cut -d: -f2",
+    ]);
+    let text = out(&e);
+    let _ = Command::new("ip")
+        .args(["link", "del", &host_veth])
+        .status();
+    assert!(e.status.success(), "exec: {}", err(&e));
+    assert!(text.contains("inet 10.199.2.2/24"), "{text}");
+    let links: Vec<&str> = text.lines().skip(1).map(str::trim).collect();
+    assert_eq!(links, ["lo", "eth0"], "{text}");
+    let o = h.run(&["exec", "late1", "ping", "-c", "1", "-W", "20", "10.199.2.1"]);
+    assert!(o.status.success(), "ping: {}{}", out(&o), err(&o));
+    let o = h.run(&["exec", "late1", "ip", "-o", "link", "show", "eth0"]);
+    assert!(
+        out(&o).contains("link/ether 02:42:0a:c7:02:02"),
+        "{}",
+        out(&o)
+    );
+    let o = h.run(&["delete", "--force", "late1"]);
+    assert!(o.status.success(), "{}", err(&o));
+}
+
 // ---- podman ------------------------------------------------------------------------------
 
 /// `podman network create` with a subnet of its own (the test host's bridges are ours alone,
