@@ -201,7 +201,10 @@ fn setup(store: &Store, dir: &Path, req: &CreateRequest) -> Result<Running, Stri
             ),
             crate::network::Plan::New => (
                 None,
-                Some(crate::network::Spares::prepare().map_err(|e| e.to_string())?),
+                Some(
+                    crate::network::Spares::prepare(Path::new("/proc/self/ns/net"))
+                        .map_err(|e| e.to_string())?,
+                ),
             ),
         };
     spec.nics = match (&carried, &spares) {

@@ -117,6 +117,20 @@ impl Nic {
     }
 }
 
+/// A fresh, empty network namespace, held by the returned fd (made on a short-lived thread, so
+/// the caller's threads never change namespace). `/proc/self/fd/<fd>` names it for husk-net.
+pub fn new_netns() -> std::io::Result<std::os::fd::OwnedFd> {
+    std::thread::spawn(|| {
+        // SAFETY: unshare(2) on this thread only, which ends right after.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        std::fs::File::open("/proc/thread-self/ns/net").map(std::os::fd::OwnedFd::from)
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("netns thread panicked"))?
+}
+
 /// Spare NICs for a container with a new network namespace: the engine may set that netns up
 /// after `create` (Docker's libnetwork hook, podman with --userns), so the VM gets a tap made
 /// in it now ([`husk_net::prepare`], down, joined to nothing), and [`Spares::late_attach`]
@@ -127,12 +141,10 @@ pub struct Spares {
 }
 
 impl Spares {
-    /// Spare taps in the calling process's own network namespace (the monitor's, a fresh one).
-    pub fn prepare() -> Result<Spares, NetworkError> {
-        let taps = husk_net::prepare(
-            Path::new("/proc/self/ns/net"),
-            husk_protocol::network::MAX_SPARE_NICS,
-        )?;
+    /// Spare taps in network namespace `netns` (a fresh one: the monitor's own, or one made by
+    /// [`new_netns`] for a shim's VMM).
+    pub fn prepare(netns: &Path) -> Result<Spares, NetworkError> {
+        let taps = husk_net::prepare(netns, husk_protocol::network::MAX_SPARE_NICS)?;
         Ok(Spares { taps })
     }
 
@@ -327,6 +339,25 @@ mod tests {
         let ns = s.linux().as_ref().unwrap().namespaces().clone().unwrap();
         assert_eq!(ns[0].typ(), LinuxNamespaceType::Network);
         assert!(ns[0].path().is_none());
+    }
+
+    /// Needs root (CAP_SYS_ADMIN for unshare), as the runtime does.
+    #[test]
+    fn new_netns_is_fresh_and_leaves_ours_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let ours = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        let fd = new_netns().expect("new netns (needs root)");
+        let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        let theirs = std::fs::metadata(&path).unwrap().ino();
+        assert_ne!(ours, theirs);
+        assert_eq!(std::fs::metadata("/proc/self/ns/net").unwrap().ino(), ours);
+        let spares = Spares::prepare(Path::new(&path)).expect("spare tap in it");
+        let nics = spares.nics();
+        assert_eq!(nics.len(), husk_protocol::network::MAX_SPARE_NICS);
+        assert_eq!(nics[0].mac, husk_protocol::network::spare_nic_mac(0));
+        assert_eq!(nics[0].mtu, None);
+        // Nothing there for a late attach yet.
+        assert_eq!(Spares::late_attach(Path::new(&path)).unwrap(), None);
     }
 
     #[test]

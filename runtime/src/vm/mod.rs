@@ -71,6 +71,8 @@ pub struct VmSpec {
     pub jail: bool,
     /// virtio-net devices; their tap fds must stay open until `launch` returns.
     pub nics: Vec<crate::network::Nic>,
+    /// The network namespace husk-vmm (the pid a shim reports) starts in; None: the caller's.
+    pub netns: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 impl VmSpec {
@@ -88,6 +90,7 @@ impl VmSpec {
             die_with_parent: false,
             jail: true,
             nics: Vec::new(),
+            netns: None,
         }
     }
 }
@@ -168,6 +171,19 @@ impl Vm {
         }
         for nic in &spec.nics {
             cmd.arg("--net").arg(nic.vmm_arg());
+        }
+        if let Some(ns) = spec.netns.clone() {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setns(2) on a descriptor we hold, between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         if !spec.nics.is_empty() {
             use std::os::unix::process::CommandExt;
