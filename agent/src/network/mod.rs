@@ -6,12 +6,19 @@
 //! NIC by that MAC, renames it and gives it the MTU and addresses, then adds the routes and
 //! the permanent neighbours. The guest kernel may lack IPv6: IPv6 entries are then skipped
 //! (logged), not fatal.
+//!
+//! A network the engine sets up only after `create` ([`ContainerNetwork`]) arrives when the
+//! container already has a network namespace of its own: each link names a spare NIC
+//! (`Link::nic_mac`), which is moved from the guest's initial namespace into the container's
+//! and set up there the same way, with the link's MAC.
 
 mod rtnl;
 #[cfg(test)]
 mod tests;
 
 use std::net::IpAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -77,15 +84,7 @@ impl Network {
     /// thread's network namespace. A refused description changes nothing and may be corrected;
     /// once anything was changed, a second call is refused, whatever the first one's outcome.
     pub fn configure(&self, cfg: &NetworkConfig) -> Result<(), String> {
-        cfg.validate()
-            .map_err(|e| format!("network configuration refused: {e}"))?;
-        if let Some(l) = cfg.links.iter().find(|l| l.name == "lo") {
-            return Err(format!(
-                "network configuration refused: link {} ({}): lo is the guest's loopback",
-                l.name,
-                mac_string(&l.mac)
-            ));
-        }
+        check(cfg)?;
         if self.attempted.swap(true, Ordering::SeqCst) {
             return Err("the guest network was already configured: ConfigureNetwork is accepted once per VM".into());
         }
@@ -97,11 +96,190 @@ impl Network {
     }
 }
 
+/// A container's own network (`Request::ConfigureContainerNetwork`), configured at most once.
+/// It lives in the container's record, so the flag goes when the container is deleted; it is
+/// independent of the VM-wide [`Network`].
+#[derive(Default)]
+pub struct ContainerNetwork {
+    attempted: AtomicBool,
+}
+
+/// Where a moved NIC is named in the container's namespace until it gets its link's name there
+/// (its guest name may be taken in the container's namespace; IFNAMSIZ fits with any index).
+const MOVED_PREFIX: &str = "husk-nic";
+
+/// A failed container network: whether anything was changed decides whether the once-flag
+/// stays taken.
+struct Failed {
+    changed: bool,
+    message: String,
+}
+
+impl Failed {
+    fn before_change(message: impl Into<String>) -> Self {
+        Failed {
+            changed: false,
+            message: message.into(),
+        }
+    }
+
+    fn after_change(message: impl Into<String>) -> Self {
+        Failed {
+            changed: true,
+            message: message.into(),
+        }
+    }
+}
+
+/// The checks `ConfigureContainerNetwork` makes before anything else: a valid description
+/// whose every link names the spare NIC to use.
+pub fn check_container_config(cfg: &NetworkConfig) -> Result<(), String> {
+    check(cfg)?;
+    if let Some(l) = cfg.links.iter().find(|l| l.nic_mac.is_none()) {
+        return Err(format!(
+            "network configuration refused: link {} ({}): no nic_mac: a container's network \
+             is set up on a spare NIC of the VM",
+            l.name,
+            mac_string(&l.mac)
+        ));
+    }
+    Ok(())
+}
+
+impl ContainerNetwork {
+    /// Moves each link's spare NIC from the calling thread's (the guest's initial) network
+    /// namespace into `netns`, the container's, and sets it up there. A refused description,
+    /// a missing NIC or a refused move change nothing and may be retried; once a NIC was moved,
+    /// a second call is refused, whatever the first one's outcome.
+    pub fn configure(&self, netns: BorrowedFd<'_>, cfg: &NetworkConfig) -> Result<(), String> {
+        self.configure_with(&GUEST, netns, cfg)
+    }
+
+    /// With the wait and IPv6 setting of `settings` (not its once-flag).
+    fn configure_with(
+        &self,
+        settings: &Network,
+        netns: BorrowedFd<'_>,
+        cfg: &NetworkConfig,
+    ) -> Result<(), String> {
+        check_container_config(cfg)?;
+        if self.attempted.swap(true, Ordering::SeqCst) {
+            return Err("the container's network was already configured: \
+                        ConfigureContainerNetwork is accepted once per container"
+                .into());
+        }
+        let ipv6 = settings.ipv6.unwrap_or_else(kernel_has_ipv6);
+        match move_and_apply(cfg, netns, ipv6, settings.link_wait) {
+            Ok(()) => Ok(()),
+            Err(f) => {
+                if !f.changed {
+                    self.attempted.store(false, Ordering::SeqCst);
+                }
+                Err(f.message)
+            }
+        }
+    }
+}
+
+/// A namespace's identity, (dev, ino) of its nsfs file.
+fn ns_id(path: &str) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+fn move_and_apply(
+    cfg: &NetworkConfig,
+    netns: BorrowedFd<'_>,
+    ipv6: bool,
+    link_wait: Duration,
+) -> Result<(), Failed> {
+    let Some(target) = ns_id(&format!("/proc/self/fd/{}", netns.as_raw_fd())) else {
+        return Err(Failed::before_change(
+            "the container's network namespace cannot be identified",
+        ));
+    };
+    if ns_id("/proc/thread-self/ns/net") == Some(target) {
+        // Moving the NIC would be a no-op and set the guest's network up instead.
+        return Err(Failed::before_change(
+            "the container has no network namespace of its own (it shares the guest's)",
+        ));
+    }
+    let mut rtnl = Rtnl::open().map_err(|e| Failed::before_change(e.to_string()))?;
+    let what = |l: &Link| format!("link {} ({})", l.name, mac_string(&l.mac));
+    // Every NIC is found before any is moved: a missing one changes nothing.
+    let mut nics = Vec::with_capacity(cfg.links.len());
+    for link in &cfg.links {
+        let nic = link.nic_mac.unwrap_or(link.mac);
+        let index = wait_for_mac(&mut rtnl, &nic, link_wait)
+            .map_err(|e| Failed::before_change(format!("{}: spare NIC: {e}", what(link))))?;
+        nics.push(index);
+    }
+    for (n, (link, index)) in cfg.links.iter().zip(nics).enumerate() {
+        // Until the first NIC has moved nothing changed (a spare is down anyway). Later
+        // failures keep the once-flag taken rather than move NICs back: the VM has one spare
+        // today (MAX_SPARE_NICS), so only the first move can fail.
+        let fail = |e: NlError| {
+            let message = format!("{}: {e}", what(link));
+            if n == 0 {
+                Failed::before_change(message)
+            } else {
+                Failed::after_change(message)
+            }
+        };
+        set_flags(&mut rtnl, index, false, "set the spare NIC down").map_err(fail)?;
+        set_link(
+            &mut rtnl,
+            index,
+            vec![
+                LinkAttribute::NetNsFd(netns.as_raw_fd()),
+                LinkAttribute::IfName(format!("{MOVED_PREFIX}{n}")),
+            ],
+            "move the spare NIC into the container's network namespace",
+        )
+        .map_err(fail)?;
+    }
+    // setns applies to the calling thread: only this short-lived one enters the container's
+    // namespace, the agent's threads stay in the guest's.
+    std::thread::scope(|s| {
+        let configure = std::thread::Builder::new()
+            .name("container-net".into())
+            .spawn_scoped(s, || {
+                // SAFETY: plain syscall on a namespace fd borrowed for the scope.
+                if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(format!(
+                        "enter the container's network namespace: {}",
+                        std::io::Error::last_os_error()
+                    ));
+                }
+                apply(cfg, ipv6, link_wait)
+            })
+            .map_err(|e| Failed::after_change(format!("cannot start a thread: {e}")))?;
+        match configure.join() {
+            Ok(result) => result.map_err(Failed::after_change),
+            Err(_) => Err(Failed::after_change(
+                "the container network thread panicked",
+            )),
+        }
+    })
+}
+
+/// The checks both requests make before they touch anything.
+fn check(cfg: &NetworkConfig) -> Result<(), String> {
+    cfg.validate()
+        .map_err(|e| format!("network configuration refused: {e}"))?;
+    if let Some(l) = cfg.links.iter().find(|l| l.name == "lo") {
+        return Err(format!(
+            "network configuration refused: link {} ({}): lo is the guest's loopback",
+            l.name,
+            mac_string(&l.mac)
+        ));
+    }
+    Ok(())
+}
+
 /// Whether this process is in another network namespace than PID 1 (the test mode's guard).
 /// Where PID 1's cannot be read (a sandbox may deny it across namespaces), the parent's, which
 /// for `unshare -n husk-agent` is still in the original one, stands in.
 pub fn in_own_netns() -> bool {
-    use std::os::unix::fs::MetadataExt;
     let ns = |pid: &str| {
         std::fs::metadata(format!("/proc/{pid}/ns/net"))
             .ok()
@@ -139,7 +317,8 @@ fn skip_ipv6(what: &str) {
 
 fn apply(cfg: &NetworkConfig, ipv6: bool, link_wait: Duration) -> Result<(), String> {
     let mut rtnl = Rtnl::open()?;
-    let lo = find_link(&mut rtnl, |l| link_name(l) == Some("lo"))?.ok_or("no lo in the guest")?;
+    let lo = find_link(&mut rtnl, |l| link_name(l) == Some("lo"))?
+        .ok_or("no lo in the network namespace")?;
     set_flags(&mut rtnl, lo, true, "set lo up")?;
     for link in &cfg.links {
         configure_link(&mut rtnl, link, ipv6, link_wait)
@@ -180,7 +359,8 @@ fn apply(cfg: &NetworkConfig, ipv6: bool, link_wait: Duration) -> Result<(), Str
     Ok(())
 }
 
-/// The link with the MAC: down, renamed (moving a link that has the name out of the way), MTU,
+/// The link's NIC (the one with `nic_mac` if given, else the one with the link's MAC): down, the
+/// link's MAC (a spare NIC), renamed (moving a link that has the name out of the way), MTU,
 /// addresses, up.
 fn configure_link(
     rtnl: &mut Rtnl,
@@ -188,8 +368,18 @@ fn configure_link(
     ipv6: bool,
     link_wait: Duration,
 ) -> Result<(), String> {
-    let index = wait_for_mac(rtnl, &want.mac, link_wait)?;
+    let nic = want.nic_mac.unwrap_or(want.mac);
+    let index = wait_for_mac(rtnl, &nic, link_wait)?;
     set_flags(rtnl, index, false, "set down")?;
+    if nic != want.mac {
+        // While down: the address cannot change on a running link of every driver.
+        set_link(
+            rtnl,
+            index,
+            vec![LinkAttribute::Address(want.mac.to_vec())],
+            &format!("set MAC {}", mac_string(&want.mac)),
+        )?;
+    }
     let links = rtnl.links()?;
     let current = links.iter().find(|l| l.header.index == index);
     if current.and_then(link_name) != Some(want.name.as_str()) {

@@ -169,7 +169,15 @@ fn configures_links_addresses_routes_and_neighbours() {
         veth("vb", MAC_B);
         let network = Network::new(Duration::from_millis(500), Some(false));
         network.configure(&two_links()).expect("configure");
+        assert_two_links();
+        let again = network.configure(&two_links()).unwrap_err();
+        assert!(again.contains("once per VM"), "{again}");
+    })
+}
 
+/// `two_links()` as configured, IPv6 skipped, in the calling thread's network namespace.
+fn assert_two_links() {
+    {
         assert!(is_up(&link("lo")), "lo is up");
         let eth0 = link("eth0");
         assert_eq!(eth0["address"], mac_string(&MAC_A));
@@ -208,10 +216,7 @@ fn configures_links_addresses_routes_and_neighbours() {
             .unwrap_or_else(|| panic!("no neighbour 10.88.0.1 in {neigh:?}"));
         assert_eq!(gw["lladdr"], mac_string(&GW_MAC));
         assert!(gw["state"].to_string().contains("PERMANENT"), "{gw}");
-
-        let again = network.configure(&two_links()).unwrap_err();
-        assert!(again.contains("once per VM"), "{again}");
-    })
+    }
 }
 
 #[test]
@@ -350,5 +355,195 @@ fn a_kernel_refusal_names_the_step_and_the_reason() {
         assert!(e.contains("add route 10.99.0.0/16 dev eth0"), "{e}");
         // The kernel's extended-ack text.
         assert!(e.contains("prefsrc"), "{e}");
+    })
+}
+
+// ------------------------------------------------- a container's network ----
+
+/// The spare NICs the host gives the VM (tests use two, to move more than one link).
+fn spare(n: u8) -> [u8; 6] {
+    husk_protocol::network::spare_nic_mac(n)
+}
+
+/// `two_links()` on spare NICs: the NICs carry the spare MACs, the links the engine's.
+fn two_links_on_spares() -> NetworkConfig {
+    let mut cfg = two_links();
+    for (n, l) in cfg.links.iter_mut().enumerate() {
+        l.nic_mac = Some(spare(n as u8));
+    }
+    cfg
+}
+
+/// A fresh network namespace, standing for a container's: made by a thread that ends at once;
+/// the returned nsfs file keeps it.
+fn new_netns() -> std::fs::File {
+    std::thread::spawn(|| {
+        // SAFETY: plain syscall; only this thread moves to the new namespace.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            panic!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+        }
+        std::fs::File::open("/proc/thread-self/ns/net").expect("open /proc/thread-self/ns/net")
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// `f` on a thread in the namespace `ns` (for `ip` there).
+fn in_ns<R: Send>(ns: &std::fs::File, f: impl FnOnce() -> R + Send) -> R {
+    use std::os::fd::AsRawFd;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: plain syscall; only this thread enters the namespace.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                panic!("setns: {}", std::io::Error::last_os_error());
+            }
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
+}
+
+/// The MACs of the links in the calling thread's namespace.
+fn macs() -> Vec<String> {
+    ip_json("link show")
+        .iter()
+        .filter_map(|l| l["address"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn a_container_network_moves_the_spare_nics_in() {
+    use std::os::fd::AsFd;
+    in_netns(|| {
+        // The guest's initial namespace, where the kernel named the spare NICs eth0 and eth1:
+        // the names must not be in the way in either namespace.
+        veth("eth0", spare(0));
+        veth("eth1", spare(1));
+        let container = new_netns();
+        let settings = Network::new(Duration::from_millis(500), Some(false));
+        let network = ContainerNetwork::default();
+        network
+            .configure_with(&settings, container.as_fd(), &two_links_on_spares())
+            .expect("configure");
+
+        // Gone from the guest's namespace, nothing else changed there.
+        let here = macs();
+        for gone in [spare(0), spare(1), MAC_A, MAC_B] {
+            assert!(!here.contains(&mac_string(&gone)), "{here:?}");
+        }
+        assert!(!is_up(&link("lo")), "the guest's lo untouched");
+        in_ns(&container, || {
+            assert_two_links();
+            let there = macs();
+            assert!(!there.contains(&mac_string(&spare(0))), "{there:?}");
+        });
+
+        let again = network
+            .configure_with(&settings, container.as_fd(), &two_links_on_spares())
+            .unwrap_err();
+        assert!(again.contains("once per container"), "{again}");
+        // Another container has its own flag (and here finds no spare NIC left).
+        let other = new_netns();
+        let e = ContainerNetwork::default()
+            .configure_with(
+                &Network::new(Duration::from_millis(100), Some(false)),
+                other.as_fd(),
+                &two_links_on_spares(),
+            )
+            .unwrap_err();
+        assert!(e.contains("no network device"), "{e}");
+    })
+}
+
+#[test]
+fn a_missing_spare_nic_fails_after_the_wait_and_changes_nothing() {
+    use std::os::fd::AsFd;
+    in_netns(|| {
+        // Only the second link's spare is there.
+        veth("vb", spare(1));
+        let container = new_netns();
+        let wait = Duration::from_millis(300);
+        let settings = Network::new(wait, Some(false));
+        let network = ContainerNetwork::default();
+        let start = Instant::now();
+        let e = network
+            .configure_with(&settings, container.as_fd(), &two_links_on_spares())
+            .unwrap_err();
+        assert!(
+            start.elapsed() >= wait,
+            "gave up after {:?}",
+            start.elapsed()
+        );
+        assert!(e.contains(&mac_string(&spare(0))), "{e}");
+        assert!(e.contains("link eth0") && e.contains("spare NIC"), "{e}");
+        assert!(e.contains("no network device"), "{e}");
+        assert_eq!(link("vb")["address"], mac_string(&spare(1)));
+        in_ns(&container, || {
+            let there = ip_json("link show");
+            assert_eq!(there.len(), 1, "only lo: {there:?}");
+        });
+        // Nothing was changed: the one configuration is still to be had.
+        veth("va", spare(0));
+        network
+            .configure_with(&settings, container.as_fd(), &two_links_on_spares())
+            .expect("configure once the NIC is there");
+        in_ns(&container, assert_two_links);
+    })
+}
+
+#[test]
+fn an_invalid_container_network_changes_nothing() {
+    use std::os::fd::AsFd;
+    in_netns(|| {
+        veth("va", spare(0));
+        let container = new_netns();
+        let settings = Network::new(Duration::from_millis(100), Some(false));
+        let network = ContainerNetwork::default();
+        let mut cfg = NetworkConfig {
+            links: two_links_on_spares().links[..1].to_vec(),
+            routes: vec![],
+            neighbors: vec![],
+        };
+        let configure = |cfg: &NetworkConfig| {
+            network
+                .configure_with(&settings, container.as_fd(), cfg)
+                .unwrap_err()
+        };
+        cfg.links[0].nic_mac = None;
+        let e = configure(&cfg);
+        assert!(e.contains("refused") && e.contains("nic_mac"), "{e}");
+        cfg.links[0].nic_mac = Some(spare(0));
+        cfg.routes = vec![route(None, Some(v4(10, 88, 0, 1)), "eth9")];
+        let e = configure(&cfg);
+        assert!(e.contains("refused") && e.contains("eth9"), "{e}");
+        cfg.routes.clear();
+        cfg.links[0].name = "lo".into();
+        let e = configure(&cfg);
+        assert!(e.contains("loopback"), "{e}");
+        // The guest's own namespace is not a container's.
+        cfg.links[0].name = "eth0".into();
+        let mine = std::fs::File::open("/proc/thread-self/ns/net").unwrap();
+        let e = network
+            .configure_with(&settings, mine.as_fd(), &cfg)
+            .unwrap_err();
+        assert!(e.contains("no network namespace of its own"), "{e}");
+
+        let va = link("va");
+        assert_eq!(va["address"], mac_string(&spare(0)));
+        assert_eq!(va["mtu"], 1500);
+        assert!(!is_up(&link("lo")));
+        in_ns(&container, || {
+            assert_eq!(ip_json("link show").len(), 1, "only lo");
+        });
+        // Refusals do not use up the one configuration.
+        network
+            .configure_with(&settings, container.as_fd(), &cfg)
+            .expect("configure after refusals");
+        in_ns(&container, || {
+            let eth0 = link("eth0");
+            assert_eq!(eth0["address"], mac_string(&MAC_A));
+            assert!(is_up(&eth0));
+        });
     })
 }
