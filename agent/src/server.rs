@@ -228,17 +228,19 @@ fn serve(mut stream: UnixStreamLike, hello: HelloInfo, mode: Mode) {
             Request::UpdateContainer { id, resources } => reg.update(&id, &resources),
             Request::ContainerStats { id } => reg.stats(&id),
             Request::ListProcesses { id } => reg.processes(&id),
-            // The test mode runs on an ordinary host: never reconfigure the host's network.
-            Request::ConfigureNetwork(_) if mode == Mode::Unix && !network::in_own_netns() => {
+            // The test mode runs on an ordinary host: never reconfigure the host's network, nor
+            // move a host NIC into a container.
+            Request::ConfigureNetwork(_) | Request::ConfigureContainerNetwork { .. }
+                if mode == Mode::Unix && !network::in_own_netns() =>
+            {
                 Response::Error {
-                    message: "--listen-unix: ConfigureNetwork is served only in a network namespace other than init's (start the agent under unshare -n)".into(),
+                    message: "--listen-unix: ConfigureNetwork and ConfigureContainerNetwork are served only in a network namespace other than init's (start the agent under unshare -n)".into(),
                 }
             }
             Request::ConfigureNetwork(cfg) => network::configure_guest(&cfg),
-            // Being built (issue 11: a network set up after create).
-            Request::ConfigureContainerNetwork { .. } => Response::Error {
-                message: "ConfigureContainerNetwork is not supported by this agent yet".into(),
-            },
+            Request::ConfigureContainerNetwork { id, network } => {
+                reg.configure_network(&id, &network)
+            }
         };
         if proto::send(&mut stream, &reply).is_err() {
             return;

@@ -1866,6 +1866,7 @@ fn root_configured_network_is_the_containers() {
             mac,
             mtu: 1400,
             addrs: vec![IpNet::new("10.88.0.2".parse().unwrap(), 16).unwrap()],
+            nic_mac: None,
         }],
         routes: vec![Route {
             dst: None,
@@ -1923,4 +1924,115 @@ fn root_configured_network_is_the_containers() {
         );
     }
     a.delete(&c, false);
+}
+
+#[test]
+#[ignore = "needs root: cargo test -p husk-agent --test containers -- --ignored --test-threads=1"]
+fn root_network_set_up_after_create_is_the_containers() {
+    require_root();
+    let a = Agent::start_in_own_netns("cnet");
+    let rootfs = busybox_rootfs(&a);
+    let spare = proto::network::spare_nic_mac(0);
+    let spare_text = proto::network::mac_string(&spare);
+    // The spare NIC the host gives the VM at boot, as the kernel named it.
+    ip_in(
+        a.child.id(),
+        &format!("link add enp0s2 address {spare_text} type veth peer name peer0"),
+    );
+    // The engine's veth, as husk found it in the netns of the pid it reported.
+    let mac = [0x02, 0x42, 0xac, 0x11, 0, 2];
+    let gw = "172.17.0.1".parse().unwrap();
+    let cfg = NetworkConfig {
+        links: vec![Link {
+            name: "eth0".into(),
+            mac,
+            mtu: 1400,
+            addrs: vec![IpNet::new("172.17.0.2".parse().unwrap(), 16).unwrap()],
+            nic_mac: Some(spare),
+        }],
+        routes: vec![Route {
+            dst: None,
+            gateway: Some(gw),
+            dev: "eth0".into(),
+            src: None,
+            scope: 0,
+            mtu: None,
+        }],
+        neighbors: vec![Neighbor {
+            ip: gw,
+            mac: [0x02, 0x42, 0xac, 0x11, 0, 1],
+            dev: "eth0".into(),
+        }],
+    };
+    let configure = |id: &str, network: &NetworkConfig| Request::ConfigureContainerNetwork {
+        id: id.into(),
+        network: Box::new(network.clone()),
+    };
+
+    // The spec asks for a new network namespace (`spec` lists one), which the engine fills
+    // between create and start.
+    let c = id("cnet");
+    a.create_ok(
+        &c,
+        spec(
+            &rootfs,
+            &[
+                "sh",
+                "-c",
+                "ip addr show eth0; ip route; touch /dev/shm/mark; exec sleep 1000",
+            ],
+        ),
+    );
+    let io = a.attach_all(&c, None);
+    let e = a.error(configure("nope", &cfg));
+    assert!(e.contains("does not exist"), "{e}");
+    let mut bad = cfg.clone();
+    bad.links[0].nic_mac = None;
+    let e = a.error(configure(&c, &bad));
+    assert!(e.contains("nic_mac"), "{e}");
+    a.ok(configure(&c, &cfg));
+    let e = a.error(configure(&c, &cfg));
+    assert!(e.contains("once per container"), "{e}");
+    // The NIC left the agent's (the guest's initial) network namespace.
+    let here = ip_in(a.child.id(), "link show");
+    for gone in [spare_text.as_str(), "enp0s2", "02:42:ac:11:00:02"] {
+        assert!(!here.contains(gone), "{gone} still in:\n{here}");
+    }
+
+    a.start_ctr(&c);
+    // An exec joins the container's network namespace and sees the same network.
+    let script = "while [ ! -f /dev/shm/mark ]; do usleep 20000; done; ip addr show eth0; ip route";
+    let (st, out, err) = a.exec_run(&c, "e1", process(&["sh", "-c", script]));
+    assert_eq!(st, ExitStatus::Code(0), "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("inet 172.17.0.2/16"), "{out}");
+    assert!(out.contains("default via 172.17.0.1 dev eth0"), "{out}");
+    a.signal(&c, 9, false);
+    a.wait(&c);
+    let (out, err) = io.output();
+    for want in [
+        ",UP",
+        "mtu 1400",
+        "link/ether 02:42:ac:11:00:02",
+        "inet 172.17.0.2/16",
+        "default via 172.17.0.1 dev eth0",
+    ] {
+        assert!(
+            out.contains(want),
+            "missing {want:?} in:\n{out}\nstderr: {err}"
+        );
+    }
+    let e = a.error(configure(&c, &cfg));
+    assert!(e.contains("stopped"), "{e}");
+    a.delete(&c, false);
+
+    // A container in the agent's network namespace has none of its own to move a NIC into.
+    let mut s = spec(&rootfs, &["true"]);
+    s["linux"]["namespaces"] = json!([
+        { "type": "pid" }, { "type": "ipc" }, { "type": "uts" }, { "type": "mount" }, { "type": "cgroup" }
+    ]);
+    let shared = id("cnet-shared");
+    a.create_ok(&shared, s);
+    let e = a.error(configure(&shared, &cfg));
+    assert!(e.contains("no network namespace of its own"), "{e}");
+    a.delete(&shared, true);
 }

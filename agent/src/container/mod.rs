@@ -21,12 +21,13 @@ pub mod stats;
 pub mod user;
 
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
+use husk_protocol::network::NetworkConfig;
 use husk_protocol::{
     self as proto, ContainerStatus, CreateContainer, PassedFd, Response, StdioStream,
 };
@@ -76,6 +77,8 @@ pub struct Container {
     /// Serializes exec setup and start with pause and resume: a helper
     /// joining a frozen cgroup would freeze halfway.
     ops: Mutex<()>,
+    /// Its own network namespace's network (`ConfigureContainerNetwork`), set up once.
+    network: crate::network::ContainerNetwork,
 }
 
 /// The process a request names: the container's init or one of its execs.
@@ -550,6 +553,41 @@ impl Registry {
         }
     }
 
+    /// A network the engine set up after `create`, moved into the container's own network
+    /// namespace (the one of its init, which exec processes join too).
+    pub fn configure_network(&self, id: &str, cfg: &NetworkConfig) -> Response {
+        if let Err(e) = crate::network::check_container_config(cfg) {
+            return err(format!("container {id}: {e}"));
+        }
+        let c = match self.get(id) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        let stopped = || {
+            err(format!(
+                "container {id}: cannot configure the network of a stopped container"
+            ))
+        };
+        if c.status() == ContainerStatus::Stopped {
+            return stopped();
+        }
+        let path = format!("/proc/{}/ns/net", c.pid);
+        let netns = std::fs::File::open(&path);
+        // The pid stays ours until it is reaped: not reaped after the open, the namespace
+        // opened is the container's (and the fd keeps it while the NIC moves).
+        if c.exit.get().is_some() {
+            return stopped();
+        }
+        let netns = match netns {
+            Ok(f) => f,
+            Err(e) => return err(format!("container {id}: open {path}: {e}")),
+        };
+        match c.network.configure(netns.as_fd(), cfg) {
+            Ok(()) => Response::Ok,
+            Err(e) => err(format!("container {id}: {e}")),
+        }
+    }
+
     pub fn delete(&self, id: &str, force: bool) -> Response {
         let c = match self.get(id) {
             Ok(c) => c,
@@ -723,5 +761,6 @@ fn create(req: &CreateContainer, fds: &[PassedFd]) -> Result<Container, String> 
         process: spec.process().clone().unwrap_or_default(),
         execs: Mutex::new(HashMap::new()),
         ops: Mutex::new(()),
+        network: Default::default(),
     })
 }
