@@ -24,17 +24,9 @@ pub enum NetError {
         source: Box<NetError>,
     },
 
-    /// The kernel refused or the socket failed; `detail` is the kernel's extended-ack text.
-    #[error("netlink {op}: {source}{}", detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
-    Netlink {
-        op: String,
-        source: io::Error,
-        detail: Option<String>,
-    },
-
-    /// The kernel answered something we could not read.
-    #[error("netlink {op}: unexpected reply: {reason}")]
-    Reply { op: String, reason: String },
+    /// The kernel refused, the socket failed, or the kernel answered something unreadable.
+    #[error(transparent)]
+    Rtnl(#[from] husk_rtnl::RtnlError),
 
     #[error("{count} {what} to carry into the VM, husk carries at most {limit}")]
     TooMany {
@@ -72,19 +64,8 @@ impl NetError {
         }
     }
 
-    pub(crate) fn netlink(op: impl Into<String>, source: io::Error) -> Self {
-        NetError::Netlink {
-            op: op.into(),
-            source,
-            detail: None,
-        }
-    }
-
     pub(crate) fn reply(op: impl Into<String>, reason: impl Into<String>) -> Self {
-        NetError::Reply {
-            op: op.into(),
-            reason: reason.into(),
-        }
+        NetError::Rtnl(husk_rtnl::RtnlError::reply(op, reason))
     }
 
     pub(crate) fn link(link: &str, reason: impl Into<String>) -> Self {
@@ -97,9 +78,8 @@ impl NetError {
     /// The errno behind a netlink failure, to tell "already gone" from real failures.
     pub(crate) fn errno(&self) -> Option<i32> {
         match self.cause() {
-            NetError::Netlink { source, .. } | NetError::Tap { source, .. } => {
-                source.raw_os_error()
-            }
+            NetError::Rtnl(e) => e.errno(),
+            NetError::Tap { source, .. } => source.raw_os_error(),
             _ => None,
         }
     }

@@ -12,7 +12,6 @@
 //! the caller's threads never change namespace; netlink sockets and tun files are opened there.
 
 mod error;
-mod netlink;
 mod netns;
 mod redirect;
 mod scan;
@@ -33,7 +32,7 @@ pub use tap::{Tap, VNET_HDR_LEN};
 /// and permanent neighbours.
 pub fn scan(netns: &Path) -> Result<Scan, NetError> {
     netns::run_in(netns, || {
-        let mut rtnl = netlink::Rtnl::open()?;
+        let mut rtnl = husk_rtnl::Rtnl::open()?;
         scan::read(&mut rtnl)
     })
 }

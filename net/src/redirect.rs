@@ -11,9 +11,9 @@ use netlink_packet_route::link::{
 use netlink_packet_route::tc::TcMessage;
 use netlink_packet_route::RouteNetlinkMessage;
 
-use crate::netlink::{link_name, Rtnl};
 use crate::tap::{self, Tap};
 use crate::{tc, NetError, Scan};
+use husk_rtnl::{link_name, Rtnl};
 
 /// What connect made so far, undone in reverse on failure.
 enum Made {
@@ -194,7 +194,7 @@ fn configure_tap(rtnl: &mut Rtnl, index: u32, mtu: u32) -> Result<(), NetError> 
     msg.header.index = index;
     msg.header.flags = LinkFlags::Up;
     msg.header.change_mask = LinkFlags::Up;
-    rtnl.request("set tap up", RouteNetlinkMessage::SetLink(msg), 0)
+    Ok(rtnl.request("set tap up", RouteNetlinkMessage::SetLink(msg), 0)?)
 }
 
 fn no_link_local(rtnl: &mut Rtnl, index: u32) -> Result<(), NetError> {
@@ -211,24 +211,24 @@ fn no_link_local(rtnl: &mut Rtnl, index: u32) -> Result<(), NetError> {
     ) {
         // A kernel or netns without IPv6 has no link-local to suppress.
         Err(e) if matches!(e.errno(), Some(libc::EAFNOSUPPORT) | Some(libc::EOPNOTSUPP)) => Ok(()),
-        other => other,
+        other => Ok(other?),
     }
 }
 
 fn add_ingress(rtnl: &mut Rtnl, index: u32) -> Result<(), NetError> {
-    rtnl.request(
+    Ok(rtnl.request(
         &format!("add ingress qdisc on ifindex {index}"),
         RouteNetlinkMessage::NewQueueDiscipline(tc::ingress_qdisc(index)),
         NLM_F_CREATE | NLM_F_EXCL,
-    )
+    )?)
 }
 
 fn add_redirect(rtnl: &mut Rtnl, from: u32, to: u32) -> Result<(), NetError> {
-    rtnl.request(
+    Ok(rtnl.request(
         &format!("add redirect filter ifindex {from} -> {to}"),
         RouteNetlinkMessage::NewTrafficFilter(tc::redirect_filter(from, to)),
         NLM_F_CREATE | NLM_F_EXCL,
-    )
+    )?)
 }
 
 fn del_ingress(rtnl: &mut Rtnl, index: u32) -> Result<(), NetError> {
@@ -246,7 +246,7 @@ fn del_ingress(rtnl: &mut Rtnl, index: u32) -> Result<(), NetError> {
         {
             Ok(())
         }
-        other => other,
+        other => Ok(other?),
     }
 }
 
@@ -259,7 +259,7 @@ fn del_link(rtnl: &mut Rtnl, index: u32) -> Result<(), NetError> {
         0,
     ) {
         Err(e) if matches!(e.errno(), Some(libc::ENODEV) | Some(libc::ENOENT)) => Ok(()),
-        other => other,
+        other => Ok(other?),
     }
 }
 

@@ -17,8 +17,8 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
-use crate::netlink::{link_name, Rtnl};
 use crate::NetError;
+use husk_rtnl::{link_name, Rtnl};
 
 /// The link kinds engines put into a netns and that a tc redirect carries: what Kata's tcfilter
 /// model supports for veth-like endpoints.

@@ -12,7 +12,6 @@
 //! (`Link::nic_mac`), which is moved from the guest's initial namespace into the container's
 //! and set up there the same way, with the link's MAC.
 
-mod rtnl;
 #[cfg(test)]
 mod tests;
 
@@ -35,7 +34,7 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use rtnl::{link_mac, link_name, NlError, Rtnl};
+use husk_rtnl::{link_mac, link_name, Rtnl, RtnlError as NlError};
 
 /// How long a NIC may take to appear: virtio-net probes during boot, normally long before the
 /// host's request arrives.
@@ -292,10 +291,11 @@ pub fn in_own_netns() -> bool {
 /// Brings `lo` up in the calling thread's network namespace: a new namespace starts with it
 /// down, and containers (`--network none` too) expect a working 127.0.0.1.
 pub fn loopback_up() -> Result<(), String> {
-    let mut rtnl = Rtnl::open()?;
-    let lo = find_link(&mut rtnl, |l| link_name(l) == Some("lo"))?
+    let mut rtnl = Rtnl::open().map_err(|e| e.to_string())?;
+    let lo = find_link(&mut rtnl, |l| link_name(l) == Some("lo"))
+        .map_err(|e| e.to_string())?
         .ok_or("no lo in the network namespace")?;
-    set_flags(&mut rtnl, lo, true, "set lo up")?;
+    set_flags(&mut rtnl, lo, true, "set lo up").map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -316,16 +316,17 @@ fn skip_ipv6(what: &str) {
 }
 
 fn apply(cfg: &NetworkConfig, ipv6: bool, link_wait: Duration) -> Result<(), String> {
-    let mut rtnl = Rtnl::open()?;
-    let lo = find_link(&mut rtnl, |l| link_name(l) == Some("lo"))?
+    let mut rtnl = Rtnl::open().map_err(|e| e.to_string())?;
+    let lo = find_link(&mut rtnl, |l| link_name(l) == Some("lo"))
+        .map_err(|e| e.to_string())?
         .ok_or("no lo in the network namespace")?;
-    set_flags(&mut rtnl, lo, true, "set lo up")?;
+    set_flags(&mut rtnl, lo, true, "set lo up").map_err(|e| e.to_string())?;
     for link in &cfg.links {
         configure_link(&mut rtnl, link, ipv6, link_wait)
             .map_err(|e| format!("link {} ({}): {e}", link.name, mac_string(&link.mac)))?;
     }
     // Names are final now.
-    let links = rtnl.links()?;
+    let links = rtnl.links().map_err(|e| e.to_string())?;
     let index = |dev: &str| {
         links
             .iter()
@@ -340,7 +341,7 @@ fn apply(cfg: &NetworkConfig, ipv6: bool, link_wait: Duration) -> Result<(), Str
             continue;
         }
         let oif = index(&route.dev).map_err(|e| format!("route {what}: {e}"))?;
-        add_route(&mut rtnl, route, oif, &what)?;
+        add_route(&mut rtnl, route, oif, &what).map_err(|e| e.to_string())?;
     }
     for n in &cfg.neighbors {
         let what = format!(
@@ -354,7 +355,7 @@ fn apply(cfg: &NetworkConfig, ipv6: bool, link_wait: Duration) -> Result<(), Str
             continue;
         }
         let ifindex = index(&n.dev).map_err(|e| format!("{what}: {e}"))?;
-        add_neighbour(&mut rtnl, n, ifindex, &what)?;
+        add_neighbour(&mut rtnl, n, ifindex, &what).map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -370,7 +371,7 @@ fn configure_link(
 ) -> Result<(), String> {
     let nic = want.nic_mac.unwrap_or(want.mac);
     let index = wait_for_mac(rtnl, &nic, link_wait)?;
-    set_flags(rtnl, index, false, "set down")?;
+    set_flags(rtnl, index, false, "set down").map_err(|e| e.to_string())?;
     if nic != want.mac {
         // While down: the address cannot change on a running link of every driver.
         set_link(
@@ -378,9 +379,10 @@ fn configure_link(
             index,
             vec![LinkAttribute::Address(want.mac.to_vec())],
             &format!("set MAC {}", mac_string(&want.mac)),
-        )?;
+        )
+        .map_err(|e| e.to_string())?;
     }
-    let links = rtnl.links()?;
+    let links = rtnl.links().map_err(|e| e.to_string())?;
     let current = links.iter().find(|l| l.header.index == index);
     if current.and_then(link_name) != Some(want.name.as_str()) {
         if let Some(other) = links
@@ -395,35 +397,39 @@ fn configure_link(
                 other.header.index,
                 false,
                 "set the link of that name down",
-            )?;
+            )
+            .map_err(|e| e.to_string())?;
             set_link(
                 rtnl,
                 other.header.index,
                 vec![LinkAttribute::IfName(aside.clone())],
                 &format!("rename the link already named so to {aside}"),
-            )?;
+            )
+            .map_err(|e| e.to_string())?;
         }
         set_link(
             rtnl,
             index,
             vec![LinkAttribute::IfName(want.name.clone())],
             "rename",
-        )?;
+        )
+        .map_err(|e| e.to_string())?;
     }
     set_link(
         rtnl,
         index,
         vec![LinkAttribute::Mtu(want.mtu)],
         &format!("set MTU {}", want.mtu),
-    )?;
+    )
+    .map_err(|e| e.to_string())?;
     for addr in &want.addrs {
         if addr.addr.is_ipv6() && !ipv6 {
             skip_ipv6(&format!("address {addr} on {}", want.name));
             continue;
         }
-        add_address(rtnl, index, addr)?;
+        add_address(rtnl, index, addr).map_err(|e| e.to_string())?;
     }
-    set_flags(rtnl, index, true, "set up")?;
+    set_flags(rtnl, index, true, "set up").map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -438,7 +444,9 @@ fn find_link(rtnl: &mut Rtnl, pred: impl Fn(&LinkMessage) -> bool) -> Result<Opt
 fn wait_for_mac(rtnl: &mut Rtnl, mac: &[u8; 6], wait: Duration) -> Result<u32, String> {
     let deadline = Instant::now() + wait;
     loop {
-        if let Some(index) = find_link(rtnl, |l| link_mac(l) == Some(&mac[..]))? {
+        if let Some(index) =
+            find_link(rtnl, |l| link_mac(l) == Some(&mac[..])).map_err(|e| e.to_string())?
+        {
             return Ok(index);
         }
         if Instant::now() >= deadline {

@@ -1,7 +1,10 @@
-//! A blocking rtnetlink socket: one request at a time, dumps read to NLMSG_DONE, acks checked.
+//! A blocking rtnetlink socket: one request at a time, dumps read to NLMSG_DONE, acks checked,
+//! errors with the kernel's extended-ack text. Used by husk-net on the host and by the guest
+//! agent (a static binary without an async runtime).
 //!
-//! netlink-packet-route encodes and decodes every message; this file only frames requests,
-//! matches sequence numbers and turns NLMSG_ERROR into io::Error.
+//! netlink-packet-route encodes and decodes every message; this crate only frames requests,
+//! matches sequence numbers and turns NLMSG_ERROR into [`RtnlError`]. (rtnetlink, the crate
+//! that does this, needs tokio or smol.)
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -14,7 +17,45 @@ use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-use crate::NetError;
+/// What went wrong, with the operation named.
+#[derive(Debug, thiserror::Error)]
+pub enum RtnlError {
+    /// The kernel refused or the socket failed; `detail` is the kernel's extended-ack text.
+    #[error("netlink {op}: {source}{}", detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    Kernel {
+        op: String,
+        source: io::Error,
+        detail: Option<String>,
+    },
+    /// The kernel answered something we could not read.
+    #[error("netlink {op}: unexpected reply: {reason}")]
+    Reply { op: String, reason: String },
+}
+
+impl RtnlError {
+    pub fn io(op: impl Into<String>, source: io::Error) -> Self {
+        RtnlError::Kernel {
+            op: op.into(),
+            source,
+            detail: None,
+        }
+    }
+
+    pub fn reply(op: impl Into<String>, reason: impl Into<String>) -> Self {
+        RtnlError::Reply {
+            op: op.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The errno behind a kernel refusal, to tell "already gone" from real failures.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            RtnlError::Kernel { source, .. } => source.raw_os_error(),
+            RtnlError::Reply { .. } => None,
+        }
+    }
+}
 
 /// Upper bound on the messages of one dump: a container netns has a handful of links; a reply
 /// this long means something is wrong, and we would rather fail than grow without limit.
@@ -23,10 +64,11 @@ const MAX_DUMP_MESSAGES: usize = 16 * 1024;
 /// Large enough for any single datagram the kernel sends for a dump (it sizes them to 32 KiB).
 const RECV_BUF: usize = 64 * 1024;
 
-/// Never hang `husk create` on a kernel that does not answer.
+/// Never hang on a kernel that does not answer.
 const RECV_TIMEOUT_SECS: libc::time_t = 5;
 
-pub(crate) struct Rtnl {
+/// One rtnetlink socket in the network namespace of the thread that opened it.
+pub struct Rtnl {
     socket: Socket,
     seq: u32,
     buf: Vec<u8>,
@@ -34,14 +76,12 @@ pub(crate) struct Rtnl {
 
 impl Rtnl {
     /// Opens a socket in the calling thread's network namespace (call it after setns).
-    pub(crate) fn open() -> Result<Self, NetError> {
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(|e| NetError::netlink("socket", e))?;
-        socket
-            .bind_auto()
-            .map_err(|e| NetError::netlink("bind", e))?;
+    pub fn open() -> Result<Self, RtnlError> {
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(|e| RtnlError::io("socket", e))?;
+        socket.bind_auto().map_err(|e| RtnlError::io("bind", e))?;
         socket
             .connect(&SocketAddr::new(0, 0))
-            .map_err(|e| NetError::netlink("connect", e))?;
+            .map_err(|e| RtnlError::io("connect", e))?;
         // Extended acks make the kernel explain EINVALs in dmesg-free form; failing to enable
         // them only loses detail.
         let _ = socket.set_ext_ack(true);
@@ -60,7 +100,7 @@ impl Rtnl {
             )
         };
         if rc != 0 {
-            return Err(NetError::netlink("SO_RCVTIMEO", io::Error::last_os_error()));
+            return Err(RtnlError::io("SO_RCVTIMEO", io::Error::last_os_error()));
         }
         Ok(Rtnl {
             socket,
@@ -69,7 +109,7 @@ impl Rtnl {
         })
     }
 
-    fn send(&mut self, op: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<u32, NetError> {
+    fn send(&mut self, op: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<u32, RtnlError> {
         self.seq = self.seq.wrapping_add(1);
         let mut header = NetlinkHeader::default();
         header.flags = flags;
@@ -81,9 +121,9 @@ impl Rtnl {
         let sent = self
             .socket
             .send(&bytes, 0)
-            .map_err(|e| NetError::netlink(op, e))?;
+            .map_err(|e| RtnlError::io(op, e))?;
         if sent != bytes.len() {
-            return Err(NetError::reply(op, "short send"));
+            return Err(RtnlError::reply(op, "short send"));
         }
         Ok(self.seq)
     }
@@ -95,25 +135,25 @@ impl Rtnl {
         op: &str,
         seq: u32,
         dump: bool,
-    ) -> Result<Vec<RouteNetlinkMessage>, NetError> {
+    ) -> Result<Vec<RouteNetlinkMessage>, RtnlError> {
         let mut out = Vec::new();
         loop {
             self.buf.clear();
             let n = self
                 .socket
                 .recv(&mut self.buf, 0)
-                .map_err(|e| NetError::netlink(op, e))?;
+                .map_err(|e| RtnlError::io(op, e))?;
             if n > self.buf.len() {
-                return Err(NetError::reply(op, "datagram truncated"));
+                return Err(RtnlError::reply(op, "datagram truncated"));
             }
             let mut offset = 0;
             while offset < self.buf.len() {
                 let bytes = &self.buf[offset..];
                 let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
-                    .map_err(|e| NetError::reply(op, e.to_string()))?;
+                    .map_err(|e| RtnlError::reply(op, e.to_string()))?;
                 let len = msg.header.length as usize;
                 if len == 0 || len > bytes.len() {
-                    return Err(NetError::reply(op, "bad message length"));
+                    return Err(RtnlError::reply(op, "bad message length"));
                 }
                 // Netlink messages are 4-byte aligned inside a datagram.
                 offset += (len + 3) & !3;
@@ -127,7 +167,7 @@ impl Rtnl {
                         None if !dump => return Ok(out),
                         None => {}
                         Some(_) => {
-                            return Err(NetError::Netlink {
+                            return Err(RtnlError::Kernel {
                                 op: op.to_string(),
                                 source: e.to_io(),
                                 detail: ext_ack_message(msg.header.flags, &e.header),
@@ -136,12 +176,12 @@ impl Rtnl {
                     },
                     NetlinkPayload::InnerMessage(inner) => {
                         if out.len() >= MAX_DUMP_MESSAGES {
-                            return Err(NetError::reply(op, "too many messages"));
+                            return Err(RtnlError::reply(op, "too many messages"));
                         }
                         out.push(inner);
                     }
                     NetlinkPayload::Overrun(_) => {
-                        return Err(NetError::reply(op, "overrun"));
+                        return Err(RtnlError::reply(op, "overrun"));
                     }
                     _ => {}
                 }
@@ -150,28 +190,28 @@ impl Rtnl {
     }
 
     /// NLM_F_DUMP request: every object of the kind `msg` asks for.
-    pub(crate) fn dump(
+    pub fn dump(
         &mut self,
         op: &str,
         msg: RouteNetlinkMessage,
-    ) -> Result<Vec<RouteNetlinkMessage>, NetError> {
+    ) -> Result<Vec<RouteNetlinkMessage>, RtnlError> {
         let seq = self.send(op, msg, NLM_F_REQUEST | NLM_F_DUMP)?;
         self.receive(op, seq, true)
     }
 
     /// A change (new/set/del) with NLM_F_ACK: Ok when the kernel acked it.
-    pub(crate) fn request(
+    pub fn request(
         &mut self,
         op: &str,
         msg: RouteNetlinkMessage,
         extra_flags: u16,
-    ) -> Result<(), NetError> {
+    ) -> Result<(), RtnlError> {
         let seq = self.send(op, msg, NLM_F_REQUEST | NLM_F_ACK | extra_flags)?;
         self.receive(op, seq, false).map(|_| ())
     }
 
     /// Every link of the namespace.
-    pub(crate) fn links(&mut self) -> Result<Vec<LinkMessage>, NetError> {
+    pub fn links(&mut self) -> Result<Vec<LinkMessage>, RtnlError> {
         Ok(self
             .dump(
                 "dump links",
@@ -186,7 +226,7 @@ impl Rtnl {
     }
 
     /// The ifindex of the link named `name`, None when there is none.
-    pub(crate) fn link_index(&mut self, name: &str) -> Result<Option<u32>, NetError> {
+    pub fn link_index(&mut self, name: &str) -> Result<Option<u32>, RtnlError> {
         Ok(self
             .links()?
             .iter()
@@ -220,9 +260,17 @@ fn ext_ack_message(flags: u16, payload: &[u8]) -> Option<String> {
         .filter(|m| !m.is_empty())
 }
 
-pub(crate) fn link_name(link: &LinkMessage) -> Option<&str> {
+pub fn link_name(link: &LinkMessage) -> Option<&str> {
     link.attributes.iter().find_map(|a| match a {
         LinkAttribute::IfName(n) => Some(n.as_str()),
+        _ => None,
+    })
+}
+
+/// The link's hardware address.
+pub fn link_mac(link: &LinkMessage) -> Option<&[u8]> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(m) => Some(m.as_slice()),
         _ => None,
     })
 }
