@@ -99,6 +99,12 @@ impl Drop for Netns {
 
 fn bundle_in(ns: Option<&str>, tag: &str, args: &[&str]) -> TestBundle {
     let mut b = TestBundle::busybox(tag, args);
+    // busybox ping needs a raw socket (runc's default set has no CAP_NET_RAW).
+    for set in ["bounding", "effective", "permitted"] {
+        if let Some(caps) = b.config["process"]["capabilities"][set].as_array_mut() {
+            caps.push("CAP_NET_RAW".into());
+        }
+    }
     let list = b.config["linux"]["namespaces"].as_array_mut().unwrap();
     list.retain(|n| n["type"] != "network");
     match ns {
@@ -352,7 +358,17 @@ fn podman_bridge_network() {
         routes.contains(&format!("default via {gw} dev eth0")),
         "{routes}"
     );
-    let ping = p.run(&["exec", web, "ping", "-c", "1", "-W", "20", &gw]);
+    let ping = p.run(&[
+        "exec",
+        "--privileged",
+        web,
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "20",
+        &gw,
+    ]);
     assert!(
         ping.status.success(),
         "ping {gw}: {}{}",
