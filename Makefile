@@ -69,7 +69,7 @@ test: unit-test fuzz-smoke vm-test
 # Fuzzing (fuzz/README.md): cargo-fuzz + libFuzzer on the stable toolchain; RUSTC_BOOTSTRAP=1
 # lets it pass -Zsanitizer=address. New corpus entries go to fuzz/corpus-new/<target> (not
 # committed), crashes to fuzz/artifacts/<target>/. `make fuzz FUZZ_SECONDS=3600 FUZZ_TARGETS=vsock`.
-FUZZ_TARGETS       ?= agent_frame mmio vsock fs_request
+FUZZ_TARGETS       ?= agent_frame mmio vsock fs_request net_header
 FUZZ_SECONDS       ?= 600
 FUZZ_SMOKE_SECONDS ?= 20
 FUZZ_DIR           := $(CURDIR)/fuzz

@@ -1,8 +1,9 @@
 //! Writes the seed corpora under `fuzz/corpus/<target>/`: small valid inputs
 //! in each target's format (see the targets' module docs), so fuzzing starts
 //! from requests that get deep into the code instead of from random bytes.
-//! `cargo run --manifest-path fuzz/Cargo.toml --bin gen-corpus` (any flags).
-//! Existing seeds of the same name are overwritten; others are kept.
+//! `cargo run --manifest-path fuzz/Cargo.toml --bin gen-corpus [TARGET...]`
+//! (any flags; no target: all of them). Existing seeds of the same name are
+//! overwritten; others are kept.
 
 use std::path::{Path, PathBuf};
 
@@ -839,11 +840,141 @@ fn vsock(dir: &Path) {
     put(dir, "credit", &s.0 .0);
 }
 
+// ---------------------------------------------------------------- net_header
+
+/// net_header input builder (format: fuzz_targets/net_header.rs).
+struct N(Writer);
+
+/// The features a Linux guest acks (VERSION_1, MAC, STATUS, CSUM,
+/// GUEST_CSUM, GUEST_TSO4/6, HOST_TSO4/6).
+const NET_ACKED: u64 = (1 << 32) | (1 << 5) | (1 << 16) | 0b11 | (0b11 << 7) | (0b11 << 11);
+
+impl N {
+    fn new(sel: u8, acked: u64) -> N {
+        let mut w = Writer::default();
+        w.u8(sel).u64(acked);
+        N(w)
+    }
+    /// TX chain: header fields, frame length (u16), descriptor lengths
+    /// (the last takes the rest).
+    #[allow(clippy::too_many_arguments)]
+    fn tx(
+        &mut self,
+        flags: u8,
+        gso: u8,
+        hdr_len: u16,
+        gso_size: u16,
+        cs: u16,
+        co: u16,
+        frame: u16,
+        splits: &[u16],
+    ) -> &mut Self {
+        self.0
+            .u8(0)
+            .u8(flags)
+            .u8(gso)
+            .u16(hdr_len)
+            .u16(gso_size)
+            .u16(cs)
+            .u16(co)
+            .u16(0);
+        self.0.u8(1).u16(frame).u8(splits.len() as u8);
+        for &l in splits {
+            self.0.u16(l).u8(0);
+        }
+        self.0.u8(0);
+        self
+    }
+    /// RX chain of 1526-byte descriptors, `fill` bytes "read" into it.
+    fn rx(&mut self, n: u8, fill: u16) -> &mut Self {
+        self.0.u8(1).u8(n - 1);
+        for _ in 0..n {
+            self.0.u8(2).u8(0);
+        }
+        self.0.u16(fill);
+        self
+    }
+}
+
+fn net_header(dir: &Path) {
+    // Plain frame, header in its own descriptor; a checksum-offloaded one.
+    let mut s = N::new(0, NET_ACKED);
+    s.tx(0, 0, 0, 0, 0, 0, 60, &[12]);
+    s.tx(1, 0, 0, 0, 34, 6, 1514, &[5, 20]);
+    s.rx(1, 72).rx(2, 1526);
+    put(dir, "linux-plain", &s.0 .0);
+
+    // TSO4 and TSO6 frames of 64 KiB, chains straddling a region boundary.
+    let mut s = N::new(1, NET_ACKED);
+    s.tx(1, 1, 54, 1448, 34, 16, 65000, &[12, 1000, 30000]);
+    s.tx(1, 2, 74, 1428, 54, 16, 3000, &[]);
+    s.0.u8(0).u8(0).u8(0).u16(0).u16(0).u16(0).u16(0).u16(0);
+    s.0.u8(6).u8(200).u8(0);
+    put(dir, "tso-straddle", &s.0 .0);
+
+    // Refused: GSO without the feature, csum out of the frame, write-only
+    // descriptor, short chains; bare headers; raw descriptors.
+    let mut s = N::new(2, 1 << 32);
+    s.tx(1, 1, 54, 1448, 34, 16, 3000, &[12]);
+    s.tx(1, 0, 0, 0, 120, 30, 60, &[12]);
+    s.0.u8(0)
+        .bytes(&[0; 12])
+        .u8(3)
+        .u8(5)
+        .u8(1)
+        .u16(12)
+        .u8(0)
+        .u8(0);
+    s.0.u8(0)
+        .bytes(&[0; 12])
+        .u8(0)
+        .u8(60)
+        .u8(1)
+        .u16(12)
+        .u8(0)
+        .u8(0xee);
+    s.0.u8(3)
+        .bytes(&[1, 4, 54, 0, 0xa8, 5, 34, 0, 16, 0, 0, 0])
+        .u32(3000);
+    s.0.u8(3)
+        .bytes(&[2, 0x81, 0, 0, 0, 0, 0, 0, 0, 0, 9, 9])
+        .u32(60);
+    s.0.u8(2)
+        .u8(0)
+        .u8(2)
+        .u16(3)
+        .u8(0)
+        .u32(0x2_0000)
+        .u32(72)
+        .u16(1)
+        .u16(4);
+    s.0.u8(1).u64(u64::MAX - 8).u32(100).u16(0).u16(0);
+    s.0.u8(2)
+        .u8(1)
+        .u8(0)
+        .u16(0)
+        .u8(2)
+        .u16(10)
+        .u32(1526)
+        .u16(2)
+        .u16(0);
+    put(dir, "refused-raw", &s.0 .0);
+}
+
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus");
-    agent_frame(&root.join("agent_frame"));
-    fs_request(&root.join("fs_request"));
-    mmio(&root.join("mmio"));
-    vsock(&root.join("vsock"));
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    let targets: [(&str, fn(&Path)); 5] = [
+        ("agent_frame", agent_frame),
+        ("fs_request", fs_request),
+        ("mmio", mmio),
+        ("vsock", vsock),
+        ("net_header", net_header),
+    ];
+    for (name, write) in targets {
+        if only.is_empty() || only.iter().any(|o| o == name) {
+            write(&root.join(name));
+        }
+    }
     println!("seeds written under {}", root.display());
 }
