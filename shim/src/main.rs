@@ -5,6 +5,7 @@
 mod error;
 mod events;
 mod io;
+mod network;
 mod process;
 mod rootfs;
 mod sandbox;

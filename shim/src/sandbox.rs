@@ -17,6 +17,7 @@ use husk_protocol::{Request, Response};
 use log::{info, warn};
 
 use crate::error::{Error, Result};
+use crate::network::{self, Net};
 
 /// Where sandboxes live unless `HUSK_SHIM_ROOT` says otherwise.
 pub const DEFAULT_ROOT: &str = "/run/husk-shim";
@@ -95,6 +96,26 @@ fn vm_dir(dir: &Path) -> PathBuf {
 fn pid_file(dir: &Path) -> PathBuf {
     dir.join("vmm.pid")
 }
+/// The netns whose links the VM carries, for the cleanup after a shim that died.
+fn netns_file(dir: &Path) -> PathBuf {
+    dir.join("netns")
+}
+
+/// Records that the sandbox's VM carries the links of `netns` (a shim that dies cannot undo
+/// that itself; [`cleanup_dead`] does).
+pub fn record_netns(dir: &Path, netns: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let file = netns_file(dir);
+    std::fs::write(&file, netns.as_os_str().as_bytes())
+        .map_err(|e| Error::internal(&format!("cannot write {}", file.display()), e))
+}
+
+/// What [`record_netns`] recorded in `dir`, if anything.
+fn recorded_netns(dir: &Path) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = std::fs::read(netns_file(dir)).ok()?;
+    (!bytes.is_empty()).then(|| PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+}
 
 enum Cmd {
     Shutdown(mpsc::Sender<()>),
@@ -104,7 +125,11 @@ pub struct Sandbox {
     pub id: String,
     pub dir: PathBuf,
     pub share: PathBuf,
+    /// The pid containerd is given for every task: husk-vmm's, which runs in the sandbox's
+    /// network namespace (crate::network).
     pub vmm_pid: u32,
+    /// The VM's network, as set up when it booted.
+    pub net: Net,
     vsock: PathBuf,
     owner: Mutex<mpsc::Sender<Cmd>>,
     /// Why the VM is gone, once it is.
@@ -114,12 +139,14 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Boots the VM (the share must be prepared). `on_lost` runs once if
-    /// husk-vmm goes away without being asked to.
+    /// Boots the VM (the share must be prepared; `spec` has the NICs and netns of `net`).
+    /// `on_lost` runs once if husk-vmm goes away without being asked to. What `net`
+    /// carried is undone when the VM ends, however it ends.
     pub fn launch(
         id: &str,
         dir: &Path,
         spec: VmSpec,
+        net: Net,
         home: Vec<PathBuf>,
         on_lost: Box<dyn FnOnce(String) + Send>,
     ) -> Result<Arc<Sandbox>> {
@@ -128,6 +155,7 @@ impl Sandbox {
         let lost = Arc::new(Mutex::new(None));
         let lost_owner = lost.clone();
         let vdir = vm_dir(dir);
+        let carried = net.carried().map(Path::to_path_buf);
         std::thread::Builder::new()
             .name("vm-owner".into())
             .spawn(move || {
@@ -139,7 +167,7 @@ impl Sandbox {
                     }
                 };
                 let _ = ready_tx.send(Ok((vm.pid(), vm.vsock_path().to_path_buf())));
-                own(vm, cmd_rx, lost_owner, on_lost);
+                own(vm, cmd_rx, lost_owner, on_lost, carried.as_deref());
             })
             .map_err(|e| Error::internal("cannot start the VM owner thread", e))?;
         let (pid, vsock) = match ready_rx.recv() {
@@ -157,11 +185,20 @@ impl Sandbox {
             dir: dir.to_path_buf(),
             share: share_dir(dir),
             vmm_pid: pid,
+            net,
             vsock,
             owner: Mutex::new(cmd_tx),
             lost,
             home,
         }))
+    }
+
+    /// Undoes what the VM's network carried (the sandbox container's delete: the engine
+    /// tears the pod's network down next). Again when the VM ends; that is harmless.
+    pub fn disconnect_net(&self) {
+        if let Some(netns) = self.net.carried() {
+            network::disconnect(netns);
+        }
     }
 
     pub fn lost(&self) -> Option<String> {
@@ -220,22 +257,36 @@ impl Sandbox {
     }
 }
 
+/// Watches the VM until it is shut down or goes away. Either way, what the VM's network
+/// carried from `carried` is undone then (the taps went with husk-vmm; the redirects on the
+/// engine's links go now), before the shutdown is reported done or the loss is reported.
 fn own(
     mut vm: Vm,
     cmds: mpsc::Receiver<Cmd>,
     lost: Arc<Mutex<Option<String>>>,
     on_lost: Box<dyn FnOnce(String) + Send>,
+    carried: Option<&Path>,
 ) {
+    let undo_network = || {
+        if let Some(netns) = carried {
+            network::disconnect(netns);
+        }
+    };
     loop {
         match cmds.recv_timeout(WATCH_INTERVAL) {
             Ok(Cmd::Shutdown(done)) => {
                 stop(&mut vm);
                 drop(vm);
+                undo_network();
                 let _ = done.send(());
                 return;
             }
             // The service is gone: dropping the VM kills husk-vmm.
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                drop(vm);
+                undo_network();
+                return;
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let Ok(Some(status)) = vm.try_wait() else {
                     continue;
@@ -245,6 +296,7 @@ fn own(
                 if let Ok(mut l) = lost.lock() {
                     *l = Some(why.clone());
                 }
+                undo_network();
                 on_lost(why);
                 // Keep the reaped VM until the service is done with the sandbox.
                 let cmd = cmds.recv();
@@ -365,6 +417,9 @@ pub fn cleanup_dead(dir: &Path) -> Option<u32> {
     if let Err(e) = husk::cgroups::remove(dir) {
         warn!("{e}");
     }
+    if let Some(netns) = recorded_netns(dir) {
+        network::disconnect(&netns);
+    }
     remove(dir);
     recorded.map(|(p, _)| p as u32)
 }
@@ -398,6 +453,22 @@ mod tests {
         assert!(sandbox_id("b", Some(&ann)).is_err());
         ann.remove(ANN_SANDBOX_ID);
         assert!(sandbox_id("b", Some(&ann)).is_err());
+    }
+
+    #[test]
+    fn carried_netns_is_recorded_for_a_dead_shims_cleanup() {
+        let dir = std::env::temp_dir().join(format!("husk-shim-netns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(recorded_netns(&dir), None);
+        record_netns(&dir, Path::new("/var/run/netns/cni-1 x")).unwrap();
+        assert_eq!(
+            recorded_netns(&dir),
+            Some(PathBuf::from("/var/run/netns/cni-1 x"))
+        );
+        // The cleanup tolerates a netns that is gone, and removes the directory.
+        record_netns(&dir, Path::new("/run/netns/husk-shim-no-such")).unwrap();
+        assert_eq!(cleanup_dead(&dir), None);
+        assert!(!dir.exists());
     }
 
     #[test]

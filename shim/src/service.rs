@@ -2,7 +2,8 @@
 //!
 //! Every container of the sandbox lives in the one VM this shim owns; its
 //! processes are the agent's (keyed by container id and exec id). The init's
-//! pid, as containerd sees it, is husk-vmm's: the host process that runs it.
+//! pid, as containerd sees it, is husk-vmm's: the host process that runs it,
+//! which lives in the sandbox's network namespace (crate::network).
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::DirBuilderExt;
@@ -37,6 +38,7 @@ use log::{info, warn};
 use crate::error::{Error, Result};
 use crate::events::Events;
 use crate::io::{Io, StdioPaths};
+use crate::network::{self, Net};
 use crate::process::{exit_code, timestamp, Exit, Process, Status};
 use crate::rootfs;
 use crate::sandbox::{self, Sandbox};
@@ -204,6 +206,9 @@ impl Inner {
             },
         )
         .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        // Checked before anything is made, as the CLI does: a bad path or host networking
+        // leaves nothing behind.
+        let plan = husk::network::plan(spec).map_err(network::create_error)?;
         let dir = sandbox::sandbox_dir(&self.address, &self.namespace, sandbox_id);
         if dir.exists() {
             warn!("removing {} left by an earlier shim", dir.display());
@@ -216,6 +221,8 @@ impl Inner {
             .create(&dir)
             .map_err(|e| Error::internal(&format!("cannot create {}", dir.display()), e))?;
         let home = sandbox::current_cgroups();
+        // The netns whose links were carried, once they are: undone if the launch fails.
+        let mut carried: Option<PathBuf> = None;
         let launched = (|| {
             let share_dir = sandbox::share_dir(&dir);
             share::prepare(&share_dir)?;
@@ -241,7 +248,15 @@ impl Inner {
             husk::cgroups::enter(&dir, spec, sandbox_id, size.memory_mib, size.vcpus, !pod)
                 .map_err(|e| Error::Internal(e.to_string()))?;
             sandbox::raise_pids_limit();
+            // husk-vmm, the task pid, starts in the sandbox's netns (the engine's, or a fresh
+            // one of its own), with the NICs that carry it.
+            let mut net = network::Setup::prepare(&plan)?;
+            if let Some(path) = net.net.carried() {
+                carried = Some(path.to_path_buf());
+                sandbox::record_netns(&dir, path)?;
+            }
             let mut vs = VmSpec::new(cfg.vmm, cfg.kernel, cfg.initrd);
+            net.apply(&mut vs);
             vs.memory_mib = size.memory_mib;
             vs.vcpus = size.vcpus;
             vs.shares = vec![(SHARE_TAG.to_string(), sandbox::share_dir(&dir))];
@@ -258,17 +273,29 @@ impl Inner {
                 });
             }
             let weak: Weak<Inner> = Arc::downgrade(self);
-            Sandbox::launch(
+            let sb = Sandbox::launch(
                 sandbox_id,
                 &dir,
                 vs,
+                net.net.clone(),
                 home.clone(),
                 Box::new(move |why| {
                     if let Some(inner) = weak.upgrade() {
                         inner.vm_lost(&why);
                     }
                 }),
-            )
+            )?;
+            // The guest's links before any container is created in it.
+            if let Some(config) = net.launched() {
+                let configured = sb
+                    .expect_ok(&Request::ConfigureNetwork(Box::new(config)))
+                    .map_err(|e| Error::Internal(format!("guest network: {e}")));
+                if let Err(e) = configured {
+                    sb.shutdown();
+                    return Err(e);
+                }
+            }
+            Ok(sb)
         })();
         match launched {
             Ok(sb) => {
@@ -283,6 +310,9 @@ impl Inner {
                     let _ = std::fs::write(procs, &me);
                 }
                 let _ = husk::cgroups::remove(&dir);
+                if let Some(netns) = &carried {
+                    network::disconnect(netns);
+                }
                 sandbox::remove(&dir);
                 Err(e)
             }
@@ -514,7 +544,7 @@ impl Inner {
         hooks::validate(&b.spec).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let sandbox_id = sandbox::sandbox_id(id, b.spec.annotations().as_ref())
             .map_err(Error::InvalidArgument)?;
-        let (sb, _launched) = self.sandbox_for(&sandbox_id, &b.spec)?;
+        let (sb, launched) = self.sandbox_for(&sandbox_id, &b.spec)?;
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -523,6 +553,11 @@ impl Inner {
         };
         let io = (|| {
             let mut guest_spec = b.spec.clone();
+            // The sandbox container's netns is the VM's network (the host's path never
+            // reaches the guest); the pod's others name it by the task pid.
+            if launched || *id == sb.id {
+                sb.net.guest_spec(&mut guest_spec);
+            }
             self.guest_namespaces(&sb, id, &mut guest_spec)?;
             husk::cgroups::spec_for_guest(&mut guest_spec);
             share::stage(&sb.share, id, &b.dir, &b.rootfs, &mut guest_spec)?;
@@ -615,8 +650,11 @@ impl Inner {
     /// own (`/proc/<task pid>/ns/<type>`: CRI puts a pod's containers in
     /// its sandbox's IPC, UTS, network, maybe pid namespaces; the task pid is
     /// the VMM's) become the sandbox container's in the guest; any other
-    /// host namespace (CRI's network namespace file) cannot be joined from a
-    /// VM, and the container gets a new one.
+    /// host namespace cannot be joined from a VM, and the container gets a
+    /// new one. The sandbox container's network namespace was settled before
+    /// (Net::guest_spec): with a carried network it has none in the guest, so
+    /// `/proc/<its guest pid>/ns/net` is the guest's initial one, where the
+    /// carried links are, and the pod's containers join that.
     fn guest_namespaces(
         &self,
         sb: &Sandbox,
@@ -630,20 +668,12 @@ impl Inner {
         else {
             return Ok(());
         };
-        let own = PathBuf::from(format!("/proc/{}/ns", sb.vmm_pid));
         let mut sandbox_pid = None;
         for ns in nss.iter_mut() {
             let Some(path) = ns.path().clone() else {
                 continue;
             };
-            let name = path
-                .strip_prefix(&own)
-                .ok()
-                .and_then(|r| r.to_str())
-                .filter(|n| {
-                    ["net", "ipc", "uts", "pid", "mnt", "user", "cgroup", "time"].contains(n)
-                });
-            match name {
+            match sandbox_namespace(&path, sb.vmm_pid) {
                 Some(name) if sb.id != id => {
                     let pid = match sandbox_pid {
                         Some(p) => p,
@@ -667,6 +697,28 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// The sandbox container's start: a network the engine set up in the
+    /// task pid's netns since Create (a sandbox with a new netns: CNI of
+    /// `ctr run --cni`, a prestart hook) is joined to the VM's spare NIC and
+    /// given to the container in the guest, before its process runs.
+    fn late_network(&self, sb: &Sandbox, id: &str) -> Result<()> {
+        if id != sb.id || sb.net != Net::New {
+            return Ok(());
+        }
+        let Some(config) = network::late_attach(sb.vmm_pid)? else {
+            return Ok(());
+        };
+        info!(
+            "container {id}: the network set up in /proc/{}/ns/net after create goes to the guest",
+            sb.vmm_pid
+        );
+        sb.expect_ok(&Request::ConfigureContainerNetwork {
+            id: id.to_string(),
+            network: Box::new(config),
+        })
+        .map_err(|e| Error::Internal(format!("guest network: {e}")))
     }
 
     /// The guest pid of the sandbox container's init.
@@ -713,6 +765,7 @@ impl Inner {
         };
         let started = match &p.exec_id {
             None => run_hooks(&req.id, sb.vmm_pid, hooks.as_ref(), Kind::StartContainer)
+                .and_then(|()| self.late_network(&sb, &req.id))
                 .inspect_err(|_| {
                     // The process never runs: the container ends, as a runc
                     // init whose startContainer hook fails does.
@@ -858,6 +911,11 @@ impl Inner {
         let c = lock(&self.containers).remove(id);
         if let Some(sb) = &sb {
             rootfs::unstage(&sb.share, id);
+            // The sandbox container goes: the engine tears the pod's network
+            // down next, and our redirects must not be in its way.
+            if sb.id == id {
+                sb.disconnect_net();
+            }
         }
         if let Some(c) = &c {
             if c.rootfs_mounted {
@@ -1156,6 +1214,17 @@ impl Inner {
     }
 }
 
+/// The namespace type a path names if it is one of the sandbox's own,
+/// `/proc/<task pid>/ns/<type>` (the task pid is husk-vmm's); None for any
+/// other host namespace file.
+fn sandbox_namespace(path: &Path, vmm_pid: u32) -> Option<&str> {
+    let own = PathBuf::from(format!("/proc/{vmm_pid}/ns"));
+    path.strip_prefix(&own)
+        .ok()
+        .and_then(|r| r.to_str())
+        .filter(|n| ["net", "ipc", "uts", "pid", "mnt", "user", "cgroup", "time"].contains(n))
+}
+
 /// Records the guest's OOM-kill counter; true if it went up since the
 /// last report. The counter is the guest's word: only an increase over the
 /// highest value seen counts (a counter that drops and climbs again is not
@@ -1321,7 +1390,26 @@ impl Task for Service {
 
 #[cfg(test)]
 mod tests {
-    use super::oom_increase;
+    use super::{oom_increase, sandbox_namespace};
+    use std::path::Path;
+
+    #[test]
+    fn sandbox_namespaces_are_named_by_the_task_pid() {
+        fn ns(p: &str) -> Option<&str> {
+            sandbox_namespace(Path::new(p), 4242)
+        }
+        assert_eq!(ns("/proc/4242/ns/net"), Some("net"));
+        assert_eq!(ns("/proc/4242/ns/ipc"), Some("ipc"));
+        assert_eq!(ns("/proc/4242/ns/uts"), Some("uts"));
+        // Another process's, CRI's netns file, or not a namespace at all.
+        assert_eq!(ns("/proc/42/ns/net"), None);
+        assert_eq!(ns("/proc/42421/ns/net"), None);
+        assert_eq!(ns("/var/run/netns/cni-1"), None);
+        assert_eq!(ns("/proc/4242/ns/../ns/net"), None);
+        assert_eq!(ns("/proc/4242/ns/net/x"), None);
+        assert_eq!(ns("/proc/4242/ns/bogus"), None);
+        assert_eq!(ns("/proc/4242/ns"), None);
+    }
 
     #[test]
     fn oom_events_need_a_real_increase() {
