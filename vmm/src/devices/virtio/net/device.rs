@@ -164,6 +164,20 @@ impl Net {
         )
     }
 
+    /// The tap is gone: no more RX, and the guest is told the link is down.
+    pub(crate) fn tap_gone(&mut self) {
+        if self.tap_failed {
+            return;
+        }
+        self.tap_failed = true;
+        self.config[6..8].copy_from_slice(&0u16.to_le_bytes());
+        if let Some(a) = self.active.as_ref() {
+            if let Err(e) = a.interrupt.signal_config_change() {
+                log::error!("net: cannot signal the link change: {e}");
+            }
+        }
+    }
+
     /// Sets the acked offloads on the tap, once per activation.
     pub(crate) fn apply_offload(&mut self) {
         if let Some(flags) = self.offload_pending.take() {
@@ -243,7 +257,7 @@ impl Net {
                             // Not retried: a level-triggered tap that keeps
                             // failing would spin the worker.
                             metrics.rx_tap_errors += 1;
-                            log::error!("net: tap read failed: {e}; the device stops");
+                            log::error!("net: tap read failed: {e}; RX stops");
                             *tap_failed = true;
                         }
                         break;
@@ -271,7 +285,6 @@ impl Net {
             tap,
             metrics,
             broken,
-            tap_failed,
             tx_blocked,
             acked_features,
             ..
@@ -279,7 +292,10 @@ impl Net {
         let Some(a) = active.as_mut() else {
             return;
         };
-        if *broken || *tap_failed || *tx_blocked {
+        // With a failed tap the chains are still consumed (the writes fail
+        // and the frames are dropped, as on a link that is down): a guest
+        // whose TX queue never drains would time out and reset the device.
+        if *broken || *tx_blocked {
             return;
         }
         let mem = &a.mem;

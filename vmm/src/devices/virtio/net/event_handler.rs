@@ -49,11 +49,8 @@ impl Net {
         match r {
             Ok(()) => self.tap_interest = want,
             Err(e) => {
-                log::error!(
-                    "{}: cannot watch the tap: {e}; the device stops",
-                    self.name()
-                );
-                self.tap_failed = true;
+                log::error!("{}: cannot watch the tap: {e}; link down", self.name());
+                self.tap_gone();
             }
         }
     }
@@ -107,11 +104,8 @@ impl Net {
         if set.intersects(EventSet::ERROR | EventSet::HANG_UP) {
             // A detached tap (its device deleted, e.g. with the netns)
             // reports EPOLLERR for good.
-            log::error!(
-                "{}: the tap reports an error; the device stops",
-                self.name()
-            );
-            self.tap_failed = true;
+            log::error!("{}: the tap reports an error; link down", self.name());
+            self.tap_gone();
             return;
         }
         if set.contains(EventSet::OUT) {

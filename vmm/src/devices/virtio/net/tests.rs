@@ -397,6 +397,7 @@ fn rx_chain_shapes() {
 #[derive(Default)]
 struct TestInterrupt {
     used: AtomicUsize,
+    config: AtomicUsize,
 }
 
 impl Interrupt for TestInterrupt {
@@ -405,6 +406,7 @@ impl Interrupt for TestInterrupt {
         Ok(())
     }
     fn signal_config_change(&self) -> io::Result<()> {
+        self.config.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 }
@@ -1008,15 +1010,17 @@ fn check(r: libc::c_int, what: &str) -> io::Result<libc::c_int> {
 
 /// A tap `hkt0` (`tap_flags`, vnet header size left at the kernel's 10) in
 /// a fresh network namespace made on a dedicated thread, up, with a packet
-/// socket bound to it: what the tap's peer (the container's netns) sees.
+/// socket bound to it: what the tap's peer (the container's netns) sees;
+/// and the namespace.
 /// None where that cannot be done (not root, no /dev/net/tun).
-fn scratch_tap(tap_flags: libc::c_int) -> Option<(RawFd, OwnedFd)> {
-    let made = std::thread::spawn(move || -> io::Result<(RawFd, OwnedFd)> {
+fn scratch_tap(tap_flags: libc::c_int) -> Option<(RawFd, OwnedFd, OwnedFd)> {
+    let made = std::thread::spawn(move || -> io::Result<(RawFd, OwnedFd, OwnedFd)> {
         // SAFETY (whole block): plain syscalls on fds made here and local
         // structs of the sizes the ioctls take; unshare only affects this
         // (short-lived) thread.
         unsafe {
             check(libc::unshare(libc::CLONE_NEWNET), "unshare(CLONE_NEWNET)")?;
+            let ns = OwnedFd::from(std::fs::File::open("/proc/thread-self/ns/net")?);
             // No IPv6 autoconfiguration chatter on the tap.
             let _ = std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1");
             let tun = check(
@@ -1065,7 +1069,7 @@ fn scratch_tap(tap_flags: libc::c_int) -> Option<(RawFd, OwnedFd)> {
                 ),
                 "bind packet socket",
             )?;
-            Ok((tun.into_raw_fd(), p))
+            Ok((tun.into_raw_fd(), p, ns))
         }
     })
     .join()
@@ -1128,7 +1132,7 @@ fn fds_that_are_not_vnet_taps_are_refused() {
         Tap::from_inherited(closed),
         Err(NetError::NotOpen { .. })
     ));
-    let Some((fd, _p)) = scratch_tap(libc::IFF_TAP | libc::IFF_NO_PI) else {
+    let Some((fd, _p, _ns)) = scratch_tap(libc::IFF_TAP | libc::IFF_NO_PI) else {
         return;
     };
     // SAFETY: the fd is ours (from scratch_tap) and refused, so not taken.
@@ -1140,7 +1144,7 @@ fn fds_that_are_not_vnet_taps_are_refused() {
 
 #[test]
 fn tap_frames_both_ways() {
-    let Some((fd, packet)) = scratch_tap(libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR)
+    let Some((fd, packet, _ns)) = scratch_tap(libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR)
     else {
         return;
     };
@@ -1210,4 +1214,50 @@ fn tap_frames_both_ways() {
         (m.tx_frames, m.tx_tap_errors, m.tx_malformed_chains),
         (2, 0, 0)
     );
+}
+
+/// The tap's device is deleted under the VMM (its netns torn down): the
+/// guest is told the link is down, TX chains are still consumed (dropped),
+/// and the loop does not spin on the dead fd.
+#[test]
+fn a_deleted_tap_means_link_down() {
+    let Some((fd, _packet, ns)) = scratch_tap(libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR)
+    else {
+        return;
+    };
+    let mut h = Harness::new(Tap::from_inherited(fd).unwrap());
+    let mut em = h.event_loop();
+    h.activate();
+    h.push_rx(1526);
+    h.kicks[RXQ].write(1).unwrap();
+    settle(&mut em, 20);
+    let deleted = std::thread::spawn(move || {
+        // SAFETY: setns on this (short-lived) thread only; ip inherits it.
+        assert_eq!(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        std::process::Command::new("ip")
+            .args(["link", "del", "hkt0"])
+            .status()
+    })
+    .join()
+    .unwrap();
+    match deleted {
+        Ok(s) if s.success() => {}
+        other => {
+            eprintln!("skipped: cannot delete the tap: {other:?}");
+            return;
+        }
+    }
+    assert!(settle(&mut em, 50) <= 2);
+    let mut status = [0u8; 2];
+    h.dev().read_config(6, &mut status);
+    assert_eq!(status, [0, 0], "link down");
+    assert_eq!(h.irq.config.load(Ordering::SeqCst), 1);
+    let head = h.push_tx(VnetHdr::default(), &frame(60, 1));
+    h.kicks[TXQ].write(1).unwrap();
+    assert!(settle(&mut em, 20) <= 2);
+    assert_eq!(h.used(TXQ), vec![(head.into(), 0)]);
+    assert_eq!(h.dev().metrics().tx_tap_errors, 1);
 }
