@@ -93,6 +93,10 @@ pub fn split(forward: Option<libc::c_int>, cleanup: Vec<PathBuf>) -> Result<(), 
             }
             child => {
                 libc::close(pipe[0]);
+                // The waiter stays outside the jail and needs no descriptor
+                // but its end of the pipe: the --net taps go with the VMM.
+                // Best effort: the waiter must reach its loop whatever happens.
+                let _ = super::fds::close_inherited(&[pipe[1]]);
                 wait(child, &set, forward, cleanup)
             }
         }
