@@ -129,12 +129,8 @@ pub fn run(store: &Store, id: &str, sync: OwnedFd) -> ! {
     let mut running = match started {
         Ok(r) => r,
         Err(e) => {
-            if let Ok(req) = store
-                .dir(id)
-                .map_err(|e| e.to_string())
-                .and_then(|d| load_create_request(&d))
-            {
-                let _ = crate::network::disconnect(&req.spec);
+            if let Ok(dir) = store.dir(id) {
+                let _ = crate::network::disconnect_recorded(&dir);
             }
             let _ = writeln!(sync, "error: {e}");
             std::process::exit(1);
@@ -146,19 +142,15 @@ pub fn run(store: &Store, id: &str, sync: OwnedFd) -> ! {
         stdio::detach_std();
     }
     let status = running.wait();
-    let spec = running.spec.take();
+    let dir = running.dir.clone();
     running.finish();
     // The taps went with the VM; the redirects on the engine's links go now.
-    if let Some(spec) = spec {
-        let _ = crate::network::disconnect(&spec);
-    }
+    let _ = crate::network::disconnect_recorded(&dir);
     die_like(status)
 }
 
 struct Running {
     dir: PathBuf,
-    /// The bundle's spec, for the network teardown once the VM is gone.
-    spec: Option<oci_spec::runtime::Spec>,
     /// The terminal went to `--console-socket`: our stdio is unused.
     console: bool,
     vm: Vm,
@@ -195,10 +187,14 @@ fn setup(store: &Store, dir: &Path, req: &CreateRequest) -> Result<Running, Stri
     // The engine's netns, carried to taps (crate::network); `run` undoes it on failure.
     let (mut carried, mut spares) =
         match crate::network::requested(&req.spec).map_err(|e| e.to_string())? {
-            crate::network::Plan::Join(path) => (
-                crate::network::Carried::connect(&path).map_err(|e| e.to_string())?,
-                None,
-            ),
+            crate::network::Plan::Join(path) => {
+                let carried = crate::network::Carried::connect(&path).map_err(|e| e.to_string())?;
+                if carried.is_some() {
+                    // Ours to undo from here on (`run` on failure, `delete`).
+                    crate::network::record(dir, &path).map_err(|e| e.to_string())?;
+                }
+                (carried, None)
+            }
             crate::network::Plan::New => (
                 None,
                 Some(
@@ -328,7 +324,6 @@ fn setup(store: &Store, dir: &Path, req: &CreateRequest) -> Result<Running, Stri
     store.save(&state).map_err(|e| e.to_string())?;
     Ok(Running {
         dir: dir.to_path_buf(),
-        spec: Some(req.spec.clone()),
         console: req.console_socket.is_some(),
         vm,
         events,

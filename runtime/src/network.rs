@@ -267,18 +267,36 @@ pub fn guest_spec(spec: &mut Spec, carried: bool) {
     }
 }
 
-/// Removes what [`Carried::connect`] made in the spec's netns, if it names one. A netns that is
-/// gone is fine.
-pub fn disconnect(spec: &Spec) -> Result<(), NetworkError> {
-    let path = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network))
-        .and_then(|n| n.path().clone())
-        .filter(|p| !p.as_os_str().is_empty());
-    match path {
-        Some(p) => Ok(husk_net::disconnect(&p)?),
+/// Where a state directory records the netns its VM carries (see [`record`]).
+fn record_file(dir: &Path) -> PathBuf {
+    dir.join("netns")
+}
+
+/// Records in state directory `dir` that its VM carries the links of `netns`, once
+/// [`Carried::connect`] succeeded: whoever cleans up after a process that died (a killed
+/// monitor or shim) undoes exactly that with [`disconnect_recorded`], and a create that failed
+/// before (e.g. on a netns another VM carries) never touches that netns.
+pub fn record(dir: &Path, netns: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    std::fs::write(record_file(dir), netns.as_os_str().as_bytes())
+}
+
+/// What [`record`] recorded in `dir`, if anything.
+pub fn recorded(dir: &Path) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = std::fs::read(record_file(dir)).ok()?;
+    (!bytes.is_empty()).then(|| PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+}
+
+/// Removes our taps and redirects from `netns`. A netns that is gone is fine.
+pub fn disconnect(netns: &Path) -> Result<(), NetworkError> {
+    Ok(husk_net::disconnect(netns)?)
+}
+
+/// [`disconnect`] of the netns recorded in `dir`, if any.
+pub fn disconnect_recorded(dir: &Path) -> Result<(), NetworkError> {
+    match recorded(dir) {
+        Some(p) => disconnect(&p),
         None => Ok(()),
     }
 }

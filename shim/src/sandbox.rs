@@ -96,25 +96,11 @@ fn vm_dir(dir: &Path) -> PathBuf {
 fn pid_file(dir: &Path) -> PathBuf {
     dir.join("vmm.pid")
 }
-/// The netns whose links the VM carries, for the cleanup after a shim that died.
-fn netns_file(dir: &Path) -> PathBuf {
-    dir.join("netns")
-}
-
 /// Records that the sandbox's VM carries the links of `netns` (a shim that dies cannot undo
 /// that itself; [`cleanup_dead`] does).
 pub fn record_netns(dir: &Path, netns: &Path) -> Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let file = netns_file(dir);
-    std::fs::write(&file, netns.as_os_str().as_bytes())
-        .map_err(|e| Error::internal(&format!("cannot write {}", file.display()), e))
-}
-
-/// What [`record_netns`] recorded in `dir`, if anything.
-fn recorded_netns(dir: &Path) -> Option<PathBuf> {
-    use std::os::unix::ffi::OsStringExt;
-    let bytes = std::fs::read(netns_file(dir)).ok()?;
-    (!bytes.is_empty()).then(|| PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+    husk::network::record(dir, netns)
+        .map_err(|e| Error::internal(&format!("cannot record the netns in {}", dir.display()), e))
 }
 
 enum Cmd {
@@ -417,7 +403,7 @@ pub fn cleanup_dead(dir: &Path) -> Option<u32> {
     if let Err(e) = husk::cgroups::remove(dir) {
         warn!("{e}");
     }
-    if let Some(netns) = recorded_netns(dir) {
+    if let Some(netns) = husk::network::recorded(dir) {
         network::disconnect(&netns);
     }
     remove(dir);
@@ -459,10 +445,10 @@ mod tests {
     fn carried_netns_is_recorded_for_a_dead_shims_cleanup() {
         let dir = std::env::temp_dir().join(format!("husk-shim-netns-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        assert_eq!(recorded_netns(&dir), None);
+        assert_eq!(husk::network::recorded(&dir), None);
         record_netns(&dir, Path::new("/var/run/netns/cni-1 x")).unwrap();
         assert_eq!(
-            recorded_netns(&dir),
+            husk::network::recorded(&dir),
             Some(PathBuf::from("/var/run/netns/cni-1 x"))
         );
         // The cleanup tolerates a netns that is gone, and removes the directory.

@@ -75,9 +75,7 @@ fn husk_config() -> anyhow::Result<husk::config::Resolved> {
 /// Removes a container's state directory and everything staged in it.
 fn cleanup(dir: &Path) -> anyhow::Result<()> {
     // The monitor undoes its network setup when the VM ends; after a SIGKILL it could not.
-    if let Ok(req) = monitor::load_create_request(dir) {
-        husk::network::disconnect(&req.spec)?;
-    }
+    husk::network::disconnect_recorded(dir)?;
     husk::cgroups::remove(dir)?;
     share::teardown(&monitor::share_dir(dir))?;
     let vm_dir = monitor::vm_dir(dir);
