@@ -244,8 +244,15 @@ impl Net {
                         queue.go_to_previous_position();
                         continue;
                     }
+                    Ok(_) if !bufs.fix_header(*acked_features) => {
+                        count_and_warn_once!(
+                            metrics.rx_frames_unacked_offload,
+                            "net: dropped a frame with an offload the guest did not ack"
+                        );
+                        queue.go_to_previous_position();
+                        continue;
+                    }
                     Ok(n) => {
-                        bufs.fix_header(*acked_features);
                         metrics.rx_frames += 1;
                         metrics.rx_bytes += (n - VNET_HDR_LEN) as u64;
                         // n <= capacity <= VNET_HDR_LEN + MAX_FRAME_LEN.

@@ -10,9 +10,9 @@
 //! against come from the descriptors, read once here.
 
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
-    VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE,
-    VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
 };
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{GuestAddress, GuestMemory, VolatileSlice};
@@ -162,13 +162,30 @@ pub fn check_tx_header(h: &VnetHdr, frame_len: usize, acked: u64) -> Result<(), 
 /// The RX header as the guest gets it: the tap fills the first 10 bytes and
 /// skips `num_buffers`, which is 1 without MRG_RXBUF (spec 5.1.6.4). A
 /// checksum hint (DATA_VALID) only with GUEST_CSUM acked: else the spec
-/// wants flags 0 (the tap then has no TUN_F_CSUM and never sends
-/// NEEDS_CSUM or GSO frames).
-pub fn fix_rx_header(h: &mut [u8; VNET_HDR_LEN], acked: u64) {
-    if acked & bit(VIRTIO_NET_F_GUEST_CSUM) == 0 {
-        h[0] &= !(VIRTIO_NET_HDR_F_DATA_VALID as u8 | VIRTIO_NET_HDR_F_NEEDS_CSUM as u8);
+/// wants flags 0. Returns false for a frame the guest cannot take: a
+/// partial checksum or a GSO type it did not ack (the tap's offloads follow
+/// the acked features, but frames queued before a renegotiation do not).
+pub fn fix_rx_header(h: &mut [u8; VNET_HDR_LEN], acked: u64) -> bool {
+    let guest_csum = acked & bit(VIRTIO_NET_F_GUEST_CSUM) != 0;
+    if u32::from(h[0]) & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 && !guest_csum {
+        return false;
+    }
+    let gso_ok = match u32::from(h[1]) {
+        VIRTIO_NET_HDR_GSO_NONE => true,
+        VIRTIO_NET_HDR_GSO_TCPV4 => acked & bit(VIRTIO_NET_F_GUEST_TSO4) != 0,
+        VIRTIO_NET_HDR_GSO_TCPV6 => acked & bit(VIRTIO_NET_F_GUEST_TSO6) != 0,
+        // UFO, USO and ECN are never offered (nor set on the tap).
+        _ => false,
+    };
+    if !gso_ok {
+        return false;
+    }
+    if !guest_csum {
+        // Only hints are left (DATA_VALID): dropped.
+        h[0] = 0;
     }
     h[10..12].copy_from_slice(&1u16.to_le_bytes());
+    true
 }
 
 /// A descriptor chain the device cannot use.
@@ -285,8 +302,9 @@ pub struct RxBuffers<'m> {
 }
 
 impl RxBuffers<'_> {
-    /// Reads the header the tap wrote, fixes it, writes it back.
-    pub fn fix_header(&self, acked: u64) {
+    /// Reads the header the tap wrote, fixes it, writes it back; false (and
+    /// nothing written) for a frame the guest cannot take (see [`fix_rx_header`]).
+    pub fn fix_header(&self, acked: u64) -> bool {
         let mut h = [0u8; VNET_HDR_LEN];
         let mut got = 0;
         for s in &self.slices {
@@ -295,7 +313,9 @@ impl RxBuffers<'_> {
                 break;
             }
         }
-        fix_rx_header(&mut h, acked);
+        if !fix_rx_header(&mut h, acked) {
+            return false;
+        }
         let mut put = 0;
         for s in &self.slices {
             let n = s.len().min(VNET_HDR_LEN - put);
@@ -305,6 +325,7 @@ impl RxBuffers<'_> {
                 break;
             }
         }
+        true
     }
 }
 

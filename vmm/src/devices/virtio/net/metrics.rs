@@ -19,6 +19,9 @@ pub struct NetMetrics {
     pub rx_malformed_chains: u64,
     /// Frames from the tap larger than the RX chain they were read into: dropped.
     pub rx_frames_too_big: u64,
+    /// Frames from the tap with a partial checksum or GSO type the guest did
+    /// not ack (queued before a renegotiation): dropped.
+    pub rx_frames_unacked_offload: u64,
     /// Frames the tap refused (other than EAGAIN): dropped, chain used.
     pub tx_tap_errors: u64,
     /// Tap reads that failed (other than EAGAIN).

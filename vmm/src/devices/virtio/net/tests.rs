@@ -187,13 +187,61 @@ fn rx_header_fix() {
     b[10] = 0xaa;
     b[11] = 0xbb;
     let mut with = b;
-    fix_rx_header(&mut with, ACKED);
+    assert!(fix_rx_header(&mut with, ACKED));
     assert_eq!(with[0], VIRTIO_NET_HDR_F_DATA_VALID as u8);
     assert_eq!(&with[10..], &[1, 0]);
     // Without GUEST_CSUM the guest gets no checksum hints.
-    fix_rx_header(&mut b, VIRTIO_F_VERSION_1);
+    assert!(fix_rx_header(&mut b, VIRTIO_F_VERSION_1));
     assert_eq!(b[0], 0);
     assert_eq!(&b[10..], &[1, 0]);
+    // Offloads the guest did not ack: refused, header untouched.
+    let tso4 = hdr(
+        VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        VIRTIO_NET_HDR_GSO_TCPV4,
+        54,
+        1448,
+        34,
+        16,
+    );
+    let partial = hdr(VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, 34, 6);
+    let cases = [
+        (tso4, ACKED, true),
+        (tso4, ACKED & !bit(VIRTIO_NET_F_GUEST_TSO4), false),
+        (tso4, VIRTIO_F_VERSION_1, false),
+        (partial, ACKED, true),
+        (partial, ACKED & !bit(VIRTIO_NET_F_GUEST_CSUM), false),
+        (
+            VnetHdr {
+                gso_type: VIRTIO_NET_HDR_GSO_TCPV6 as u8,
+                ..tso4
+            },
+            ACKED & !bit(VIRTIO_NET_F_GUEST_TSO6),
+            false,
+        ),
+        (
+            VnetHdr {
+                gso_type: (VIRTIO_NET_HDR_GSO_TCPV4 | VIRTIO_NET_HDR_GSO_ECN) as u8,
+                ..tso4
+            },
+            u64::MAX,
+            false,
+        ),
+        (
+            VnetHdr {
+                gso_type: VIRTIO_NET_HDR_GSO_UDP as u8,
+                ..tso4
+            },
+            u64::MAX,
+            false,
+        ),
+    ];
+    for (i, (h, acked, ok)) in cases.into_iter().enumerate() {
+        let mut b = h.to_bytes();
+        assert_eq!(fix_rx_header(&mut b, acked), ok, "case {i}");
+        if !ok {
+            assert_eq!(b, h.to_bytes(), "case {i}");
+        }
+    }
 }
 
 #[test]
@@ -386,7 +434,7 @@ fn rx_chain_shapes() {
         .unwrap();
     mem.write_slice(&[0, 0, 0, 0xee, 0xee, 0x55], GuestAddress(0x40_0000))
         .unwrap();
-    bufs.fix_header(ACKED);
+    assert!(bufs.fix_header(ACKED));
     let mut h = [0u8; 6];
     mem.read_slice(&mut h, GuestAddress(0x40_0000)).unwrap();
     assert_eq!(h, [0, 0, 0, 1, 0, 0x55]);
@@ -806,6 +854,36 @@ fn rx_frames_land_in_guest_chains_with_a_header() {
     assert_eq!(&got[12..], &f[..]);
     let m = h.dev().metrics();
     assert_eq!((m.rx_frames, m.rx_bytes), (1, 98));
+}
+
+/// A GSO frame for a guest that did not ack guest TSO (queued in the tap
+/// before a renegotiation) is dropped; the chain takes the next frame.
+#[test]
+fn rx_frames_with_unacked_offloads_are_dropped() {
+    let (tap, peer) = socket_backend();
+    let mut h = Harness::new(tap);
+    h.dev()
+        .set_acked_features(VIRTIO_F_VERSION_1 | bit(VIRTIO_NET_F_MAC));
+    h.activate();
+    let (head, addr) = h.push_rx(1526);
+    let gso = hdr(
+        VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        VIRTIO_NET_HDR_GSO_TCPV4,
+        54,
+        1448,
+        34,
+        16,
+    );
+    for (hd, f) in [(gso, frame(1000, 1)), (VnetHdr::default(), frame(64, 2))] {
+        let mut d = hd.to_bytes().to_vec();
+        d.extend(f);
+        peer.send(&d).unwrap();
+    }
+    h.dev().process_rx();
+    assert_eq!(h.used(RXQ), vec![(head.into(), 76)]);
+    assert_eq!(h.read(addr + 12, 64), frame(64, 2));
+    let m = h.dev().metrics();
+    assert_eq!((m.rx_frames, m.rx_frames_unacked_offload), (1, 1));
 }
 
 #[test]
