@@ -66,9 +66,16 @@ command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found af
 cache=${HUSK_CACHE_DIR:-/var/cache/husk}/test-host
 mkdir -p "$cache"
 # Modules to load, in this order (dependencies are resolved from modules.dep as well).
+# The networking line is what container networking in the tests needs: podman's netavark
+# (bridge, veth, iptables-nft NAT and port forwarding), husk's tap + tc redirect (tun,
+# sch_ingress, cls_u32, act_mirred), and a dummy link standing in for the host's own address.
 wanted="virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio virtio_pci 9pnet 9pnet_virtio
   netfs fscache 9p overlay irqbypass kvm ccp kvm-amd tun vsock vmw_vsock_virtio_transport_common
-  vhost_iotlb vhost vhost_vsock fuse"
+  vhost_iotlb vhost vhost_vsock fuse
+  bridge br_netfilter veth dummy sch_ingress cls_u32 act_mirred nfnetlink nf_conntrack nf_nat
+  nf_tables nft_compat nft_chain_nat nft_ct nft_nat nft_masq nft_redir nft_reject_inet
+  xt_addrtype xt_comment xt_conntrack xt_MASQUERADE xt_mark xt_nat xt_tcpudp xt_multiport
+  ip_tables iptable_nat iptable_filter ip6_tables ip6table_nat ip6table_filter"
 required="9p 9pnet_virtio virtio_pci kvm kvm-amd"
 
 kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}' || true)
@@ -82,7 +89,8 @@ if [ -z "$kpkg" ]; then
   [ -n "$kdir" ] || die "cannot resolve linux-image-amd64 (no apt lists, no network?) and nothing is cached in $cache"
   kdir=${kdir%/}
 else
-  kdir=$cache/$kpkg
+  # Keyed by the module list too: a cache made before a module was added lacks it.
+  kdir=$cache/$kpkg-$(echo "$wanted" | sha256sum | cut -c1-12)
 fi
 
 exec 8>"$cache/.lock"; flock 8
