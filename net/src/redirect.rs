@@ -151,15 +151,14 @@ fn connect_links(
                 tap_index
             }
             (Taps::Existing, Some(l)) if is_tun(l) => l.header.index,
-            (Taps::Existing, _) => {
-                return Err(NetError::Tap {
-                    name,
-                    source: io::Error::new(
-                        io::ErrorKind::NotFound,
-                        "no spare tap of that name (the VM has fewer spare NICs than links)",
-                    ),
-                })
-            }
+            (Taps::Existing, _) => return Err(NetError::Tap {
+                name,
+                source: io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "no spare tap of that name: the VM has fewer spare NICs than links, or none \
+                         (a spare needs /dev/net/tun when the container is created)",
+                ),
+            }),
         };
         configure_tap(rtnl, tap_index, want.mtu)?;
 

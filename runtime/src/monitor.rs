@@ -195,12 +195,11 @@ fn setup(store: &Store, dir: &Path, req: &CreateRequest) -> Result<Running, Stri
                 }
                 (carried, None)
             }
+            // Without tun (no spare) the container runs; only a network the engine sets up
+            // later cannot reach it, and `start` says so.
             crate::network::Plan::New => (
                 None,
-                Some(
-                    crate::network::Spares::prepare(Path::new("/proc/self/ns/net"))
-                        .map_err(|e| e.to_string())?,
-                ),
+                crate::network::Spares::prepare(Path::new("/proc/self/ns/net")).ok(),
             ),
         };
     spec.nics = match (&carried, &spares) {

@@ -379,17 +379,18 @@ impl Host {
         out
     }
 
-    /// Networking is not wired into husk yet: tun is only told about.
+    /// Every network carried into a VM goes through a tap (docs/architecture.md, "Networking").
     fn tun(&self) -> Check {
         let tun = self.path("/dev/net/tun");
         match std::fs::metadata(&tun) {
             Ok(m) if m.file_type().is_char_device() => {
-                info("tun", "/dev/net/tun present (for guest networking)")
+                ok("tun", "/dev/net/tun present (guest networking)")
             }
-            _ => info(
+            _ => fail(
                 "tun",
-                "no /dev/net/tun: guest networking (not wired into husk yet) will need it \
-                 (modprobe tun)",
+                "no /dev/net/tun: containers on an engine's network (podman, Docker, CNI) \
+                 cannot be created",
+                "modprobe tun",
             ),
         }
     }
