@@ -112,12 +112,14 @@ impl Setup {
                     Error::internal("cannot make a network namespace for the VM", e)
                 })?;
                 let path = PathBuf::from(format!("/proc/self/fd/{}", netns.as_raw_fd()));
-                let spares = Spares::prepare(&path).map_err(create_error)?;
+                // As in the husk CLI: without tun there is no spare, and only a network set
+                // up after Create cannot be carried (Start says so).
+                let spares = Spares::prepare(&path).ok();
                 Ok(Setup {
                     net: Net::New,
                     netns: Arc::new(netns),
                     carried: None,
-                    spares: Some(spares),
+                    spares,
                 })
             }
         }
