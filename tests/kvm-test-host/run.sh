@@ -69,10 +69,12 @@ mkdir -p "$cache"
 # The networking line is what container networking in the tests needs: podman's netavark
 # (bridge, veth, iptables-nft NAT and port forwarding), husk's tap + tc redirect (tun,
 # sch_ingress, cls_u32, act_mirred), and a dummy link standing in for the host's own address.
+# crc32c_generic before nf_conntrack: its libcrc32c asks the crypto API for crc32c at load,
+# and nothing here runs modprobe to load it on demand.
 wanted="virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio virtio_pci 9pnet 9pnet_virtio
   netfs fscache 9p overlay irqbypass kvm ccp kvm-amd tun vsock vmw_vsock_virtio_transport_common
   vhost_iotlb vhost vhost_vsock fuse
-  bridge br_netfilter veth dummy sch_ingress cls_u32 act_mirred nfnetlink nf_conntrack nf_nat
+  bridge br_netfilter veth dummy sch_ingress cls_u32 act_mirred nfnetlink crc32c_generic nf_conntrack nf_nat
   nf_tables nft_compat nft_chain_nat nft_ct nft_nat nft_masq nft_redir nft_reject_inet
   xt_addrtype xt_comment xt_conntrack xt_MASQUERADE xt_mark xt_nat xt_tcpudp xt_multiport
   ip_tables iptable_nat iptable_filter ip6_tables ip6table_nat ip6table_filter"

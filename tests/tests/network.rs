@@ -204,6 +204,7 @@ fn cli_picks_up_a_network_set_up_after_create() {
     ip(&format!(
         "link add {host_veth} type veth peer name eth0 netns {pid}"
     ));
+    let _veth = LinkGuard(host_veth.clone());
     ip(&format!("addr add 10.199.2.1/24 dev {host_veth}"));
     ip(&format!("link set {host_veth} up"));
     let inside = |args: &str| {
@@ -228,9 +229,6 @@ fn cli_picks_up_a_network_set_up_after_create() {
         "ip -o -4 addr show eth0; ip -o link | cut -d: -f2",
     ]);
     let text = out(&e);
-    let _ = Command::new("ip")
-        .args(["link", "del", &host_veth])
-        .status();
     assert!(e.status.success(), "exec: {}", err(&e));
     assert!(text.contains("inet 10.199.2.2/24"), "{text}");
     let links: Vec<&str> = text.lines().skip(1).map(str::trim).collect();
@@ -245,6 +243,15 @@ fn cli_picks_up_a_network_set_up_after_create() {
     );
     let o = h.run(&["delete", "--force", "late1"]);
     assert!(o.status.success(), "{}", err(&o));
+}
+
+/// Deletes a host link on drop (a test that fails must not leave it for the next).
+struct LinkGuard(String);
+
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
 }
 
 // ---- podman ------------------------------------------------------------------------------
@@ -381,10 +388,11 @@ fn podman_bridge_network() {
     assert!(body.contains("hello-from-husk"), "{body}");
     let dummy = format!("hd{}", std::process::id() % 100000);
     ip(&format!("link add {dummy} type dummy"));
+    let dummy_link = LinkGuard(dummy.clone());
     ip(&format!("addr add 192.0.2.7/24 dev {dummy}"));
     ip(&format!("link set {dummy} up"));
     let body = http_get("192.0.2.7:18080".parse().unwrap());
-    let _ = Command::new("ip").args(["link", "del", &dummy]).status();
+    drop(dummy_link);
     assert!(
         body.as_ref().is_ok_and(|b| b.contains("hello-from-husk")),
         "{body:?}"
