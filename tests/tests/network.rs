@@ -297,6 +297,34 @@ impl Drop for Network<'_> {
 
 /// The containers husk has state for under podman's runtime root (another test's may be
 /// there: each test compares with what it found).
+/// What is left of husk's state for containers not in `before`, and what `husk delete --force`
+/// says about each (for the failure message).
+fn leftover_report(p: &Podman, before: &[String]) -> String {
+    let mut r = String::new();
+    for id in husk_state(p).iter().filter(|i| !before.contains(i)) {
+        let dir = p.husk_root.join(id);
+        let files: Vec<String> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let o = Command::new(husk_tests::artifact("HUSK_BIN_DIR").join("husk"))
+            .arg("--root")
+            .arg(&p.husk_root)
+            .args(["delete", "--force", id])
+            .output()
+            .unwrap();
+        r += &format!(
+            "\n{id}: files {files:?}; husk delete --force: {} {}",
+            o.status,
+            err(&o).trim()
+        );
+    }
+    r
+}
+
 fn husk_state(p: &Podman) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(&p.husk_root)
         .map(|d| {
@@ -454,11 +482,12 @@ fn podman_bridge_network() {
         !std::path::Path::new(&sandbox).exists(),
         "netavark's teardown left the netns {sandbox}"
     );
-    assert_eq!(
-        husk_state(p),
-        before,
-        "husk state left under {}",
-        p.husk_root.display()
+    let after = husk_state(p);
+    assert!(
+        after == before,
+        "husk state left under {}: {after:?} (before: {before:?}){}",
+        p.husk_root.display(),
+        leftover_report(p, &before)
     );
 }
 
@@ -518,10 +547,11 @@ fn podman_network_modes() {
         "{e}"
     );
     p.ok(&["rm", "-f", "-t", "0", first]);
-    assert_eq!(
-        husk_state(p),
-        before,
-        "husk state left under {}",
-        p.husk_root.display()
+    let after = husk_state(p);
+    assert!(
+        after == before,
+        "husk state left under {}: {after:?} (before: {before:?}){}",
+        p.husk_root.display(),
+        leftover_report(p, &before)
     );
 }
