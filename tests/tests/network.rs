@@ -316,6 +316,14 @@ fn leftover_report(p: &Podman, before: &[String]) -> String {
             .args(["delete", "--force", id])
             .output()
             .unwrap();
+        let ps = p.run(&[
+            "ps",
+            "-a",
+            "--no-trunc",
+            "--format",
+            "{{.ID}} {{.Names}} {{.Status}}",
+        ]);
+        r += &format!("\npodman ps -a: {}", out(&ps).trim());
         r += &format!(
             "\n{id}: files {files:?}; husk delete --force: {} {}",
             o.status,
@@ -482,6 +490,12 @@ fn podman_bridge_network() {
         !std::path::Path::new(&sandbox).exists(),
         "netavark's teardown left the netns {sandbox}"
     );
+    // podman removes `--rm` containers from its cleanup process, which may finish after
+    // `podman run` returned.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while husk_state(p) != before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let after = husk_state(p);
     assert!(
         after == before,
@@ -547,6 +561,12 @@ fn podman_network_modes() {
         "{e}"
     );
     p.ok(&["rm", "-f", "-t", "0", first]);
+    // podman removes `--rm` containers from its cleanup process, which may finish after
+    // `podman run` returned.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while husk_state(p) != before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let after = husk_state(p);
     assert!(
         after == before,
