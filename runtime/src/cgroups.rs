@@ -858,7 +858,9 @@ pub fn remove(state_dir: &Path) -> Result<(), CgroupError> {
     for (mnt, _, _) in hierarchies()? {
         let dir = mnt.join(&rel);
         kill_all(&dir);
-        let deadline = Instant::now() + Duration::from_secs(1);
+        // A killed VMM leaves the cgroup only once its guest memory and KVM state are torn
+        // down, which takes seconds on a slow (nested, emulated) host.
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match std::fs::remove_dir(&dir) {
                 Ok(()) => break,
