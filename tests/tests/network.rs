@@ -523,6 +523,29 @@ fn podman_network_modes() {
     ]);
     let links: Vec<&str> = links.lines().map(str::trim).collect();
     assert_eq!(links, ["lo"]);
+    // What podman does with the runtime around a --rm container that exits by itself.
+    let dbg = p.run(&[
+        "--log-level=debug",
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        IMAGE,
+        "true",
+    ]);
+    let podman_debug: Vec<String> = err(&dbg)
+        .lines()
+        .filter(|l| {
+            l.contains("husk") || l.contains("delete") || l.contains("emov") || l.contains("rror")
+        })
+        .map(|l| l.chars().take(300).collect())
+        .collect();
+    let after_dbg = husk_state(p);
+    assert!(
+        after_dbg == before,
+        "state left after a --rm container: {after_dbg:?}\n{}",
+        podman_debug.join("\n")
+    );
 
     let o = p.run(&["run", "--rm", "--network", "host", IMAGE, "true"]);
     assert!(!o.status.success(), "--network host ran");
