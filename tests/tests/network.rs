@@ -35,6 +35,14 @@ fn ip(args: &str) -> String {
     out(&o)
 }
 
+/// `ip ARGS` whose failure is expected (removing what an earlier run may have left).
+fn quiet(args: &[&str]) {
+    let _ = Command::new("ip")
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
 /// A named netns with a veth whose peer stays in the test host's netns: what an engine
 /// hands a runtime. Removed on drop.
 struct Netns {
@@ -48,10 +56,8 @@ impl Netns {
     fn new(tag: &str, addr: &str, gw: &str, mac: &str, mtu: u32) -> Netns {
         let name = format!("husk-{tag}-{}", std::process::id());
         let host_veth = format!("hv{tag}");
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        let _ = Command::new("ip")
-            .args(["link", "del", &host_veth])
-            .status();
+        quiet(&["netns", "del", &name]);
+        quiet(&["link", "del", &host_veth]);
         ip(&format!("netns add {name}"));
         ip(&format!(
             "link add {host_veth} mtu {mtu} type veth peer name eth0 mtu {mtu} netns {name}"
@@ -164,7 +170,7 @@ fn cli_carries_the_netns_into_the_guest() {
 fn cli_empty_and_new_netns_have_only_loopback() {
     let h = Husk::new("netlo");
     let name = format!("husk-lo-{}", std::process::id());
-    let _ = Command::new("ip").args(["netns", "del", &name]).status();
+    quiet(&["netns", "del", &name]);
     ip(&format!("netns add {name}"));
     let path = format!("/run/netns/{name}");
     let script = "ip -o link | cut -d: -f2; ping -c 1 -W 10 127.0.0.1 >/dev/null && echo LO-OK";
@@ -198,9 +204,7 @@ fn cli_picks_up_a_network_set_up_after_create() {
     let pid = st["pid"].as_i64().unwrap().to_string();
     // What an engine does with /proc/<pid>/ns/net between create and start.
     let host_veth = format!("hl{}", std::process::id() % 100000);
-    let _ = Command::new("ip")
-        .args(["link", "del", &host_veth])
-        .status();
+    quiet(&["link", "del", &host_veth]);
     ip(&format!(
         "link add {host_veth} type veth peer name eth0 netns {pid}"
     ));
