@@ -423,8 +423,8 @@ fn debootstrap_debian_runs_bash() {
 }
 
 /// The pid husk reports is where engines configure a new network namespace
-/// (`/proc/<pid>/ns/net` after create): it is a fresh, empty one whenever
-/// the spec asks for a new one, never the host's. Without a network
+/// (`/proc/<pid>/ns/net` after create): it is a fresh one (only lo and
+/// husk's spare tap) whenever the spec asks for a new one, never the host's. Without a network
 /// namespace in the spec (runc's host networking) create is refused: the
 /// container runs in its own VM, and pretending would hide that it has no
 /// network. A spec naming the host's netns by path is refused too.
@@ -445,7 +445,44 @@ fn reported_pid_is_never_in_the_host_netns() {
         .filter_map(|l| l.split(':').next())
         .map(str::trim)
         .collect();
-    assert_eq!(links, ["lo"], "not a fresh netns");
+    // Fresh: only lo, and husk's spare tap for a network the engine may add before start
+    // (docs/architecture.md, "Networking"), down and without addresses.
+    assert_eq!(links, ["lo", "hk0"], "not a fresh netns");
+    let ip = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-n",
+            "ip",
+            "-o",
+            "addr",
+            "show",
+            "dev",
+            "hk0",
+        ])
+        .output()
+        .unwrap();
+    assert!(ip.status.success(), "{}", err(&ip));
+    assert!(
+        !out(&ip).contains("inet"),
+        "the spare tap has an address: {}",
+        out(&ip)
+    );
+    let link = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-n",
+            "ip",
+            "-o",
+            "link",
+            "show",
+            "dev",
+            "hk0",
+        ])
+        .output()
+        .unwrap();
+    assert!(out(&link).contains("state DOWN"), "{}", out(&link));
     let o = h.run(&["delete", "--force", "nn1"]);
     assert!(o.status.success(), "{}", err(&o));
 
