@@ -74,6 +74,16 @@ pub fn check_activation(
     }
 }
 
+/// Reads a device's read-only config space at a guest-chosen `offset`: bytes past the end
+/// (or an offset beyond it) are left untouched, as the transport expects.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    let Some(rest) = usize::try_from(offset).ok().and_then(|o| config.get(o..)) else {
+        return;
+    };
+    let n = data.len().min(rest.len());
+    data[..n].copy_from_slice(&rest[..n]);
+}
+
 /// A virtio device model, independent of the transport.
 ///
 /// Called from vCPU threads (through the transport) and, for queue work, from the
