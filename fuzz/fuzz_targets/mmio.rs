@@ -18,7 +18,7 @@ use husk_fuzz::ring::{guest_memory, Mem, QueueT};
 use husk_vmm::devices::virtio::mmio::{MmioTransport, INT_USED_RING};
 use husk_vmm::devices::virtio::vsock::Vsock;
 use husk_vmm::devices::virtio::{
-    ActivateError, ActivatedQueue, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
+    ActivateError, ActivatedQueue, DeviceCommon, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 use husk_vmm::devices::BusDevice;
 use libfuzzer_sys::fuzz_target;
@@ -29,6 +29,7 @@ const MEM_SIZE: u64 = 1 << 20;
 
 /// A device that checks what the transport does to it.
 struct Probe {
+    common: DeviceCommon,
     sizes: Vec<u16>,
     features: u64,
     resettable: bool,
@@ -40,14 +41,11 @@ struct Probe {
 }
 
 impl VirtioDevice for Probe {
-    fn device_type(&self) -> u32 {
-        26
+    fn common(&self) -> &DeviceCommon {
+        &self.common
     }
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.sizes
-    }
-    fn avail_features(&self) -> u64 {
-        self.features
+    fn common_mut(&mut self) -> &mut DeviceCommon {
+        &mut self.common
     }
     fn set_acked_features(&mut self, f: u64) {
         assert_eq!(
@@ -140,7 +138,7 @@ fn run_one(data: &[u8]) {
     let mem = guest_memory(MEM_SIZE as usize);
     let dev = if sel & 1 == 0 {
         let nq = 1 + usize::from((sel >> 1) % 3);
-        let sizes = (0..nq)
+        let sizes: Vec<u16> = (0..nq)
             .map(|_| match c.u8() % 6 {
                 0 => 1,
                 1 => 2,
@@ -150,9 +148,12 @@ fn run_one(data: &[u8]) {
                 _ => c.u16(),
             })
             .collect();
+        let features = c.u64();
+        let common = DeviceCommon::new("probe", 26, features, &sizes, Vec::new()).expect("eventfd");
         Dev::Probe(Arc::new(Mutex::new(Probe {
+            common,
             sizes,
-            features: c.u64(),
+            features,
             resettable: sel & 0x10 != 0,
             fail_activation: sel & 0x20 != 0,
             active: false,

@@ -200,8 +200,7 @@ impl Run<'_> {
         }
         let model_ok = !model_err
             && in_memory
-            && frame_len >= ETH_HLEN
-            && frame_len <= MAX_FRAME_LEN
+            && (ETH_HLEN..=MAX_FRAME_LEN).contains(&frame_len)
             && model_header(&h, frame_len, acked);
         match r {
             Ok(f) => {

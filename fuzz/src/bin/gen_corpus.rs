@@ -961,10 +961,13 @@ fn net_header(dir: &Path) {
     put(dir, "refused-raw", &s.0 .0);
 }
 
+/// A fuzz target's name and the function that writes its seeds.
+type Target = (&'static str, fn(&Path));
+
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus");
     let only: Vec<String> = std::env::args().skip(1).collect();
-    let targets: [(&str, fn(&Path)); 5] = [
+    let targets: [Target; 5] = [
         ("agent_frame", agent_frame),
         ("fs_request", fs_request),
         ("mmio", mmio),

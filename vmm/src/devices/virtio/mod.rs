@@ -5,6 +5,7 @@
 //! memory and an [`Interrupt`] handle, and does its queue work on the VMM's event
 //! loop (it is an `event_manager::MutEventSubscriber`).
 
+pub mod common;
 pub mod fs;
 pub mod mmio;
 pub mod net;
@@ -17,6 +18,7 @@ use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::GuestMemoryMmap;
+pub use common::{Active, DeviceCommon, Kick};
 
 /// Feature bit every modern (non-legacy) device offers.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -87,20 +89,40 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
 /// A virtio device model, independent of the transport.
 ///
 /// Called from vCPU threads (through the transport) and, for queue work, from the
-/// event loop; implementors are shared as `Arc<Mutex<_>>`.
+/// event loop; implementors are shared as `Arc<Mutex<_>>`. What all devices keep
+/// alike lives in their [`DeviceCommon`], which the defaults below read.
 pub trait VirtioDevice: Send {
+    fn common(&self) -> &DeviceCommon;
+    fn common_mut(&mut self) -> &mut DeviceCommon;
     /// Virtio device id (`TYPE_*`).
-    fn device_type(&self) -> u32;
+    fn device_type(&self) -> u32 {
+        self.common().device_type()
+    }
     /// Maximum size of each queue; its length is the number of queues.
-    fn queue_max_sizes(&self) -> &[u16];
+    fn queue_max_sizes(&self) -> &[u16] {
+        self.common().queue_max_sizes()
+    }
     /// Feature bits offered to the driver.
-    fn avail_features(&self) -> u64;
+    fn avail_features(&self) -> u64 {
+        self.common().avail_features()
+    }
     /// Features the driver acknowledged (a subset of `avail_features`, enforced by the transport).
-    fn set_acked_features(&mut self, features: u64);
+    fn set_acked_features(&mut self, features: u64) {
+        self.common_mut().set_acked_features(features);
+    }
     /// Read device config space at `offset`; out-of-range bytes are left untouched.
-    fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// Write device config space; devices with read-only config ignore it.
-    fn write_config(&mut self, offset: u64, data: &[u8]);
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        self.common().read_config(offset, data);
+    }
+    /// Write device config space. Our devices' config is read-only (a virtio-net MAC
+    /// is writable only without VIRTIO_F_VERSION_1): the write is ignored.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        log::debug!(
+            "{}: ignoring guest write of {} bytes to read-only config at {offset}",
+            self.common().name(),
+            data.len()
+        );
+    }
     /// The driver set DRIVER_OK: start processing queues.
     fn activate(
         &mut self,

@@ -13,7 +13,7 @@ use super::request::RequestHandler;
 use super::worker::{ThreadStart, Worker, WorkerThread};
 use super::{FsError, FsOptions, NUM_QUEUES, QUEUE_MAX_SIZE, TAG_LEN};
 use crate::devices::virtio::{
-    check_activation, ActivateError, ActivatedQueue, Interrupt, VirtioDevice, TYPE_FS,
+    ActivateError, ActivatedQueue, DeviceCommon, Interrupt, VirtioDevice, TYPE_FS,
     VIRTIO_F_VERSION_1,
 };
 use crate::memory::GuestMemoryMmap;
@@ -34,9 +34,8 @@ pub(crate) static UMASK_LOCK: Mutex<()> = Mutex::new(());
 pub struct Fs {
     tag: String,
     shared_dir: PathBuf,
-    config: [u8; CONFIG_LEN],
-    queue_max_sizes: [u16; NUM_QUEUES],
-    acked_features: u64,
+    /// Features, queue sizes and config; the queues themselves go to the worker.
+    common: DeviceCommon,
     server: Arc<Server<ConfinedFs>>,
     counters: Arc<Counters>,
     worker: Option<WorkerThread>,
@@ -99,13 +98,21 @@ impl Fs {
         let mut config = [0u8; CONFIG_LEN];
         config[..tag.len()].copy_from_slice(tag.as_bytes());
         config[TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
+        // No device-specific features: no notification queue
+        // (VIRTIO_FS_F_NOTIFICATION), no indirect descriptors, no event index.
+        let common = DeviceCommon::new(
+            "virtio-fs",
+            TYPE_FS,
+            VIRTIO_F_VERSION_1,
+            &[QUEUE_MAX_SIZE; NUM_QUEUES],
+            config.to_vec(),
+        )
+        .map_err(FsError::EventFd)?;
         log::info!("virtio-fs: tag {tag:?} exports {}", path.display());
         Ok(Fs {
             tag: tag.to_owned(),
             shared_dir: path,
-            config,
-            queue_max_sizes: [QUEUE_MAX_SIZE; NUM_QUEUES],
-            acked_features: 0,
+            common,
             server: Arc::new(Server::new(fs)),
             counters: Arc::new(Counters::default()),
             worker: None,
@@ -137,7 +144,7 @@ impl Fs {
     }
 
     pub fn acked_features(&self) -> u64 {
-        self.acked_features
+        self.common.acked_features()
     }
 
     /// Counters of rejected/failed requests (see [`FsMetrics`]).
@@ -163,33 +170,12 @@ fn validate_tag(tag: &str) -> Result<(), FsError> {
 }
 
 impl VirtioDevice for Fs {
-    fn device_type(&self) -> u32 {
-        TYPE_FS
+    fn common(&self) -> &DeviceCommon {
+        &self.common
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_max_sizes
-    }
-
-    /// No device-specific features: no notification queue
-    /// (VIRTIO_FS_F_NOTIFICATION), no indirect descriptors, no event index.
-    fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features();
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        crate::devices::virtio::read_config_bytes(&self.config, offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::debug!(
-            "virtio-fs: ignoring guest write of {} bytes to read-only config at {offset}",
-            data.len()
-        );
+    fn common_mut(&mut self) -> &mut DeviceCommon {
+        &mut self.common
     }
 
     fn activate(
@@ -201,8 +187,7 @@ impl VirtioDevice for Fs {
         if self.is_activated() {
             return Err(ActivateError::Device("virtio-fs is already active".into()));
         }
-        check_activation("virtio-fs", NUM_QUEUES, &queues, &mem)?;
-        let (queues, kicks) = queues.into_iter().map(|q| (q.queue, q.kick)).unzip();
+        let (queues, kicks) = self.common.take_queues(&mem, queues)?;
         let worker = Worker {
             handler: RequestHandler::new(self.server.clone(), self.counters.clone()),
             mem,
@@ -229,7 +214,7 @@ impl VirtioDevice for Fs {
             thread.stop();
             log::info!("virtio-fs: tag {:?} reset", self.tag);
         }
-        self.acked_features = 0;
+        self.common.reset();
         true
     }
 }

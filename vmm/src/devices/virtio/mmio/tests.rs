@@ -4,11 +4,11 @@ use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::*;
-use crate::devices::virtio::ActivateError;
+use crate::devices::virtio::{ActivateError, DeviceCommon};
 
 /// A device that records what the transport gives it.
-#[derive(Default)]
 struct Probe {
+    common: DeviceCommon,
     acked: u64,
     activations: Vec<(usize, Vec<u16>)>,
     config: [u8; 8],
@@ -17,14 +17,11 @@ struct Probe {
 }
 
 impl VirtioDevice for Probe {
-    fn device_type(&self) -> u32 {
-        19
+    fn common(&self) -> &DeviceCommon {
+        &self.common
     }
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[256, 256, 64]
-    }
-    fn avail_features(&self) -> u64 {
-        1 << 3
+    fn common_mut(&mut self) -> &mut DeviceCommon {
+        &mut self.common
     }
     fn set_acked_features(&mut self, f: u64) {
         self.acked = f;
@@ -63,8 +60,12 @@ struct Fixture {
 fn fixture() -> Fixture {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
     let dev = Arc::new(Mutex::new(Probe {
+        common: DeviceCommon::new("probe", 19, 1 << 3, &[256, 256, 64], Vec::new()).unwrap(),
+        acked: 0,
+        activations: Vec::new(),
         config: 0x1122_3344_5566_7788u64.to_le_bytes(),
-        ..Default::default()
+        resettable: false,
+        interrupt: None,
     }));
     let irq = EventFd::new(EFD_NONBLOCK).unwrap();
     let t = MmioTransport::new(dev.clone(), mem, irq.try_clone().unwrap()).unwrap();

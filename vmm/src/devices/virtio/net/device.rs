@@ -10,16 +10,15 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU,
     VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{QueueOwnedT, QueueT};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::header::{self, VNET_HDR_LEN};
 use super::metrics::{count_and_warn_once, NetMetrics};
 use super::tap::Tap;
 use super::{NetError, BUDGET, NUM_QUEUES, QUEUE_MAX_SIZE, RXQ, TXQ};
 use crate::devices::virtio::{
-    check_activation, ActivateError, ActivatedQueue, Interrupt, VirtioDevice, TYPE_NET,
+    ActivateError, ActivatedQueue, DeviceCommon, Interrupt, VirtioDevice, TYPE_NET,
     VIRTIO_F_VERSION_1,
 };
 use crate::memory::GuestMemoryMmap;
@@ -47,15 +46,6 @@ pub fn tap_offload_flags(acked: u64) -> u32 {
     flags
 }
 
-/// State that exists once the driver set DRIVER_OK.
-pub(crate) struct Active {
-    pub mem: GuestMemoryMmap,
-    pub interrupt: Arc<dyn Interrupt>,
-    /// Indexed by `RXQ`, `TXQ`.
-    pub queues: Vec<Queue>,
-    pub kicks: Vec<EventFd>,
-}
-
 /// A virtio-net device on a tap.
 ///
 /// Shared as `Arc<Mutex<Net>>` between the virtio-mmio transport (vCPU
@@ -64,20 +54,10 @@ pub(crate) struct Active {
 /// queue and tap work (see the `MutEventSubscriber` impl).
 pub struct Net {
     mac: [u8; 6],
-    config: [u8; CONFIG_LEN],
-    avail_features: u64,
-    acked_features: u64,
-    queue_max_sizes: [u16; NUM_QUEUES],
+    /// Queues indexed by `RXQ`, `TXQ`; config as [`CONFIG_LEN`] says. Activation
+    /// and reset (vCPU thread) signal its state eventfd for the worker.
+    pub(crate) common: DeviceCommon,
     pub(crate) tap: Tap,
-    /// Activation and reset happen on a vCPU thread, which cannot touch the
-    /// worker's event manager: they change the state and signal this.
-    pub(crate) state_evt: EventFd,
-    pub(crate) active: Option<Active>,
-    /// Kick eventfds of reset activations that are still in the worker's
-    /// epoll: it removes them before they are closed.
-    pub(crate) retired_kicks: Vec<EventFd>,
-    /// Whether the active queues' kick eventfds are in the event manager.
-    pub(crate) kicks_registered: bool,
     /// TUNSETOFFLOAD flags to set, on the worker thread (its seccomp filter
     /// allows that ioctl, the vCPUs' does not).
     pub(crate) offload_pending: Option<u32>,
@@ -118,17 +98,22 @@ impl Net {
         if mtu.is_some() {
             avail_features |= bit(VIRTIO_NET_F_MTU);
         }
+        let name = format!(
+            "net {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
+        );
+        let common = DeviceCommon::new(
+            name,
+            TYPE_NET,
+            avail_features,
+            &[QUEUE_MAX_SIZE; NUM_QUEUES],
+            config.to_vec(),
+        )
+        .map_err(NetError::EventFd)?;
         Ok(Net {
             mac,
-            config,
-            avail_features,
-            acked_features: 0,
-            queue_max_sizes: [QUEUE_MAX_SIZE; NUM_QUEUES],
+            common,
             tap,
-            state_evt: EventFd::new(EFD_NONBLOCK).map_err(NetError::EventFd)?,
-            active: None,
-            retired_kicks: Vec::new(),
-            kicks_registered: false,
             offload_pending: None,
             rx_needs_buffers: false,
             tx_blocked: false,
@@ -144,11 +129,11 @@ impl Net {
     }
 
     pub fn is_activated(&self) -> bool {
-        self.active.is_some()
+        self.common.is_activated()
     }
 
     pub fn acked_features(&self) -> u64 {
-        self.acked_features
+        self.common.acked_features()
     }
 
     /// Frame counters and what was refused or dropped (see [`NetMetrics`]).
@@ -156,12 +141,8 @@ impl Net {
         self.metrics
     }
 
-    pub(crate) fn name(&self) -> String {
-        let m = self.mac;
-        format!(
-            "net {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
+    pub(crate) fn name(&self) -> &str {
+        self.common.name()
     }
 
     /// The tap is gone: no more RX, and the guest is told the link is down.
@@ -170,8 +151,8 @@ impl Net {
             return;
         }
         self.tap_failed = true;
-        self.config[6..8].copy_from_slice(&0u16.to_le_bytes());
-        if let Some(a) = self.active.as_ref() {
+        self.common.config[6..8].copy_from_slice(&0u16.to_le_bytes());
+        if let Some(a) = self.common.active.as_ref() {
             if let Err(e) = a.interrupt.signal_config_change() {
                 log::error!("net: cannot signal the link change: {e}");
             }
@@ -194,16 +175,16 @@ impl Net {
     /// left alone until the guest kicks RX).
     pub fn process_rx(&mut self) {
         let Self {
-            active,
+            common,
             tap,
             metrics,
             broken,
             tap_failed,
             rx_needs_buffers,
-            acked_features,
             ..
         } = self;
-        let Some(a) = active.as_mut() else {
+        let acked_features = common.acked_features();
+        let Some(a) = common.active.as_mut() else {
             return;
         };
         if *broken || *tap_failed {
@@ -244,7 +225,7 @@ impl Net {
                         queue.go_to_previous_position();
                         continue;
                     }
-                    Ok(_) if !bufs.fix_header(*acked_features) => {
+                    Ok(_) if !bufs.fix_header(acked_features) => {
                         count_and_warn_once!(
                             metrics.rx_frames_unacked_offload,
                             "net: dropped a frame with an offload the guest did not ack"
@@ -279,7 +260,7 @@ impl Net {
             used = true;
         }
         if used {
-            signal_used(a, RXQ);
+            common.signal_used(&[RXQ]);
         }
     }
 
@@ -288,15 +269,15 @@ impl Net {
     /// queue so the worker's loop serves RX in between.
     pub fn process_tx(&mut self) {
         let Self {
-            active,
+            common,
             tap,
             metrics,
             broken,
             tx_blocked,
-            acked_features,
             ..
         } = self;
-        let Some(a) = active.as_mut() else {
+        let acked_features = common.acked_features();
+        let Some(a) = common.active.as_mut() else {
             return;
         };
         // With a failed tap the chains are still consumed (the writes fail
@@ -314,7 +295,7 @@ impl Net {
                 break;
             };
             let head = chain.head_index();
-            match header::parse_tx(mem, chain, *acked_features) {
+            match header::parse_tx(mem, chain, acked_features) {
                 Err(e) => count_and_warn_once!(
                     metrics.tx_malformed_chains,
                     "net: malformed TX descriptor chain (head {head}): {e}"
@@ -350,12 +331,10 @@ impl Net {
             budget -= 1;
         }
         if used {
-            signal_used(a, TXQ);
+            common.signal_used(&[TXQ]);
         }
         if budget == 0 {
-            if let Err(e) = a.kicks[TXQ].write(1) {
-                log::error!("net: cannot re-kick the TX queue: {e}");
-            }
+            common.rekick(TXQ);
         }
     }
 }
@@ -371,43 +350,13 @@ fn rx_iovecs(bufs: &header::RxBuffers<'_>, overflow: &mut [u8; 1]) -> Vec<libc::
     iov
 }
 
-fn signal_used(a: &mut Active, q: usize) {
-    // Without VIRTIO_RING_F_EVENT_IDX (not offered) this is always true, but
-    // it also resets the queue's "added since last check" count.
-    if a.queues[q].needs_notification(&a.mem).unwrap_or(true) {
-        if let Err(e) = a.interrupt.signal_used_queue() {
-            log::error!("net: cannot signal used queue: {e}");
-        }
-    }
-}
-
 impl VirtioDevice for Net {
-    fn device_type(&self) -> u32 {
-        TYPE_NET
+    fn common(&self) -> &DeviceCommon {
+        &self.common
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_max_sizes
-    }
-
-    fn avail_features(&self) -> u64 {
-        self.avail_features
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        crate::devices::virtio::read_config_bytes(&self.config, offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        // The MAC is only writable without VIRTIO_F_VERSION_1 (legacy).
-        log::debug!(
-            "net: ignoring guest write of {} bytes to read-only config at {offset}",
-            data.len()
-        );
+    fn common_mut(&mut self) -> &mut DeviceCommon {
+        &mut self.common
     }
 
     fn activate(
@@ -416,49 +365,24 @@ impl VirtioDevice for Net {
         interrupt: Arc<dyn Interrupt>,
         queues: Vec<ActivatedQueue>,
     ) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::Device("net is already active".into()));
-        }
-        check_activation("net", NUM_QUEUES, &queues, &mem)?;
-        let (queues, kicks) = queues.into_iter().map(|q| (q.queue, q.kick)).unzip();
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            queues,
-            kicks,
-        });
-        self.kicks_registered = false;
-        self.offload_pending = Some(tap_offload_flags(self.acked_features));
+        // The worker (which waits for our lock) then watches the kicks, sets
+        // the offloads and starts.
+        self.common.activate(mem, interrupt, queues)?;
+        let acked = self.common.acked_features();
+        self.offload_pending = Some(tap_offload_flags(acked));
         self.rx_needs_buffers = false;
         self.tx_blocked = false;
         self.broken = false;
-        // The worker registers the kicks, sets the offloads and starts.
-        if let Err(e) = self.state_evt.write(1) {
-            self.active = None;
-            return Err(ActivateError::Io(e));
-        }
-        log::info!(
-            "{}: activated, features {:#x}",
-            self.name(),
-            self.acked_features
-        );
+        log::info!("{}: activated, features {acked:#x}", self.name());
         Ok(())
     }
 
     /// Stops queue work; the worker drops the old kicks from its epoll. The
     /// tap stays as it is (frames wait in it until the next activation).
     fn reset(&mut self) -> bool {
-        if let Some(a) = self.active.take() {
-            if self.kicks_registered {
-                self.retired_kicks.extend(a.kicks);
-            }
-            self.kicks_registered = false;
-            if let Err(e) = self.state_evt.write(1) {
-                log::error!("net: cannot signal the reset to the worker: {e}");
-            }
+        if self.common.reset() {
             log::info!("{}: reset", self.name());
         }
-        self.acked_features = 0;
         self.offload_pending = None;
         self.rx_needs_buffers = false;
         self.tx_blocked = false;

@@ -9,18 +9,18 @@
 //! write waits for room. So a full tap with an empty RX queue, or a tap
 //! that cannot take more, never makes the loop spin.
 
-use std::io;
-use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::io::AsRawFd;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
 use super::device::Net;
 use super::{RXQ, TXQ};
+use crate::devices::virtio::Kick;
 
 impl Net {
     fn wanted_tap_events(&self) -> EventSet {
         let mut want = EventSet::empty();
-        if self.active.is_none() || self.tap_failed || self.broken {
+        if self.common.active.is_none() || self.tap_failed || self.broken {
             return want;
         }
         if !self.rx_needs_buffers {
@@ -56,47 +56,11 @@ impl Net {
     }
 
     fn handle_state_change(&mut self, ops: &mut EventOps) {
-        if let Err(e) = self.state_evt.read() {
-            if e.kind() != io::ErrorKind::WouldBlock {
-                log::warn!("net: state eventfd read failed: {e}");
-            }
-        }
-        for kick in std::mem::take(&mut self.retired_kicks) {
-            if let Err(e) = ops.remove(Events::empty(&kick)) {
-                log::error!("net: cannot unwatch an old queue kick eventfd: {e}");
-            }
-        }
-        let Some(active) = self.active.as_ref() else {
-            return;
-        };
-        if self.kicks_registered {
-            return;
-        }
-        for kick in &active.kicks {
-            if let Err(e) = ops.add(Events::new(kick, EventSet::IN)) {
-                log::error!("net: cannot watch queue kick eventfd: {e}");
-            }
-        }
-        self.kicks_registered = true;
-        self.apply_offload();
-        // Chains made available before the kicks were watched.
-        self.process_rx();
-        self.process_tx();
-    }
-
-    fn kick_queue(&self, fd: RawFd) -> Option<usize> {
-        let active = self.active.as_ref()?;
-        if !self.kicks_registered {
-            return None;
-        }
-        active.kicks.iter().position(|k| k.as_raw_fd() == fd)
-    }
-
-    fn drain(&self, kick: &vmm_sys_util::eventfd::EventFd, what: &str) {
-        if let Err(e) = kick.read() {
-            if e.kind() != io::ErrorKind::WouldBlock {
-                log::warn!("net: {what} kick read failed: {e}");
-            }
+        if self.common.handle_state_event(ops) {
+            self.apply_offload();
+            // Chains made available before the kicks were watched.
+            self.process_rx();
+            self.process_tx();
         }
     }
 
@@ -120,34 +84,25 @@ impl Net {
 
 impl MutEventSubscriber for Net {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.state_evt, EventSet::IN)) {
-            log::error!("net: cannot watch state eventfd: {e}");
-        }
-        // If activation raced ahead of registration, `state_evt` is still
-        // pending and gets handled on the first loop iteration.
+        self.common.init_events(ops);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let fd = events.fd();
-        if fd == self.state_evt.as_raw_fd() {
+        if fd == self.common.state_evt.as_raw_fd() {
             self.handle_state_change(ops);
         } else if fd == self.tap.as_raw_fd() {
             self.handle_tap_event(events.event_set());
-        } else if let Some(q) = self.kick_queue(fd) {
-            if let Some(kick) = self.active.as_ref().map(|a| &a.kicks[q]) {
-                self.drain(kick, "queue");
-            }
-            match q {
-                RXQ => {
+        } else if let Some(kick) = self.common.kick_for(fd) {
+            match kick {
+                Kick::Queue(RXQ) => {
                     self.rx_needs_buffers = false;
                     self.process_rx();
                 }
-                TXQ => self.process_tx(),
+                Kick::Queue(TXQ) => self.process_tx(),
+                // Kicked after a reset, before the state event removed it.
                 _ => {}
             }
-        } else if let Some(k) = self.retired_kicks.iter().find(|k| k.as_raw_fd() == fd) {
-            // Kicked after a reset, before the state event removed it.
-            self.drain(k, "old queue");
         } else {
             log::warn!(
                 "net: unexpected event {:#x} on fd {fd}",

@@ -1033,13 +1033,13 @@ fn reset_stops_the_device_and_it_can_be_activated_again() {
     let mut em = h.event_loop();
     h.activate();
     settle(&mut em, 20);
-    assert!(h.dev().kicks_registered);
+    assert!(h.dev().common.kicks_registered());
     assert!(h.dev().reset());
     settle(&mut em, 20);
     {
         let d = h.dev();
         assert!(!d.is_activated());
-        assert!(d.retired_kicks.is_empty());
+        assert!(d.common.retired_kicks().is_empty());
         assert!(d.tap_interest.is_empty());
         assert_eq!(d.acked_features(), 0);
     }

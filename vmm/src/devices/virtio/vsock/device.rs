@@ -5,9 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{QueueOwnedT, QueueT};
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::defs::*;
 use super::metrics::{count_and_warn_once, VsockMetrics};
@@ -15,19 +14,10 @@ use super::packet::GuestHeader;
 use super::unix::{Muxer, RxFill};
 use super::VsockError;
 use crate::devices::virtio::{
-    check_activation, ActivateError, ActivatedQueue, Interrupt, VirtioDevice, TYPE_VSOCK,
+    ActivateError, ActivatedQueue, DeviceCommon, Interrupt, VirtioDevice, TYPE_VSOCK,
     VIRTIO_F_VERSION_1,
 };
 use crate::memory::GuestMemoryMmap;
-
-/// State that exists once the driver set DRIVER_OK.
-pub(crate) struct Active {
-    pub mem: GuestMemoryMmap,
-    pub interrupt: Arc<dyn Interrupt>,
-    /// Indexed by `RXQ`, `TXQ`, `EVQ`.
-    pub queues: Vec<Queue>,
-    pub kicks: Vec<EventFd>,
-}
 
 /// A virtio-vsock device backed by unix domain sockets.
 ///
@@ -37,12 +27,8 @@ pub(crate) struct Active {
 /// the `MutEventSubscriber` impl).
 pub struct Vsock {
     guest_cid: u64,
-    acked_features: u64,
-    queue_max_sizes: [u16; NUM_QUEUES],
-    pub(crate) activate_evt: EventFd,
-    pub(crate) active: Option<Active>,
-    /// Whether the queue kick eventfds are in the event manager.
-    pub(crate) kicks_registered: bool,
+    /// Queues indexed by `RXQ`, `TXQ`, `EVQ`; config: le64 guest_cid.
+    pub(crate) common: DeviceCommon,
     pub(crate) muxer: Muxer,
     metrics: VsockMetrics,
     /// Set when a used ring could not be written: the device stops using it.
@@ -60,15 +46,18 @@ impl Vsock {
         if !(MIN_GUEST_CID..u64::from(u32::MAX)).contains(&guest_cid) {
             return Err(VsockError::InvalidGuestCid(guest_cid));
         }
-        let activate_evt = EventFd::new(EFD_NONBLOCK).map_err(VsockError::Backend)?;
+        let common = DeviceCommon::new(
+            "vsock",
+            TYPE_VSOCK,
+            VIRTIO_F_VERSION_1,
+            &[QUEUE_MAX_SIZE; NUM_QUEUES],
+            guest_cid.to_le_bytes().to_vec(),
+        )
+        .map_err(VsockError::Backend)?;
         let muxer = Muxer::new(guest_cid, uds_path.into())?;
         Ok(Vsock {
             guest_cid,
-            acked_features: 0,
-            queue_max_sizes: [QUEUE_MAX_SIZE; NUM_QUEUES],
-            activate_evt,
-            active: None,
-            kicks_registered: false,
+            common,
             muxer,
             metrics: VsockMetrics::default(),
             broken: false,
@@ -85,7 +74,7 @@ impl Vsock {
     }
 
     pub fn is_activated(&self) -> bool {
-        self.active.is_some()
+        self.common.is_activated()
     }
 
     /// Counters of dropped/rejected things (see [`VsockMetrics`]).
@@ -94,7 +83,7 @@ impl Vsock {
     }
 
     pub fn acked_features(&self) -> u64 {
-        self.acked_features
+        self.common.acked_features()
     }
 
     /// Handle the guest's TX queue (after a kick), then deliver what that produced.
@@ -133,11 +122,7 @@ impl Vsock {
             self.signal_used();
         }
         if budget == 0 {
-            if let Some(active) = self.active.as_ref() {
-                if let Err(e) = active.kicks[TXQ].write(1) {
-                    log::error!("vsock: cannot re-kick the TX queue: {e}");
-                }
-            }
+            self.common.rekick(TXQ);
         }
     }
 
@@ -145,13 +130,13 @@ impl Vsock {
     /// whether any were added to the used ring.
     fn run_tx(&mut self, budget: &mut usize) -> bool {
         let Self {
-            active,
+            common,
             muxer,
             metrics,
             broken,
             ..
         } = self;
-        let Some(active) = active.as_mut() else {
+        let Some(active) = common.active.as_mut() else {
             return false;
         };
         if *broken {
@@ -191,13 +176,13 @@ impl Vsock {
     /// whether any were added to the used ring.
     fn run_rx(&mut self, budget: &mut usize) -> bool {
         let Self {
-            active,
+            common,
             muxer,
             metrics,
             broken,
             ..
         } = self;
-        let Some(active) = active.as_mut() else {
+        let Some(active) = common.active.as_mut() else {
             return false;
         };
         if *broken {
@@ -248,52 +233,17 @@ impl Vsock {
     }
 
     fn signal_used(&mut self) {
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        let mut needed = false;
-        for q in [RXQ, TXQ] {
-            // Without VIRTIO_RING_F_EVENT_IDX (not offered) this is always true,
-            // but it also resets the queue's "added since last check" count.
-            needed |= active.queues[q]
-                .needs_notification(&active.mem)
-                .unwrap_or(true);
-        }
-        if needed {
-            if let Err(e) = active.interrupt.signal_used_queue() {
-                log::error!("vsock: failed to signal used queue: {e}");
-            }
-        }
+        self.common.signal_used(&[RXQ, TXQ]);
     }
 }
 
 impl VirtioDevice for Vsock {
-    fn device_type(&self) -> u32 {
-        TYPE_VSOCK
+    fn common(&self) -> &DeviceCommon {
+        &self.common
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_max_sizes
-    }
-
-    fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features();
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.guest_cid.to_le_bytes();
-        crate::devices::virtio::read_config_bytes(&config, offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::debug!(
-            "vsock: ignoring guest write of {} bytes to read-only config at {offset}",
-            data.len()
-        );
+    fn common_mut(&mut self) -> &mut DeviceCommon {
+        &mut self.common
     }
 
     fn activate(
@@ -302,22 +252,8 @@ impl VirtioDevice for Vsock {
         interrupt: Arc<dyn Interrupt>,
         queues: Vec<ActivatedQueue>,
     ) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::Device("vsock is already active".into()));
-        }
-        check_activation("vsock", NUM_QUEUES, &queues, &mem)?;
-        let (queues, kicks) = queues.into_iter().map(|q| (q.queue, q.kick)).unzip();
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            queues,
-            kicks,
-        });
-        // The event loop registers the kick fds and starts processing.
-        if let Err(e) = self.activate_evt.write(1) {
-            self.active = None;
-            return Err(ActivateError::Io(e));
-        }
+        // The event loop watches the kicks and starts processing.
+        self.common.activate(mem, interrupt, queues)?;
         log::info!("vsock: activated, guest CID {}", self.guest_cid);
         Ok(())
     }
