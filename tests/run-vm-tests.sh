@@ -37,7 +37,7 @@ fi
 
 per_exe_timeout=${HUSK_VM_TEST_TIMEOUT:-1200}   # a hung VM test fails instead of blocking CI
 retries=${HUSK_VM_TEST_RETRY:-2}                 # reruns of tests that failed only on lost guests
-passed=0; failed=0; failed_exes=(); retried=()
+passed=0; failed=0; failed_exes=(); retried=(); digest=()
 tmp=$(mktemp); trap 'rm -f "$tmp"' EXIT
 # What a guest lost to the emulator looks like in a test's failure message.
 lost_guest='guest crashed|agent not ready after|exited before the agent was ready|lost the VM|agent: connection closed|agent: I/O error: Resource temporarily unavailable|agent: I/O error: Connection reset by peer|vsock: guest port [0-9]+: no answer within|agent: no reply within'
@@ -59,6 +59,11 @@ failed_tests() {
 lost() {
   awk -v t="---- $2 stdout ----" '$0 == t { on = 1; next } on && (/^---- .* stdout ----$/ || /^failures:$/) { on = 0 } on' "$1" \
     | grep -qE "$lost_guest"
+}
+# why FILE TEST: the first line of TEST's panic message (what CI's tail then shows).
+why() {
+  awk -v t="---- $2 stdout ----" '$0 == t { on = 1; next } on && /^---- .* stdout ----$/ { on = 0 }
+       on && /panicked at/ { getline; print; exit }' "$1" | sed 's/\x1b\[[0-9;]*m//g' | cut -c1-300
 }
 while IFS= read -r exe || [ -n "$exe" ]; do
   [ -n "$exe" ] || continue
@@ -97,10 +102,19 @@ while IFS= read -r exe || [ -n "$exe" ]; do
     failed_exes+=("$exe")
     # crashed/aborted without a summary (or with 0 failures counted): count it as one failure
     [ "$f" = 0 ] && failed=$((failed + 1))
+    # A digest for the end of the run, where a CI log's tail shows it.
+    mapfile -t names < <(failed_tests "$tmp")
+    if [ "$rc" = 124 ]; then
+      digest+=("$(basename "$exe"): timed out after ${per_exe_timeout}s")
+    elif [ ${#names[@]} = 0 ]; then
+      digest+=("$(basename "$exe"): exit status $rc without a test summary; its last line: $(tail -n 1 "$tmp" | cut -c1-300)")
+    fi
+    for n in "${names[@]}"; do digest+=("$(basename "$exe") $n: $(why "$tmp" "$n")"); done
   fi
 done < "$list"
 
 [ ${#failed_exes[@]} -eq 0 ] || printf 'run-vm-tests: failed: %s\n' "${failed_exes[@]}" >&2
+[ ${#digest[@]} -eq 0 ] || printf 'run-vm-tests: FAILED %s\n' "${digest[@]}" >&2
 [ ${#retried[@]} -eq 0 ] || printf 'run-vm-tests: passed only on the rerun after a lost guest: %s\n' "${retried[@]}" >&2
 echo "VM TESTS: $passed passed, $failed failed${retried[*]:+ (${#retried[@]} executable(s) needed a rerun after a lost guest)}"
 [ "$passed" -gt 0 ] || [ "$failed" -gt 0 ] || echo "run-vm-tests: no test ran (filtered out?): treated as failure" >&2
