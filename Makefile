@@ -123,6 +123,8 @@ demo:
 bench: build guest-image
 	command -v crun >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq crun >/dev/null
 	command -v containerd >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containerd >/dev/null
+	command -v iperf3 >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iperf3 >/dev/null
+	command -v cpio >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cpio >/dev/null
 	$(CARGO) build --release -p husk-tests --bin husk-bench
 	# NPT, not the tests' shadow paging: under shadow paging 2 of 3 bench attempts wedged the
 	# test host (soft lockups); with NPT the whole table ran (and the boot rows need no retry).

@@ -6,6 +6,7 @@
 
 pub mod bundle;
 pub mod containerd;
+pub mod netbench;
 pub mod podman;
 
 use std::path::PathBuf;

@@ -13,15 +13,15 @@ use husk_tests::bundle::TestBundle;
 use husk_tests::{guest_regions, rss, spec, vm_dir, Husk};
 
 struct Row {
-    name: &'static str,
+    name: String,
     unit: &'static str,
     samples: Vec<f64>,
 }
 
 impl Row {
-    fn new(name: &'static str, unit: &'static str) -> Self {
+    fn new(name: impl Into<String>, unit: &'static str) -> Self {
         Row {
-            name,
+            name: name.into(),
             unit,
             samples: Vec::new(),
         }
@@ -327,6 +327,30 @@ fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5)
         .max(5);
+    // HUSK_BENCH_ONLY=network,podman: only those tables (boot, containers, network,
+    // podman, containerd); all by default.
+    let only = std::env::var("HUSK_BENCH_ONLY").unwrap_or_default();
+    let want = |t: &str| only.is_empty() || only.split(',').any(|o| o.trim() == t);
+    if want("boot") {
+        boot(runs)?;
+    }
+    if want("containers") {
+        containers(runs)?;
+    }
+    if want("network") {
+        network(runs)?;
+    }
+    if want("podman") {
+        podman(runs)?;
+    }
+    if want("containerd") {
+        containerd(runs)?;
+    }
+    Ok(())
+}
+
+/// husk-vmm against QEMU's microvm: boot to the agent, RSS, shutdown.
+fn boot(runs: usize) -> anyhow::Result<()> {
     let memory_mib = 128;
     let mut launch = Row::new("husk-vmm launch -> agent hello (vsock)", "ms");
     let mut guest_listen = Row::new("  guest clock at agent listen", "ms");
@@ -389,9 +413,74 @@ fn main() -> anyhow::Result<()> {
         ratio(&launch, &qemu),
         ratio(&vmm_rss, &qemu_rss)
     );
-    containers(runs)?;
-    podman(runs)?;
-    containerd(runs)
+    Ok(())
+}
+
+/// iperf3 and ping: crun on a veth, husk carrying that netns, QEMU microvm on a tap.
+fn network(runs: usize) -> anyhow::Result<()> {
+    let s = husk_tests::netbench::bench(runs)?;
+    let row = |name: String, unit, samples: &Vec<f64>| {
+        let mut r = Row::new(name, unit);
+        r.samples = samples.clone();
+        r
+    };
+    let sides = [
+        ("crun (veth)", &s.crun),
+        ("husk", &s.husk),
+        ("qemu microvm (tap)", &s.qemu),
+    ];
+    let mut rows = Vec::new();
+    for (what, metric, unit) in [
+        ("to_guest", "iperf3 TCP host -> guest, {}", "Mb/s"),
+        ("from_guest", "iperf3 TCP guest -> host, {}", "Mb/s"),
+        ("rtt", "ping RTT host <-> guest, {}", "ms"),
+    ] {
+        for (side, samples) in sides {
+            let v = match what {
+                "to_guest" => &samples.to_guest,
+                "from_guest" => &samples.from_guest,
+                _ => &samples.rtt,
+            };
+            rows.push(row(metric.replace("{}", side), unit, v));
+        }
+    }
+    let t_empty = row(
+        "husk run /bin/true, joins an empty netns".into(),
+        "ms",
+        &s.true_empty_ns,
+    );
+    let t_new = row(
+        "husk run /bin/true, new netns (spare NIC)".into(),
+        "ms",
+        &s.true_new_ns,
+    );
+    let t_veth = row(
+        "husk run /bin/true, netns with a veth (NIC)".into(),
+        "ms",
+        &s.true_veth,
+    );
+    println!();
+    println!("network: {runs} rounds, interleaved, same host; iperf3 5 s each way, 5 pings");
+    print_header();
+    for r in rows.iter().chain([&t_empty, &t_new, &t_veth]) {
+        r.print();
+    }
+    let m = |i: usize| median(&rows[i]);
+    println!(
+        "husk/qemu (median): host->guest {:.2}, guest->host {:.2}, RTT {:.2}; husk/crun: {:.2}, {:.2}, {:.2}",
+        m(1) / m(2),
+        m(4) / m(5),
+        m(7) / m(8),
+        m(1) / m(0),
+        m(4) / m(3),
+        m(7) / m(6)
+    );
+    println!(
+        "start cost over an empty netns (median): spare NIC {:+.0} ms, carried veth {:+.0} ms",
+        median(&t_new) - median(&t_empty),
+        median(&t_veth) - median(&t_empty)
+    );
+    Ok(())
 }
 
 /// containerd + ctr with husk's shim vs with runc's, same image, same run.
