@@ -25,6 +25,8 @@ pub struct Side {
     pub to_guest: Vec<f64>,
     pub from_guest: Vec<f64>,
     pub rtt: Vec<f64>,
+    /// Rounds that failed (a guest that stalled under the emulator).
+    pub failed: usize,
 }
 
 #[derive(Default)]
@@ -37,6 +39,28 @@ pub struct Samples {
     pub true_empty_ns: Vec<f64>,
     pub true_new_ns: Vec<f64>,
     pub true_veth: Vec<f64>,
+}
+
+/// `c`'s output, or an error if it runs longer than `secs` (then it is killed): a guest
+/// that stalls under the emulator costs a sample, not the run.
+fn output_for(mut c: Command, secs: u64) -> Result<std::process::Output> {
+    let what = format!("{c:?}");
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| what.clone())?;
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{what} did not finish within {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(child.wait_with_output()?)
 }
 
 fn sh(args: &[&str]) -> Result<String> {
@@ -165,8 +189,7 @@ fn iperf(addr: &str, reverse: bool) -> Result<f64> {
         if reverse {
             c.arg("-R");
         }
-        c.stdin(Stdio::null());
-        let o = output_within(c, COMMAND_TIMEOUT);
+        let o = output_for(c, 60)?;
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
         if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
             return Ok(bps / 1e6);
@@ -184,17 +207,27 @@ fn iperf(addr: &str, reverse: bool) -> Result<f64> {
 
 /// Mean RTT (ms) of busybox `ping`'s "round-trip min/avg/max = a/b/c ms".
 fn ping(addr: &str) -> Result<f64> {
-    let out = sh(&["busybox", "ping", "-q", "-c", PINGS, addr])?;
+    let mut c = Command::new("busybox");
+    c.args(["ping", "-q", "-c", PINGS, addr]);
+    let out = String::from_utf8_lossy(&output_for(c, 60)?.stdout).into_owned();
     out.lines()
         .find_map(|l| l.split(" = ").nth(1)?.split('/').nth(1)?.parse().ok())
         .with_context(|| format!("no round-trip line from ping {addr}: {out}"))
 }
 
+/// One round against `addr`; what fails is counted in `side.failed` and left out.
 fn measure(side: &mut Side, addr: &str) -> Result<()> {
-    side.to_guest.push(iperf(addr, false)?);
-    side.from_guest.push(iperf(addr, true)?);
-    side.rtt.push(ping(addr)?);
-    Ok(())
+    let mut r = || -> Result<()> {
+        side.to_guest.push(iperf(addr, false)?);
+        side.from_guest.push(iperf(addr, true)?);
+        side.rtt.push(ping(addr)?);
+        Ok(())
+    };
+    let res = r();
+    if res.is_err() {
+        side.failed += 1;
+    }
+    res
 }
 
 /// QEMU microvm with virtio-net on tap `nbq` (no vhost); the guest's init configures eth0
@@ -405,7 +438,16 @@ pub fn bench(runs: usize) -> Result<Samples> {
         ];
         order.rotate_left(i % 3);
         for (side, addr) in order {
-            measure(side, addr).with_context(|| format!("QEMU console:\n{}", qemu.console()))?;
+            if let Err(e) = measure(side, addr) {
+                eprintln!("netbench: round {} against {addr} failed: {e:#}", i + 1);
+                if side.failed > runs / 2 {
+                    bail!(
+                        "{addr} failed {} rounds; QEMU console:\n{}",
+                        side.failed,
+                        qemu.console()
+                    );
+                }
+            }
         }
         eprintln!("netbench: round {}/{runs} done", i + 1);
     }

@@ -461,6 +461,14 @@ fn network(runs: usize) -> anyhow::Result<()> {
     );
     println!();
     println!("network: {runs} rounds, interleaved, same host; iperf3 5 s each way, 5 pings");
+    for (side, samples) in sides {
+        if samples.failed > 0 {
+            println!(
+                "({side}: {} round(s) failed and are left out)",
+                samples.failed
+            );
+        }
+    }
     print_header();
     for r in rows.iter().chain([&t_empty, &t_new, &t_veth]) {
         r.print();
