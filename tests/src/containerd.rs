@@ -228,6 +228,82 @@ disabled_plugins = [
     }
 
     /// Builds the busybox image offline and imports it as [`IMAGE`].
+    /// [`Containerd::start`] with the busybox image imported.
+    pub fn with_busybox(tag: &str) -> Containerd {
+        let c = Containerd::start(tag);
+        c.import_busybox();
+        c
+    }
+
+    /// `ctr run --runtime io.containerd.husk.v2 [opts] IMAGE ID ARGS...`
+    pub fn run_image(&self, opts: &[&str], id: &str, args: &[&str]) -> Output {
+        let mut v = vec!["run", "--runtime", RUNTIME];
+        v.extend_from_slice(opts);
+        v.push(IMAGE);
+        v.push(id);
+        v.extend_from_slice(args);
+        self.ctr_out(&v)
+    }
+
+    /// The task's (pid, status) from `ctr task ls`.
+    pub fn task(&self, id: &str) -> Option<(u32, String)> {
+        self.ctr_ok(&["task", "ls"]).lines().skip(1).find_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() == 3 && w[0] == id).then(|| (w[1].parse().unwrap_or(0), w[2].to_string()))
+        })
+    }
+
+    /// Waits up to 60 s for the task to reach `want`; returns its pid.
+    pub fn wait_status(&self, id: &str, want: &str) -> u32 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some((pid, st)) = self.task(id) {
+                if st == want {
+                    return pid;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} never became {want}: {:?}\n{}",
+                self.task(id),
+                self.log_tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Deletes a task and its container; returns `ctr task delete`'s stderr
+    /// (which names a non-zero exit status).
+    pub fn remove(&self, id: &str) -> String {
+        let o = self.ctr_out(&["task", "delete", id]);
+        assert!(
+            o.status.success(),
+            "task delete {id}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        self.ctr_ok(&["container", "rm", id]);
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    /// husk-vmm processes of this containerd's sandboxes (a jailed VMM is two:
+    /// the process the shim started, and the VMM it forked into a pid namespace).
+    pub fn husk_vmms(&self) -> Vec<i32> {
+        let mut v: Vec<i32> = processes_with(&self.shim_root.to_string_lossy())
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains("husk-vmm"))
+            .map(|(p, _)| p)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// How many sandbox directories the shims keep.
+    pub fn sandbox_dirs(&self) -> usize {
+        std::fs::read_dir(&self.shim_root)
+            .map(|r| r.count())
+            .unwrap_or(0)
+    }
+
     pub fn import_busybox(&self) {
         let tar = build_busybox_image(&self.base.join("image"));
         let out = self.ctr_ok(&[

@@ -7,6 +7,7 @@
 pub mod bundle;
 pub mod containerd;
 pub mod netbench;
+pub mod netns;
 pub mod podman;
 
 use std::path::PathBuf;
