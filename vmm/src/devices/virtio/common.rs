@@ -12,6 +12,7 @@ use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -168,7 +169,11 @@ impl DeviceCommon {
                 self.name
             )));
         }
-        let (queues, kicks) = self.take_queues(&mem, queues)?;
+        let (mut queues, kicks) = self.take_queues(&mem, queues)?;
+        let event_idx = self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        for q in &mut queues {
+            q.set_event_idx(event_idx);
+        }
         self.active = Some(Active {
             mem,
             interrupt,

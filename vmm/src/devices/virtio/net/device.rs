@@ -10,6 +10,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU,
     VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{QueueOwnedT, QueueT};
 use vmm_sys_util::epoll::EventSet;
 
@@ -94,7 +95,10 @@ impl Net {
             | bit(VIRTIO_NET_F_GUEST_TSO4)
             | bit(VIRTIO_NET_F_GUEST_TSO6)
             | bit(VIRTIO_NET_F_HOST_TSO4)
-            | bit(VIRTIO_NET_F_HOST_TSO6);
+            | bit(VIRTIO_NET_F_HOST_TSO6)
+            // Notification suppression: under the emulator every kick and
+            // interrupt is an expensive exit.
+            | bit(VIRTIO_RING_F_EVENT_IDX);
         if mtu.is_some() {
             avail_features |= bit(VIRTIO_NET_F_MTU);
         }
@@ -194,14 +198,26 @@ impl Net {
         let queue = &mut a.queues[RXQ];
         let mut used = false;
         let mut overflow = [0u8; 1];
+        let mut rechecked = false;
         for _ in 0..BUDGET {
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                // Ask for a kick when the guest adds buffers (with EVENT_IDX:
+                // avail_event); it may have added some meanwhile.
+                match more_after_enable(queue, mem, &mut rechecked, "RX") {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(()) => {
+                        *broken = true;
+                        break;
+                    }
+                }
                 if !*rx_needs_buffers {
                     metrics.rx_no_buffers += 1;
                 }
                 *rx_needs_buffers = true;
                 break;
             };
+            rechecked = false;
             let head = chain.head_index();
             let len = match header::parse_rx(mem, chain) {
                 Err(e) => {
@@ -290,10 +306,26 @@ impl Net {
         let queue = &mut a.queues[TXQ];
         let mut used = false;
         let mut budget = BUDGET;
+        // No kicks while the queue is worked through (a no-op with
+        // EVENT_IDX, where avail_event only moves when asked to below); a
+        // pass that ends early (budget, EAGAIN) resumes without a kick.
+        if let Err(e) = queue.disable_notification(mem) {
+            log::warn!("net: cannot disable TX notifications: {e}");
+        }
+        let mut rechecked = false;
         while budget > 0 {
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                break;
+                // Drained: kicks again; the guest may have added more meanwhile.
+                match more_after_enable(queue, mem, &mut rechecked, "TX") {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(()) => {
+                        *broken = true;
+                        break;
+                    }
+                }
             };
+            rechecked = false;
             let head = chain.head_index();
             match header::parse_tx(mem, chain, acked_features) {
                 Err(e) => count_and_warn_once!(
@@ -335,6 +367,34 @@ impl Net {
         }
         if budget == 0 {
             common.rekick(TXQ);
+        }
+    }
+}
+
+/// After a pop found the queue empty: turns guest notifications on and says
+/// whether chains came in meanwhile (then the caller pops again). If that
+/// second pop finds nothing either (`rechecked`), the guest's avail index is
+/// one `pop` refuses (more than a ring ahead): the ring is broken, and the
+/// device stops rather than spin on it.
+fn more_after_enable(
+    queue: &mut virtio_queue::Queue,
+    mem: &GuestMemoryMmap,
+    rechecked: &mut bool,
+    what: &str,
+) -> Result<bool, ()> {
+    match queue.enable_notification(mem) {
+        Ok(false) => Ok(false),
+        Ok(true) if !*rechecked => {
+            *rechecked = true;
+            Ok(true)
+        }
+        Ok(true) => {
+            log::error!("net: the {what} avail index is out of range; the device stops");
+            Err(())
+        }
+        Err(e) => {
+            log::error!("net: cannot enable {what} notifications: {e}; the device stops");
+            Err(())
         }
     }
 }

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use event_manager::{EventManager, SubscriberOps};
-use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::bindings::virtio_ring::{
+    VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
+};
 use virtio_bindings::virtio_net::*;
 use virtio_queue::desc::split::{Descriptor as SplitDescriptor, VirtqUsedElem};
 use virtio_queue::desc::RawDescriptor;
@@ -42,7 +44,7 @@ const fn bit(f: u32) -> u64 {
     1 << f
 }
 
-/// What a Linux guest acks.
+/// What a Linux guest acks, but EVENT_IDX (its tests set it themselves).
 const ACKED: u64 = VIRTIO_F_VERSION_1
     | bit(VIRTIO_NET_F_MAC)
     | bit(VIRTIO_NET_F_STATUS)
@@ -1408,4 +1410,132 @@ fn the_worker_loop_runs_under_its_seccomp_filter() {
     let mut buf = [0u8; 200];
     let n = peer.recv(&mut buf).unwrap();
     assert_eq!(&buf[12..n], &f[..]);
+}
+
+// ------------------------------------------------------------ notification suppression
+
+const EVENT_IDX: u64 = bit(virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX);
+
+impl Harness {
+    /// The driver's `used_event` (end of the avail ring) for queue `q`.
+    fn set_used_event(&self, q: usize, v: u16) {
+        let r = self.rings[q];
+        self.mem
+            .write_obj(v.to_le(), GuestAddress(r.avail + 4 + 2 * u64::from(QSIZE)))
+            .unwrap();
+    }
+
+    /// The device's `avail_event` (end of the used ring) for queue `q`.
+    fn avail_event(&self, q: usize) -> u16 {
+        self.read_u16(self.rings[q].used + 4 + 8 * u64::from(QSIZE))
+    }
+
+    fn set_avail_idx(&self, q: usize, v: u16) {
+        let r = self.rings[q];
+        self.mem
+            .write_obj(v.to_le(), GuestAddress(r.avail + 2))
+            .unwrap();
+    }
+}
+
+/// With EVENT_IDX the device interrupts only when the used index passes the
+/// driver's `used_event`, and after draining TX it asks for the next kick
+/// through `avail_event`.
+#[test]
+fn event_idx_suppresses_interrupts_and_asks_for_kicks() {
+    let (tap, peer) = socket_backend();
+    let mut h = Harness::new(tap);
+    h.dev().set_acked_features(ACKED | EVENT_IDX);
+    h.activate();
+    let irq = h.irq.clone();
+    let irqs = || irq.used.load(Ordering::SeqCst);
+    // The driver wants an interrupt once used entry 3 is written (index 3 -> 4).
+    h.set_used_event(TXQ, 3);
+    for i in 0..3 {
+        h.push_tx(VnetHdr::default(), &frame(60, i));
+    }
+    h.dev().process_tx();
+    assert_eq!(h.used(TXQ).len(), 3);
+    assert_eq!(irqs(), 0, "interrupted before used_event");
+    assert_eq!(h.avail_event(TXQ), 3, "kick wanted for the next chain");
+    h.push_tx(VnetHdr::default(), &frame(60, 3));
+    h.dev().process_tx();
+    assert_eq!(h.used(TXQ).len(), 1);
+    assert_eq!(irqs(), 1, "used_event passed: one interrupt");
+    assert_eq!(h.avail_event(TXQ), 4);
+    let mut buf = [0u8; 100];
+    for _ in 0..4 {
+        peer.recv(&mut buf).unwrap();
+    }
+
+    // RX: a frame with no buffer asks for a kick at the next avail entry.
+    let (head, _) = h.push_rx(1526);
+    let mut dgram = VnetHdr::default().to_bytes().to_vec();
+    dgram.extend(frame(60, 9));
+    peer.send(&dgram).unwrap();
+    peer.send(&dgram).unwrap();
+    h.set_used_event(RXQ, 0);
+    h.dev().process_rx();
+    assert_eq!(h.used(RXQ), vec![(head.into(), 72)]);
+    assert!(h.dev().rx_needs_buffers);
+    assert_eq!(h.avail_event(RXQ), 1);
+}
+
+/// Without EVENT_IDX the device sets VRING_USED_F_NO_NOTIFY while it works
+/// through TX (here: stopped by a full tap, to resume on EPOLLOUT) and
+/// clears it once the queue is drained.
+#[test]
+fn tx_kicks_are_off_while_the_queue_is_worked_and_on_after() {
+    let (tap, peer) = socket_backend();
+    // SAFETY: dup of a descriptor we own; the copy is closed by OwnedFd.
+    let filler = unsafe { OwnedFd::from_raw_fd(libc::dup(tap.as_raw_fd())) };
+    let filler = UnixDatagram::from(filler);
+    let mut h = Harness::new(tap);
+    h.activate();
+    let flags = |h: &Harness| h.read_u16(h.rings[TXQ].used);
+    let mut filled = 0;
+    while filler.send(&[0u8; 64]).is_ok() {
+        filled += 1;
+        assert!(filled < 100_000);
+    }
+    h.push_tx(VnetHdr::default(), &frame(60, 1));
+    h.dev().process_tx();
+    assert!(h.dev().tx_blocked);
+    assert_eq!(
+        flags(&h),
+        VRING_USED_F_NO_NOTIFY as u16,
+        "kicks off meanwhile"
+    );
+    let mut buf = [0u8; 200];
+    for _ in 0..filled {
+        peer.recv(&mut buf).unwrap();
+    }
+    h.dev().tx_blocked = false;
+    h.dev().process_tx();
+    assert_eq!(h.used(TXQ).len(), 1);
+    assert_eq!(flags(&h), 0, "drained: kicks back on");
+}
+
+/// An avail index more than a ring ahead (a hostile driver) stops the device
+/// instead of spinning its worker, with or without EVENT_IDX.
+#[test]
+fn an_avail_index_out_of_range_stops_the_device() {
+    for acked in [ACKED, ACKED | EVENT_IDX] {
+        let (tap, _peer) = socket_backend();
+        let mut h = Harness::new(tap);
+        h.dev().set_acked_features(acked);
+        h.activate();
+        h.set_avail_idx(TXQ, QSIZE + 7);
+        h.dev().process_tx();
+        assert!(h.dev().broken, "TX, acked {acked:#x}");
+        assert!(h.used(TXQ).is_empty());
+
+        let (tap, _peer) = socket_backend();
+        let mut h = Harness::new(tap);
+        h.dev().set_acked_features(acked);
+        h.activate();
+        h.set_avail_idx(RXQ, QSIZE + 7);
+        h.dev().process_rx();
+        assert!(h.dev().broken, "RX, acked {acked:#x}");
+    }
 }
