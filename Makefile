@@ -105,7 +105,7 @@ fuzz-smoke: fuzz-build
 # The main job in one screen (tests/src/bin/husk-demo.rs): `husk check`, a microVM's boot figures,
 # a busybox container through `husk run` next to `crun run` of the same bundle, and the
 # debootstrapped Debian image when it is cached (`make test-rootfs`; the demo does not build it).
-DEBIAN_ROOTFS_CACHE := $${HUSK_CACHE_DIR:-/var/cache/husk}/debian-rootfs-bookworm
+DEBIAN_ROOTFS_CACHE := $${HUSK_CACHE_DIR:-/var/cache/husk}/debian-rootfs-bookworm-build
 demo:
 	@echo "demo: [1/4] building husk, husk-vmm, the shim and the static agent" >&2
 	$(MAKE) --no-print-directory build
