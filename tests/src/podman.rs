@@ -46,7 +46,12 @@ impl Podman {
             std::fs::create_dir_all(base.join(d)).unwrap();
         }
         let husk = artifact("HUSK_BIN_DIR").join("husk");
-        let husk_root = base.join("husk");
+        // husk's default root: podman's cleanup process (conmon's exit command,
+        // which removes a `--rm` container) does not get the `--runtime-flag`s of
+        // the command that made the container, so a `root=` flag would send its
+        // `husk delete` to another root and leave the state behind (runc alike).
+        // Inside the test host /run is a fresh tmpfs.
+        let husk_root = PathBuf::from("/run/husk");
         let husk_config = base.join("husk.toml");
         std::fs::write(
             &husk_config,
@@ -105,8 +110,6 @@ impl Podman {
         let mut c = self.bare_cmd();
         c.arg("--runtime")
             .arg(artifact("HUSK_BIN_DIR").join("husk"))
-            .arg("--runtime-flag")
-            .arg(format!("root={}", self.husk_root.display()))
             // podman does not pass its environment on to conmon and the runtime.
             .arg("--runtime-flag")
             .arg(format!("config={}", self.husk_config.display()));

@@ -335,6 +335,43 @@ fn stop_sigterm_then_sigkill() {
     drop((c, c2, c3));
 }
 
+/// `run --rm` of a container that exits by itself: podman's cleanup process
+/// (conmon's exit command) deletes it from husk's state too. It runs the
+/// runtime without the `--runtime-flag`s of the `run`; with husk's state under
+/// a `root=` flag it used to leave every such container's state behind.
+#[test]
+fn run_rm_leaves_no_husk_state() {
+    let p = Podman::shared();
+    let state = || -> Vec<String> {
+        std::fs::read_dir(&p.husk_root)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let before = state();
+    for i in 0..3 {
+        let name = format!("husk-rm-{i}");
+        p.ok(&["run", "--rm", "--name", &name, IMAGE, "true"]);
+    }
+    // The cleanup process may still be running when `run` returns.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut left: Vec<String>;
+    loop {
+        left = state()
+            .into_iter()
+            .filter(|i| !before.contains(i))
+            .collect();
+        if left.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(left.is_empty(), "husk state left by run --rm: {left:?}");
+}
+
 #[test]
 fn rm_f_running_leaves_nothing() {
     let p = Podman::shared();
