@@ -285,6 +285,13 @@ disabled_plugins = [
         String::from_utf8_lossy(&o.stderr).into_owned()
     }
 
+    /// SIGKILL to the task, wait for STOPPED, delete task and container.
+    pub fn kill_remove(&self, id: &str) {
+        self.ctr_ok(&["task", "kill", "-s", "SIGKILL", id]);
+        self.wait_status(id, "STOPPED");
+        self.remove(id);
+    }
+
     /// husk-vmm processes of this containerd's sandboxes (a jailed VMM is two:
     /// the process the shim started, and the VMM it forked into a pid namespace).
     pub fn husk_vmms(&self) -> Vec<i32> {

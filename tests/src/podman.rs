@@ -153,27 +153,30 @@ impl Podman {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
-    /// Builds a busybox root filesystem tarball and `podman import`s it.
+    /// Builds a busybox root filesystem and `podman import`s it.
     fn import_busybox(&self) {
         let rootfs = self.base.join("image");
         crate::bundle::busybox_rootfs(&rootfs);
-        let tar = self.base.join("busybox.tar");
+        self.import_rootfs(&rootfs, IMAGE, &["--change", "CMD=[\"/bin/sh\"]"]);
+    }
+
+    /// `podman import` of the root filesystem at `rootfs` (through a tarball) as `image`.
+    pub fn import_rootfs(&self, rootfs: &std::path::Path, image: &str, opts: &[&str]) {
+        let tar = self.base.join("import.tar");
         let st = Command::new("tar")
             .arg("-C")
-            .arg(&rootfs)
+            .arg(rootfs)
             .arg("-cf")
             .arg(&tar)
             .arg(".")
             .status()
             .unwrap();
-        assert!(st.success(), "tar of the busybox rootfs failed");
-        self.ok(&[
-            "import",
-            "--change",
-            "CMD=[\"/bin/sh\"]",
-            tar.to_str().unwrap(),
-            IMAGE,
-        ]);
+        assert!(st.success(), "tar of {} failed", rootfs.display());
+        let mut args = vec!["import"];
+        args.extend_from_slice(opts);
+        args.extend([tar.to_str().unwrap(), image]);
+        self.ok(&args);
+        let _ = std::fs::remove_file(&tar);
     }
 }
 

@@ -109,18 +109,7 @@ fn a_ci_job_builds_and_tests_in_its_own_vm() {
 
     // The job's image: the Debian root as it is (what `podman import` of a
     // debootstrap gives a CI setup).
-    let tar = base.join("debian.tar");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success(), "tar of {rootfs} failed");
-    p.ok(&["import", tar.to_str().unwrap(), IMAGE]);
-    std::fs::remove_file(&tar).unwrap();
+    p.import_rootfs(Path::new(&rootfs), IMAGE, &[]);
 
     // The checkout.
     let checkout = base.join("checkout");

@@ -167,9 +167,7 @@ fn tty() {
     let o = output_within(cmd, COMMAND_TIMEOUT);
     assert_eq!(o.status.code(), Some(4), "{}{}", out(&o), err(&o));
     assert!(out(&o).contains("is-a-tty"), "{:?}", out(&o));
-    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "tty2"]);
-    c.wait_status("tty2", "STOPPED");
-    c.remove("tty2");
+    c.kill_remove("tty2");
     c.assert_clean();
 }
 
@@ -396,16 +394,12 @@ fn two_containers_share_one_vm() {
     assert_eq!(shims.len(), 1, "one shim per sandbox: {shims:?}");
 
     // The member goes; the sandbox and its VM stay.
-    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "app1"]);
-    c.wait_status("app1", "STOPPED");
-    c.remove("app1");
+    c.kill_remove("app1");
     assert_eq!(c.task("pod1").map(|t| t.1), Some("RUNNING".into()));
     assert_eq!(c.husk_vmms(), vmms);
 
     // The last container takes the VM with it.
-    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "pod1"]);
-    c.wait_status("pod1", "STOPPED");
-    c.remove("pod1");
+    c.kill_remove("pod1");
     c.assert_clean();
 }
 
@@ -513,9 +507,7 @@ fn oci_hooks_run_in_the_shim() {
     assert!(s["bundle"].as_str().unwrap().ends_with("/hk1"), "{s}");
     assert_eq!(state("startContainer")["status"], "created");
     assert_eq!(state("poststart")["status"], "running");
-    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "hk1"]);
-    c.wait_status("hk1", "STOPPED");
-    c.remove("hk1");
+    c.kill_remove("hk1");
     assert_eq!(
         order(),
         "createRuntime\nstartContainer\npoststart\npoststop\n"

@@ -127,9 +127,7 @@ fn netns_of_the_spec_is_carried_into_the_vm() {
         "10.199.21.1",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}{}", out(&o), err(&o));
-    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "nj2"]);
-    c.wait_status("nj2", "STOPPED");
-    c.remove("nj2");
+    c.kill_remove("nj2");
     c.assert_clean();
     eventually("our tap outlived the VM", || !ns.has_tap());
     assert!(!ns.redirected(), "the redirect outlived the delete");
@@ -206,9 +204,7 @@ fn pod_containers_share_the_carried_network() {
         &["ping", "-c", "1", "-W", "20", "10.199.22.1"],
     );
     for id in ["app2", "pod2"] {
-        c.ctr_ok(&["task", "kill", "-s", "SIGKILL", id]);
-        c.wait_status(id, "STOPPED");
-        c.remove(id);
+        c.kill_remove(id);
     }
     c.assert_clean();
     eventually("our tap outlived the pod", || !ns.has_tap());
@@ -244,9 +240,7 @@ fn new_netns_task_pid_is_not_the_hosts() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", err(&o));
     assert_eq!(link_names(&out(&o)), ["lo"], "{}", out(&o));
-    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "nn1"]);
-    c.wait_status("nn1", "STOPPED");
-    c.remove("nn1");
+    c.kill_remove("nn1");
     c.assert_clean();
 }
 
@@ -319,9 +313,7 @@ nsenter -t "$pid" -n sh -c 'ip link set eth0 address 02:42:0a:c7:17:02 && ip add
     let links = exec("e3", &["ip", "-o", "link"]);
     assert_eq!(link_names(&links), ["lo", "eth0"], "{links}");
     exec("e4", &["ping", "-c", "1", "-W", "20", "10.199.23.1"]);
-    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "ln1"]);
-    c.wait_status("ln1", "STOPPED");
-    c.remove("ln1");
+    c.kill_remove("ln1");
     c.assert_clean();
 }
 

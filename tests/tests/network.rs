@@ -14,6 +14,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use husk_tests::bundle::TestBundle;
+use husk_tests::netns::ip;
 use husk_tests::podman::{Podman, IMAGE};
 use husk_tests::Husk;
 
@@ -23,16 +24,6 @@ fn out(o: &Output) -> String {
 
 fn err(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// `ip ARGS` on the test host; panics on failure.
-fn ip(args: &str) -> String {
-    let o = Command::new("ip")
-        .args(args.split_whitespace())
-        .output()
-        .expect("ip (iproute2) must be installed");
-    assert!(o.status.success(), "ip {args}: {}", err(&o));
-    out(&o)
 }
 
 /// `ip ARGS` whose failure is expected (removing what an earlier run may have left).
