@@ -54,7 +54,8 @@ struct HostState {
     husk_state: BTreeSet<String>,
     netns: String,
     links: BTreeSet<String>,
-    mounts: usize,
+    /// Mount points, in mount order.
+    mounts: Vec<String>,
 }
 
 fn host_state(p: &Podman) -> HostState {
@@ -77,10 +78,16 @@ fn host_state(p: &Podman) -> HostState {
             .filter_map(|l| l.split(':').nth(1))
             .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
             .collect(),
+        // podman makes /run/netns a shared bind mount of itself the first time it
+        // creates a netns, and leaves it (for all later containers): podman's, not
+        // the job's.
         mounts: std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap()
             .lines()
-            .count(),
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| *m != "/run/netns")
+            .map(String::from)
+            .collect(),
     }
 }
 
