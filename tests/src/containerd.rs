@@ -285,6 +285,25 @@ disabled_plugins = [
         String::from_utf8_lossy(&o.stderr).into_owned()
     }
 
+    /// `ctr run -d --config SPEC ID` of `spec` (from `ctr oci spec`, changed by the
+    /// test) on a fresh busybox rootfs: with --config, ctr takes no image.
+    pub fn run_spec(&self, mut spec: serde_json::Value, id: &str) -> Output {
+        let rootfs = self.base.join(format!("{id}-rootfs"));
+        crate::bundle::busybox_rootfs(&rootfs);
+        spec["root"] = json!({"path": rootfs, "readonly": false});
+        let file = self.base.join(format!("{id}-spec.json"));
+        std::fs::write(&file, serde_json::to_vec(&spec).unwrap()).unwrap();
+        self.ctr_out(&[
+            "run",
+            "--runtime",
+            RUNTIME,
+            "-d",
+            "--config",
+            file.to_str().unwrap(),
+            id,
+        ])
+    }
+
     /// SIGKILL to the task, wait for STOPPED, delete task and container.
     pub fn kill_remove(&self, id: &str) {
         self.ctr_ok(&["task", "kill", "-s", "SIGKILL", id]);

@@ -476,21 +476,7 @@ fn oci_hooks_run_in_the_shim() {
         "poststart": [rec("poststart")],
         "poststop": [rec("poststop")],
     });
-    // With --config, ctr takes no image: the spec names its own rootfs.
-    let rootfs = c.base.join("hooks-rootfs");
-    husk_tests::bundle::busybox_rootfs(&rootfs);
-    spec["root"] = serde_json::json!({"path": rootfs, "readonly": false});
-    let file = c.base.join("hooks-spec.json");
-    std::fs::write(&file, serde_json::to_vec(&spec).unwrap()).unwrap();
-    let o = c.ctr_out(&[
-        "run",
-        "--runtime",
-        RUNTIME,
-        "-d",
-        "--config",
-        file.to_str().unwrap(),
-        "hk1",
-    ]);
+    let o = c.run_spec(spec, "hk1");
     assert!(o.status.success(), "{}\n{}", err(&o), c.log_tail(40));
     let pid = c.wait_status("hk1", "RUNNING");
     let order = || std::fs::read_to_string(d.join("order")).unwrap_or_default();

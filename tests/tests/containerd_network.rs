@@ -11,7 +11,7 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use husk_tests::containerd::{Containerd, RUNTIME};
+use husk_tests::containerd::Containerd;
 use husk_tests::netns::{link_names, ns_inode, Netns};
 
 fn out(o: &Output) -> String {
@@ -281,20 +281,7 @@ nsenter -t "$pid" -n sh -c 'ip link set eth0 address 02:42:0a:c7:17:02 && ip add
             "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
         }],
     });
-    let rootfs = c.base.join("late-rootfs");
-    husk_tests::bundle::busybox_rootfs(&rootfs);
-    spec["root"] = serde_json::json!({"path": rootfs, "readonly": false});
-    let file = c.base.join("late-spec.json");
-    std::fs::write(&file, serde_json::to_vec(&spec).unwrap()).unwrap();
-    let o = c.ctr_out(&[
-        "run",
-        "--runtime",
-        RUNTIME,
-        "-d",
-        "--config",
-        file.to_str().unwrap(),
-        "ln1",
-    ]);
+    let o = c.run_spec(spec, "ln1");
     assert!(o.status.success(), "{}\n{}", err(&o), c.log_tail(40));
     let pid = c.wait_status("ln1", "RUNNING");
     let hooked = std::fs::read_to_string(d.join("pid")).unwrap_or_default();
