@@ -157,17 +157,23 @@ pub const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 
 /// Like `Command::output`, but kills the command and fails the test if it
 /// runs longer than `t`: a hang is a failure, never a stuck CI job.
-pub fn output_within(
+pub fn output_within(cmd: std::process::Command, t: std::time::Duration) -> std::process::Output {
+    try_output_within(cmd, t).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Like [`output_within`], but a command that runs longer than `t` (killed) or cannot
+/// be started is an error, not a failed test (the bench counts it and goes on).
+pub fn try_output_within(
     mut cmd: std::process::Command,
     t: std::time::Duration,
-) -> std::process::Output {
+) -> Result<std::process::Output, String> {
     use std::io::Read;
     use std::process::Stdio;
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn");
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
     // Readers hand back what they got so far once the command exited: with
     // `create` and `run --detach` the container keeps the pipes open (it
     // inherits the caller's stdio, as with runc), so EOF may never come.
@@ -189,13 +195,13 @@ pub fn output_within(
     let err = reader(Box::new(child.stderr.take().expect("stderr")));
     let deadline = std::time::Instant::now() + t;
     let status = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
+        if let Some(st) = child.try_wait().map_err(|e| format!("{cmd:?}: {e}"))? {
             break st;
         }
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{cmd:?} did not finish within {t:?}");
+            return Err(format!("{cmd:?} did not finish within {t:?}"));
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
@@ -204,11 +210,11 @@ pub fn output_within(
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let take = |b: &std::sync::Arc<std::sync::Mutex<Vec<u8>>>| b.lock().unwrap().clone();
-    std::process::Output {
+    Ok(std::process::Output {
         status,
         stdout: take(&out.1),
         stderr: take(&err.1),
-    }
+    })
 }
 
 /// `Child::wait_with_output` with a deadline (the child is killed and the test fails).

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::bundle::{busybox_rootfs, TestBundle};
-use crate::{output_within, spec, vm_dir, Husk, COMMAND_TIMEOUT};
+use crate::{output_within, spec, try_output_within, vm_dir, Husk, COMMAND_TIMEOUT};
 
 const IPERF_SECS: &str = "5";
 const PINGS: &str = "5";
@@ -44,23 +44,8 @@ pub struct Samples {
 /// `c`'s output, or an error if it runs longer than `secs` (then it is killed): a guest
 /// that stalls under the emulator costs a sample, not the run.
 fn output_for(mut c: Command, secs: u64) -> Result<std::process::Output> {
-    let what = format!("{c:?}");
-    let mut child = c
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| what.clone())?;
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("{what} did not finish within {secs} s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(child.wait_with_output()?)
+    c.stdin(Stdio::null());
+    try_output_within(c, Duration::from_secs(secs)).map_err(anyhow::Error::msg)
 }
 
 fn sh(args: &[&str]) -> Result<String> {
@@ -353,10 +338,16 @@ impl Drop for Crun {
         let _ = Command::new("crun")
             .args(["--root", CRUN_ROOT, "kill", &self.id, "KILL"])
             .status();
-        let _ = self.child.wait();
+        // `crun run` ends with its container; if the kill missed it, `delete -f` ends it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = Command::new("crun")
             .args(["--root", CRUN_ROOT, "delete", "-f", &self.id])
             .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

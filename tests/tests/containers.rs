@@ -448,41 +448,32 @@ fn reported_pid_is_never_in_the_host_netns() {
     // Fresh: only lo, and husk's spare tap for a network the engine may add before start
     // (docs/architecture.md, "Networking"), down and without addresses.
     assert_eq!(links, ["lo", "hk0"], "not a fresh netns");
-    let ip = std::process::Command::new("nsenter")
-        .args([
-            "-t",
-            &pid.to_string(),
-            "-n",
-            "ip",
-            "-o",
-            "addr",
-            "show",
-            "dev",
-            "hk0",
-        ])
-        .output()
-        .unwrap();
-    assert!(ip.status.success(), "{}", err(&ip));
+    // `ip -o WHAT show dev hk0` in the reported pid's netns.
+    let hk0 = |what: &str| {
+        let o = std::process::Command::new("nsenter")
+            .args([
+                "-t",
+                &pid.to_string(),
+                "-n",
+                "ip",
+                "-o",
+                what,
+                "show",
+                "dev",
+                "hk0",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "ip {what}: {}", err(&o));
+        out(&o)
+    };
+    let addr = hk0("addr");
     assert!(
-        !out(&ip).contains("inet"),
-        "the spare tap has an address: {}",
-        out(&ip)
+        !addr.contains("inet"),
+        "the spare tap has an address: {addr}"
     );
-    let link = std::process::Command::new("nsenter")
-        .args([
-            "-t",
-            &pid.to_string(),
-            "-n",
-            "ip",
-            "-o",
-            "link",
-            "show",
-            "dev",
-            "hk0",
-        ])
-        .output()
-        .unwrap();
-    assert!(out(&link).contains("state DOWN"), "{}", out(&link));
+    let link = hk0("link");
+    assert!(link.contains("state DOWN"), "{link}");
     let o = h.run(&["delete", "--force", "nn1"]);
     assert!(o.status.success(), "{}", err(&o));
 
